@@ -27,3 +27,10 @@ MINIMUM_CALLS = 10  # no rate trip before this many calls in the window
 FAILURE_RATE_THRESHOLD = 0.5  # fraction of failed calls that opens
 SLOW_CALL_MS = 5_000  # a call slower than this counts as slow
 SLOW_CALL_RATE_THRESHOLD = 0.8  # fraction of slow calls that opens
+
+# --- Shared breaker state (src/triton_guard/shared_state.py) ----------------
+# One breaker state per server, shared by every guard stub process.
+STATE_DIR_ENV = "TRITON_GUARD_STATE_DIR"  # overrides the state directory
+STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
+STATE_DIR_PREFIX = "triton-guard-"  # + tritonserver pid: one directory per server
+WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bounds window_size

@@ -1,0 +1,123 @@
+"""Guard settings: one frozen, validated value object per guard model.
+
+The values come from the guard model's config.pbtxt `parameters` block (keys
+are the field names); anything not given there keeps its default from
+defaults.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from triton_guard import defaults
+
+# Counters in the shared state file are 32-bit; keep every integer setting
+# well inside that so no arithmetic on it can overflow the layout.
+_INT_MAX = 2**31 - 1
+
+
+class ConfigError(ValueError):
+    """A guard setting is missing its mark; the message names the parameter."""
+
+
+def _reject(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardConfig:
+    timeout_ms: int = defaults.TIMEOUT_MS
+    failure_threshold: int = defaults.FAILURE_THRESHOLD
+    recovery_ms: int = defaults.RECOVERY_MS
+    half_open_max_calls: int = defaults.HALF_OPEN_MAX_CALLS
+    max_inflight: int = defaults.MAX_INFLIGHT
+    window_size: int = defaults.WINDOW_SIZE
+    minimum_calls: int = defaults.MINIMUM_CALLS
+    failure_rate_threshold: float = defaults.FAILURE_RATE_THRESHOLD
+    slow_call_ms: int = defaults.SLOW_CALL_MS
+    slow_call_rate_threshold: float = defaults.SLOW_CALL_RATE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            _check_positive_int(name, getattr(self, name))
+        for name in _RATE_FIELDS:
+            _check_rate(name, getattr(self, name))
+        if self.window_size > defaults.WINDOW_SIZE_MAX:
+            raise _reject(
+                "window_size",
+                self.window_size,
+                f"an integer between 1 and {defaults.WINDOW_SIZE_MAX} "
+                "(the ring capacity of the shared state file)",
+            )
+        if self.minimum_calls > self.window_size:
+            raise _reject(
+                "minimum_calls",
+                self.minimum_calls,
+                f"an integer between 1 and window_size ({self.window_size}); "
+                "a larger value could never be reached",
+            )
+
+    @classmethod
+    def parameter_names(cls) -> frozenset[str]:
+        """The config.pbtxt parameter keys this class consumes."""
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, Any]) -> GuardConfig:
+        """Build from config.pbtxt `parameters` (string values).
+
+        Values may be plain strings or Triton's `{"string_value": "..."}`
+        form. Keys that are not settings of this class are ignored: the caller
+        owns them.
+        """
+        values: dict[str, Any] = {}
+        for name in _INT_FIELDS:
+            if name in params:
+                values[name] = _parse(name, params[name], int, "an integer")
+        for name in _RATE_FIELDS:
+            if name in params:
+                values[name] = _parse(name, params[name], float, "a number")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+
+_INT_FIELDS = (
+    "timeout_ms",
+    "failure_threshold",
+    "recovery_ms",
+    "half_open_max_calls",
+    "max_inflight",
+    "window_size",
+    "minimum_calls",
+    "slow_call_ms",
+)
+_RATE_FIELDS = ("failure_rate_threshold", "slow_call_rate_threshold")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    # bool is an int subclass; `True` as a call count is a bug upstream.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+        raise _reject(name, value, f"an integer between 1 and {_INT_MAX}")
+
+
+def _check_rate(name: str, value: Any) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # Written so that NaN fails too (every comparison with NaN is False).
+    if not is_number or not math.isfinite(value) or not 0.0 < value <= 1.0:
+        raise _reject(name, value, "a fraction in (0, 1]")
+
+
+def _parse(name: str, raw: Any, kind: type, what: str) -> Any:
+    if isinstance(raw, Mapping) and "string_value" in raw:
+        raw = raw["string_value"]
+    if not isinstance(raw, str):
+        raise _reject(name, raw, f"{what} given as a string")
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise _reject(name, raw, what) from None

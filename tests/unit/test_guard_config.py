@@ -1,0 +1,130 @@
+"""GuardConfig: defaults, validation messages, parsing of config.pbtxt parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from triton_guard import defaults
+from triton_guard.guard_config import ConfigError, GuardConfig
+
+
+def test_defaults_come_from_defaults_module():
+    assert GuardConfig().to_dict() == {
+        "timeout_ms": defaults.TIMEOUT_MS,
+        "failure_threshold": defaults.FAILURE_THRESHOLD,
+        "recovery_ms": defaults.RECOVERY_MS,
+        "half_open_max_calls": defaults.HALF_OPEN_MAX_CALLS,
+        "max_inflight": defaults.MAX_INFLIGHT,
+        "window_size": defaults.WINDOW_SIZE,
+        "minimum_calls": defaults.MINIMUM_CALLS,
+        "failure_rate_threshold": defaults.FAILURE_RATE_THRESHOLD,
+        "slow_call_ms": defaults.SLOW_CALL_MS,
+        "slow_call_rate_threshold": defaults.SLOW_CALL_RATE_THRESHOLD,
+    }
+
+
+def test_parameter_names_are_the_fields():
+    assert GuardConfig.parameter_names() == set(GuardConfig().to_dict())
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        GuardConfig().timeout_ms = 1  # type: ignore[misc]
+
+
+INT_FIELDS = ["timeout_ms", "failure_threshold", "recovery_ms", "half_open_max_calls",
+              "max_inflight", "window_size", "minimum_calls", "slow_call_ms"]  # fmt: skip
+RATE_FIELDS = ["failure_rate_threshold", "slow_call_rate_threshold"]
+
+
+@pytest.mark.parametrize("field", INT_FIELDS)
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10", None, 2**31])
+def test_integer_fields_reject_non_positive_or_non_integers(field, bad):
+    with pytest.raises(ConfigError) as info:
+        GuardConfig(**{field: bad})
+    message = str(info.value)
+    assert message.startswith(f"{field}={bad!r} is invalid")
+    assert "integer" in message
+
+
+@pytest.mark.parametrize("field", RATE_FIELDS)
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.01, float("nan"), float("inf"), "0.5", True])
+def test_rate_fields_must_be_fractions_in_0_1(field, bad):
+    with pytest.raises(ConfigError) as info:
+        GuardConfig(**{field: bad})
+    assert str(info.value).startswith(f"{field}={bad!r} is invalid")
+    assert "(0, 1]" in str(info.value)
+
+
+@pytest.mark.parametrize("field", RATE_FIELDS)
+def test_rate_of_one_is_allowed(field):
+    assert getattr(GuardConfig(**{field: 1.0}), field) == 1.0
+
+
+def test_window_size_bounded_by_ring_capacity():
+    GuardConfig(window_size=defaults.WINDOW_SIZE_MAX)
+    with pytest.raises(ConfigError, match=rf"window_size={defaults.WINDOW_SIZE_MAX + 1} .*"
+                       rf"between 1 and {defaults.WINDOW_SIZE_MAX}"):  # fmt: skip
+        GuardConfig(window_size=defaults.WINDOW_SIZE_MAX + 1)
+
+
+def test_minimum_calls_not_above_window_size():
+    GuardConfig(window_size=10, minimum_calls=10)
+    with pytest.raises(ConfigError, match=r"minimum_calls=11 .*window_size \(10\)"):
+        GuardConfig(window_size=10, minimum_calls=11)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- from_parameters ----------------------------------------------------------------
+
+
+def test_from_parameters_parses_strings():
+    config = GuardConfig.from_parameters(
+        {"timeout_ms": "2500", "failure_threshold": " 3 ", "failure_rate_threshold": "0.25",
+         "slow_call_ms": "1_000"}  # fmt: skip
+    )
+    assert (config.timeout_ms, config.failure_threshold) == (2500, 3)
+    assert (config.failure_rate_threshold, config.slow_call_ms) == (0.25, 1000)
+    assert config.recovery_ms == defaults.RECOVERY_MS  # untouched keys keep defaults
+
+
+def test_from_parameters_accepts_triton_string_value_form():
+    config = GuardConfig.from_parameters({"recovery_ms": {"string_value": "500"}})
+    assert config.recovery_ms == 500
+
+
+def test_from_parameters_ignores_unknown_keys():
+    config = GuardConfig.from_parameters({"upstream_model": "resnet", "EXECUTION_ENV_PATH": "x"})
+    assert config == GuardConfig()
+
+
+def test_from_parameters_empty_is_defaults():
+    assert GuardConfig.from_parameters({}) == GuardConfig()
+
+
+@pytest.mark.parametrize(
+    "key, raw",
+    [("timeout_ms", "ten"), ("timeout_ms", "1.5"), ("window_size", ""),
+     ("failure_rate_threshold", "half"), ("slow_call_rate_threshold", "")],
+)  # fmt: skip
+def test_from_parameters_non_numeric_names_the_key(key, raw):
+    with pytest.raises(ConfigError) as info:
+        GuardConfig.from_parameters({key: raw})
+    assert str(info.value).startswith(f"{key}={raw!r} is invalid")
+
+
+def test_from_parameters_still_validates_values():
+    with pytest.raises(ConfigError, match=r"^half_open_max_calls=0 is invalid"):
+        GuardConfig.from_parameters({"half_open_max_calls": "0"})
+
+
+def test_to_dict_round_trips_through_parameters():
+    config = GuardConfig(timeout_ms=123, window_size=50, minimum_calls=5, slow_call_rate_threshold=0.9)
+    assert GuardConfig(**config.to_dict()) == config
+    as_strings = {key: str(value) for key, value in config.to_dict().items()}
+    assert GuardConfig.from_parameters(as_strings) == config
