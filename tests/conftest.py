@@ -19,7 +19,13 @@ def running_server(model_repository: Path, log_path: Path, **kwargs):
     """Start a real tritonserver on free ports; stop it (and its stubs) afterwards."""
     with open(log_path, "w") as log:
         server = LocalServer(
-            model_repository=model_repository, ports=Ports.free(), backends_source=BACKENDS, log=log, **kwargs
+            model_repository=model_repository,
+            ports=Ports.free(),
+            backends_source=BACKENDS,
+            log=log,
+            # Requests stuck in a killed stub would hold a graceful stop for 30 s.
+            extra_args=("--exit-timeout-secs=3",),
+            **kwargs,
         )
         try:
             server.start()

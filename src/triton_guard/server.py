@@ -197,6 +197,11 @@ class LocalServer:
         return cmd
 
     @property
+    def state_dir(self) -> Path | None:
+        """Where this server's guards keep their shared breaker state."""
+        return self._workdir / "state" if self._workdir else None
+
+    @property
     def http_url(self) -> str:
         return f"localhost:{self.ports.http}"
 
@@ -217,6 +222,8 @@ class LocalServer:
             source = self.backends_source or default_backends_source(self.model_repository)
             backend_dir = str(build_backend_dir(self._workdir / "backends", source))
         env = server_environment()
+        # Breaker state shared by this server's stubs; removed with the workdir.
+        env[defaults.STATE_DIR_ENV] = str(self.state_dir)
         env.update(self.env)
         self.process = subprocess.Popen(
             self.command(Path(backend_dir)),

@@ -1,0 +1,73 @@
+"""The `guard` Python-based backend: a circuit breaker in front of another model.
+
+A model whose config says `backend: "guard"` declares the same inputs and
+outputs as the model it protects and names it in `parameters`
+(`upstream_model`); every threshold is a parameter too (defaults in
+triton_guard/defaults.py, validated at load: a bad value fails the load with
+a message naming the parameter). Each dynamic batch becomes ONE BLS call to
+the upstream (triton_guard.bls.GuardedUpstream). This file only translates
+between Triton and that logic.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_guard.batching import split_like
+from triton_guard.bls import GuardedUpstream
+from triton_guard.failures import Failure
+from triton_guard.guard_config import ConfigError, GuardConfig
+
+KNOWN_PARAMETERS = {"upstream_model", "client_error_pattern"} | {f.name for f in dataclasses.fields(GuardConfig)}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        name = model_config["name"]
+        params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+        unknown = sorted(set(params) - KNOWN_PARAMETERS)
+        if unknown:
+            raise pb_utils.TritonModelException(
+                f"guard model '{name}': unknown parameter(s) {unknown}; known: {sorted(KNOWN_PARAMETERS)}"
+            )
+        upstream = params.pop("upstream_model", "").strip()
+        if not upstream:
+            raise pb_utils.TritonModelException(
+                f"guard model '{name}': parameter 'upstream_model' is required (the name of the model to guard)"
+            )
+        try:
+            self.upstream = GuardedUpstream(upstream, instance_name=args["model_instance_name"], **params)
+        except (ConfigError, ValueError) as exc:  # a bad client_error_pattern is a re.error (ValueError)
+            raise pb_utils.TritonModelException(f"guard model '{name}': {exc}") from None
+        self.input_names = [i["name"] for i in model_config["input"]]
+        self.output_names = [o["name"] for o in model_config["output"]]
+
+    def execute(self, requests):
+        inputs = {
+            name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+            for name in self.input_names
+        }
+        result = self.upstream.infer({n: np.concatenate(a) for n, a in inputs.items()}, self.output_names)
+        if result.failure is Failure.CLIENT_ERROR and len(requests) > 1:
+            # One bad request must not fail the good ones batched with it.
+            return [self._respond_one({n: a[i] for n, a in inputs.items()}) for i in range(len(requests))]
+        if not result.ok:
+            return [self.upstream.error_response(result) for _ in requests]
+        rows = inputs[self.input_names[0]]
+        per_output = [split_like(result.value[name], rows) for name in self.output_names]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(n, part) for n, part in zip(self.output_names, parts)])
+            for parts in zip(*per_output)
+        ]
+
+    def _respond_one(self, inputs):
+        result = self.upstream.infer(inputs, self.output_names)
+        if not result.ok:
+            return self.upstream.error_response(result)
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, result.value[n]) for n in self.output_names])
+
+    def finalize(self):
+        self.upstream.close()

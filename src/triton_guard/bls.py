@@ -1,0 +1,148 @@
+"""The guard inside Triton: BLS calls to an upstream model behind a `Guard`.
+
+Import this only inside a Triton Python model (it needs the stub's
+`triton_python_backend_utils`). It serves both placements:
+
+* the `guard` backend (backends/guard/model.py), a step of its own;
+* a library call from a user's own Python model, which saves a hop::
+
+      from triton_guard.bls import GuardedUpstream
+
+      class TritonPythonModel:
+          def initialize(self, args):
+              self.classifier = GuardedUpstream("classifier", timeout_ms="2000")
+
+          def execute(self, requests):
+              ...
+              result = self.classifier.infer({"PIXELS": pixels}, ["PROBS"])
+              if not result.ok:
+                  return [self.classifier.error_response(result) for _ in requests]
+              probs = result.value["PROBS"]
+
+Every instance of every model that guards the same upstream shares one
+breaker per server (a small shared-memory file, see shared_state.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Mapping, Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_guard import guard_metrics as gm
+from triton_guard.breaker import CircuitBreaker
+from triton_guard.failures import FailureClassifier
+from triton_guard.guard import Code, Guard, GuardResult
+from triton_guard.guard_config import GuardConfig
+from triton_guard.shared_state import SharedFileStore, default_state_dir
+
+METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
+
+
+class GuardedUpstream:
+    """One upstream model behind a breaker, a bulkhead and a hard deadline.
+
+    `parameters` are the guard parameters as strings (config.pbtxt style);
+    anything not given takes its default from triton_guard.defaults. A bad
+    value raises ConfigError naming the parameter.
+    """
+
+    def __init__(self, upstream: str, *, instance_name: str = "", **parameters: str) -> None:
+        self.upstream = upstream
+        self.config = GuardConfig.from_parameters(parameters)
+        self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))
+        self.metrics_buffer = gm.MetricsBuffer()
+        self.guard = Guard(
+            upstream,
+            self.config,
+            self.breaker,
+            FailureClassifier(parameters.get("client_error_pattern")),
+            events=self.metrics_buffer,
+        )
+        # pb_utils.TritonError exists only once the stub runs, not at import.
+        self._error_codes = {
+            Code.UNAVAILABLE: pb_utils.TritonError.UNAVAILABLE,
+            Code.INVALID_ARG: pb_utils.TritonError.INVALID_ARG,
+            Code.INTERNAL: pb_utils.TritonError.INTERNAL,
+        }
+        self._publisher = _MetricsPublisher(self, instance_name or upstream)
+        self._publisher.start()
+
+    def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> GuardResult:
+        """One guarded BLS call; on success `result.value` maps output names to arrays."""
+
+        def upstream_call(timeout_s: float):
+            request = pb_utils.InferenceRequest(
+                model_name=self.upstream,
+                inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+                requested_output_names=list(output_names),
+                # Also bounds the time in the upstream's queue (needs its queue policy).
+                timeout=int(timeout_s * 1_000_000),
+            )
+            response = request.exec()
+            if response.has_error():
+                return response.error().message()
+            return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
+
+        # A string answer is the upstream's error message (BLS reports errors in the response).
+        return self.guard.call(upstream_call, error_of=lambda answer: answer if isinstance(answer, str) else None)
+
+    def error_response(self, result: GuardResult):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(result.message, self._error_codes[result.code]))
+
+    def close(self) -> None:
+        self._publisher.stop()
+        self.guard.close()
+
+
+class _MetricsPublisher(threading.Thread):
+    """Drains a guard's buffered events onto Triton's /metrics, off the request path."""
+
+    def __init__(self, upstream: GuardedUpstream, instance_name: str) -> None:
+        super().__init__(name=f"guard-metrics-{upstream.upstream}", daemon=True)
+        self._upstream = upstream
+        self._stop = threading.Event()
+        self.labels = {"model": upstream.upstream}
+        kinds = pb_utils.MetricFamily
+        # Families must outlive their metrics (facts section 2): keep them on self.
+        self.families = {
+            "state": kinds(gm.BREAKER_STATE, "Breaker state: 0 CLOSED, 1 OPEN, 2 HALF_OPEN", kinds.GAUGE),
+            "transitions": kinds(gm.TRANSITIONS, "Breaker transitions, by state entered", kinds.COUNTER),
+            "rejections": kinds(gm.REJECTIONS, "Requests refused without an upstream call, by reason", kinds.COUNTER),
+            "failures": kinds(gm.FAILURES, "Upstream calls that failed, by reason", kinds.COUNTER),
+            "inflight": kinds(gm.INFLIGHT, "Upstream calls not yet answered (timed-out ones included)", kinds.GAUGE),
+            "seconds": kinds(gm.CALL_SECONDS, "Upstream call latency seen by the guard", kinds.HISTOGRAM),
+        }
+        self.state = self.families["state"].Metric(labels=self.labels)
+        self.inflight = self.families["inflight"].Metric(labels={**self.labels, "instance": instance_name})
+        self.seconds = self.families["seconds"].Metric(labels=self.labels, buckets=list(gm.CALL_SECONDS_BUCKETS))
+        self._counters: dict = {}
+
+    def _counter(self, family: str, label: str, value: str):
+        key = (family, value)
+        if key not in self._counters:
+            self._counters[key] = self.families[family].Metric(labels={**self.labels, label: value})
+        return self._counters[key]
+
+    def run(self) -> None:
+        while not self._stop.wait(METRICS_PUBLISH_S):
+            self.publish()
+
+    def publish(self) -> None:
+        delta = self._upstream.metrics_buffer.drain()
+        for reason, n in delta.rejections.items():
+            self._counter("rejections", "reason", reason).increment(n)
+        for reason, n in delta.failures.items():
+            self._counter("failures", "reason", reason).increment(n)
+        for state, n in delta.transitions.items():
+            self._counter("transitions", "to", state).increment(n)
+        for seconds in delta.call_seconds:
+            self.seconds.observe(seconds)
+        # The breaker is one per server: every instance publishes the same value.
+        self.state.set(int(self._upstream.breaker.snapshot().state))
+        self.inflight.set(self._upstream.guard.inflight)
+
+    def stop(self) -> None:
+        self._stop.set()

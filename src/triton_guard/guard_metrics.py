@@ -1,0 +1,58 @@
+"""Guard metrics, buffered off the request path.
+
+Every pb_utils metric update is a round trip from the stub to the server
+process. The request path therefore only bumps in-process counters here; the
+publisher thread of triton_guard.bls drains them onto Triton's /metrics once a second.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from triton_guard.breaker import Transition
+from triton_guard.failures import Failure
+from triton_guard.guard import GuardEvents
+
+# Metric names on Triton's /metrics (documented in README.md).
+BREAKER_STATE = "triton_guard_breaker_state"
+TRANSITIONS = "triton_guard_breaker_transitions_total"
+REJECTIONS = "triton_guard_rejections_total"
+FAILURES = "triton_guard_upstream_failures_total"
+INFLIGHT = "triton_guard_inflight_calls"
+CALL_SECONDS = "triton_guard_upstream_call_seconds"
+CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class MetricsDelta:
+    rejections: Counter = field(default_factory=Counter)  # reason -> count
+    failures: Counter = field(default_factory=Counter)  # Failure.value -> count
+    transitions: Counter = field(default_factory=Counter)  # to-state name -> count
+    call_seconds: list = field(default_factory=list)
+
+
+class MetricsBuffer(GuardEvents):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._delta = MetricsDelta()
+
+    def rejected(self, reason: str) -> None:
+        with self._lock:
+            self._delta.rejections[reason] += 1
+
+    def completed(self, duration_s: float, failure: Failure | None) -> None:
+        with self._lock:
+            self._delta.call_seconds.append(duration_s)
+            if failure is not None:
+                self._delta.failures[failure.value] += 1
+
+    def transitioned(self, transition: Transition) -> None:
+        with self._lock:
+            self._delta.transitions[transition.to_state.name] += 1
+
+    def drain(self) -> MetricsDelta:
+        with self._lock:
+            delta, self._delta = self._delta, MetricsDelta()
+        return delta

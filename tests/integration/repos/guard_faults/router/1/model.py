@@ -1,0 +1,28 @@
+"""Guards `stuck` and `healthy` from inside one model (triton_guard.bls)."""
+
+import triton_python_backend_utils as pb_utils
+
+from triton_guard.bls import GuardedUpstream
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # More hung calls than asyncio's default executor has threads (6 on 2 cores).
+        limits = {"timeout_ms": "300", "max_inflight": "10", "failure_threshold": "100", "minimum_calls": "20"}
+        self.upstreams = {name: GuardedUpstream(name, **limits) for name in ("stuck", "healthy")}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            target = pb_utils.get_input_tensor_by_name(request, "TARGET").as_numpy()[0, 0].decode()
+            upstream = self.upstreams[target]
+            result = upstream.infer({"X": pb_utils.get_input_tensor_by_name(request, "X").as_numpy()}, ["Y"])
+            if result.ok:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", result.value["Y"])]))
+            else:
+                responses.append(upstream.error_response(result))
+        return responses
+
+    def finalize(self):
+        for upstream in self.upstreams.values():
+            upstream.close()

@@ -1,0 +1,1 @@
+../../faulty/1/model.py

@@ -1,0 +1,300 @@
+"""The guard against a real tritonserver with an upstream that a test breaks.
+
+Limits in repos/guard_faults/faulty_guard/config.pbtxt: timeout 300 ms,
+5 failures in a row open, recovery 1 s, max_inflight 3, slow calls > 150 ms,
+rate trips over a window of 10 once it holds 6 calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import running_server
+from triton_guard.breaker import CircuitBreaker, State
+from triton_guard.guard_config import GuardConfig
+from triton_guard.shared_state import SharedFileStore
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).parent / "repos" / "guard_faults"
+TIMEOUT_S = 0.300
+RECOVERY_S = 1.0
+FAILURE_THRESHOLD = 5
+MAX_INFLIGHT = 3
+WINDOW_SIZE = 10
+MINIMUM_CALLS = 6
+# A caller may also have waited in the guard's own queue (250 ms, swept every 500 ms).
+DEADLINE_S = TIMEOUT_S + 1.0
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, faults):
+    log = tmp_path_factory.mktemp("guard-server") / "tritonserver.log"
+    with running_server(REPO, log, env={"TRITON_GUARD_TEST_FAULTS": str(faults)}) as srv:
+        yield srv
+
+
+def set_fault(faults: Path, model: str, mode: str, **extra) -> None:
+    tmp = faults / f".{model}.tmp"
+    tmp.write_text(json.dumps({"mode": mode, **extra}))
+    os.replace(tmp, faults / f"{model}.json")  # atomic: the model never reads half a file
+
+
+def breaker_state(server, upstream: str) -> State:
+    store = SharedFileStore(server.state_dir)
+    return CircuitBreaker(upstream, GuardConfig(), store).snapshot().state
+
+
+def call(server, model: str, x=None, target: str | None = None, client_timeout_s: float = 30.0):
+    """(ok, Y or the error, seconds) for one request."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = np.ones((1, 4), np.float32) if x is None else x
+    inputs = [grpcclient.InferInput("X", list(x.shape), "FP32")]
+    inputs[0].set_data_from_numpy(x)
+    if target is not None:
+        t = grpcclient.InferInput("TARGET", [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[target.encode()]], dtype=object))
+        inputs.append(t)
+    started = time.monotonic()
+    try:
+        result = client.infer(model, inputs, client_timeout=client_timeout_s)
+        return True, result.as_numpy("Y"), time.monotonic() - started
+    except InferenceServerException as exc:
+        return False, exc, time.monotonic() - started
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+@pytest.fixture(autouse=True)
+def healthy_upstream(server, faults):
+    """Every test starts with the faults cleared and the breaker CLOSED."""
+    for model in ("faulty", "stuck"):
+        set_fault(faults, model, "ok")
+
+    def closed():
+        if breaker_state(server, "faulty") is State.CLOSED:
+            return True
+        call(server, "faulty_guard")  # a trial call once recovery has elapsed
+        return False
+
+    wait_until(closed, RECOVERY_S + 5, "faulty's breaker CLOSED")
+    for _ in range(WINDOW_SIZE):  # push earlier tests' outcomes out of the window
+        assert call(server, "faulty_guard")[0]
+    yield
+    for model in ("faulty", "stuck"):
+        set_fault(faults, model, "ok")
+
+
+def test_healthy_upstream_answers_through_the_guard(server):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    ok, y, _ = call(server, "faulty_guard", x)
+    assert ok, y
+    np.testing.assert_array_equal(y, 2 * x)
+
+
+def test_hung_upstream_every_caller_gets_unavailable_within_deadline(server, faults):
+    set_fault(faults, "faulty", "hang")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: call(server, "faulty_guard"), range(8)))
+    for ok, error, seconds in results:
+        assert not ok
+        assert error.status() == "StatusCode.UNAVAILABLE", error
+        assert seconds < DEADLINE_S, (seconds, error)
+    messages = [e.message() for _, e, _ in results]
+    # At least the calls that reached the upstream name it and the limit.
+    assert any("'faulty'" in m and "timeout_ms=300" in m for m in messages), messages
+
+
+def test_hang_opens_breaker_after_threshold_then_rejects_fast(server, faults):
+    set_fault(faults, "faulty", "hang")
+    outcomes = []
+    for _ in range(FAILURE_THRESHOLD + 3):
+        ok, error, seconds = call(server, "faulty_guard")
+        assert not ok and seconds < DEADLINE_S
+        outcomes.append(error.message())
+        if "Service temporarily unavailable" in error.message():
+            break
+    # Timeouts (and bulkhead rejections) count: OPEN right after the threshold.
+    assert len(outcomes) == FAILURE_THRESHOLD + 1, outcomes
+    assert breaker_state(server, "faulty") is State.OPEN
+    rejection = outcomes[-1]
+    assert "'faulty'" in rejection and "OPEN" in rejection and "next trial call in" in rejection
+    fast = [call(server, "faulty_guard") for _ in range(20)]
+    assert all(not ok and "Service temporarily unavailable" in e.message() for ok, e, _ in fast)
+    assert all(e.status() == "StatusCode.UNAVAILABLE" for _, e, _ in fast)
+    assert max(s for _, _, s in fast) < 0.1, [s for _, _, s in fast]
+
+
+def _trip(server, faults, mode):
+    set_fault(faults, "faulty", mode)
+    wait_until(
+        lambda: not call(server, "faulty_guard")[0] and breaker_state(server, "faulty") is State.OPEN,
+        10,
+        f"OPEN under {mode}",
+    )
+
+
+def test_error_opens_then_a_good_trial_closes(server, faults):
+    _trip(server, faults, "error")
+    set_fault(faults, "faulty", "ok")
+    ok, error, _ = call(server, "faulty_guard")
+    assert not ok and "Service temporarily unavailable" in error.message()
+    time.sleep(RECOVERY_S)
+    ok, y, _ = call(server, "faulty_guard")  # the trial call
+    assert ok, y
+    assert breaker_state(server, "faulty") is State.CLOSED
+
+
+def test_a_bad_trial_reopens(server, faults):
+    _trip(server, faults, "error")
+    time.sleep(RECOVERY_S)
+    ok, error, _ = call(server, "faulty_guard")  # the trial call reaches the upstream
+    assert not ok and "injected upstream failure" in error.message()
+    assert breaker_state(server, "faulty") is State.OPEN
+    ok, error, seconds = call(server, "faulty_guard")
+    assert not ok and "Service temporarily unavailable" in error.message() and seconds < 0.1
+
+
+def test_upstream_error_is_reported_with_the_upstream_named(server, faults):
+    set_fault(faults, "faulty", "error")
+    ok, error, _ = call(server, "faulty_guard")
+    assert not ok
+    assert error.status() == "StatusCode.INTERNAL"
+    assert "upstream model 'faulty' failed" in error.message() and "injected upstream failure" in error.message()
+
+
+def test_slow_calls_trip_the_slow_call_rate(server, faults):
+    set_fault(faults, "faulty", "slow", slow_ms=200)  # answers, but slower than slow_call_ms=150
+    answered = 0
+    while answered <= WINDOW_SIZE:
+        ok, error, _ = call(server, "faulty_guard")
+        if not ok:
+            break
+        answered += 1
+    # The window held 10 fast calls; the rate reaches 0.75 at the 8th slow one.
+    assert answered == 8
+    assert "Service temporarily unavailable" in error.message()
+    assert breaker_state(server, "faulty") is State.OPEN
+
+
+def test_bad_client_input_never_trips_the_breaker(server):
+    bad_value = -np.ones((1, 4), np.float32)  # the upstream's own bad-input error
+    for _ in range(3 * FAILURE_THRESHOLD):
+        ok, error, _ = call(server, "faulty_guard", bad_value)
+        assert not ok
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+        assert "must be non-negative" in error.message()
+    wrong_dtype = grpcclient.InferInput("X", [1, 4], "INT32")  # refused by Triton before the guard
+    wrong_dtype.set_data_from_numpy(np.ones((1, 4), np.int32))
+    for _ in range(FAILURE_THRESHOLD):
+        with pytest.raises(InferenceServerException):
+            grpcclient.InferenceServerClient(server.grpc_url).infer("faulty_guard", [wrong_dtype])
+    assert breaker_state(server, "faulty") is State.CLOSED
+    assert call(server, "faulty_guard")[0]
+
+
+def test_hung_upstream_does_not_delay_another_guarded_model(server, faults):
+    set_fault(faults, "faulty", "hang")
+    with ThreadPoolExecutor(4) as pool:
+        hung = [pool.submit(call, server, "faulty_guard") for _ in range(3)]
+        time.sleep(0.05)
+        others = [call(server, "healthy_guard") for _ in range(10)]
+        assert all(ok for ok, _, _ in others)
+        assert max(s for _, _, s in others) < 0.2, [s for _, _, s in others]
+        assert all(f.result()[2] < DEADLINE_S for f in hung)
+
+
+def test_more_hung_calls_than_threads_do_not_starve_the_guard(server, faults):
+    """`stuck` has no queue policy: every call to it hangs and keeps a worker thread.
+
+    `router` guards `stuck` and `healthy` from one process (the library
+    placement). 10 hung calls outnumber the 6 threads of asyncio's default
+    executor on this machine; `healthy` must still answer through it.
+    """
+    set_fault(faults, "stuck", "hang")
+    for _ in range(12):  # 10 time out and stay in flight, then the bulkhead refuses at once
+        ok, error, seconds = call(server, "router", target="stuck")
+        assert not ok and error.status() == "StatusCode.UNAVAILABLE" and seconds < DEADLINE_S
+    assert "overloaded" in error.message() and "max_inflight=10" in error.message()
+    assert seconds < 0.1
+    for _ in range(5):
+        ok, y, seconds = call(server, "router", target="healthy")
+        assert ok, y
+        assert seconds < 0.2
+        np.testing.assert_array_equal(y, 3 * np.ones((1, 4), np.float32))
+    set_fault(faults, "stuck", "ok")  # the hung calls drain; the bulkhead frees up
+    wait_until(lambda: call(server, "router", target="stuck")[0], 5, "stuck answers again")
+
+
+def _stub_pid(server, instance: str) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and instance.encode() in argv:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid:
+                return int(entry.name)
+    raise AssertionError(f"no stub process for {instance}")
+
+
+def test_dead_upstream_stub_counts_and_a_reload_heals(server):
+    os.kill(_stub_pid(server, "faulty_0_0"), signal.SIGKILL)
+    messages = []
+    for _ in range(FAILURE_THRESHOLD + 1):
+        ok, error, _ = call(server, "faulty_guard")
+        assert not ok
+        messages.append(error.message())
+    # The first calls hang until the backend notices the dead stub; the guard
+    # times them out (and its bulkhead refuses more): all count as failures.
+    assert all(("timeout_ms=300" in m) or ("overloaded" in m) or ("is not healthy" in m) for m in messages[:-1])
+    assert "Service temporarily unavailable" in messages[-1]
+    assert breaker_state(server, "faulty") is State.OPEN
+    # Triton 24.10 never restarts a dead stub: reloading the model does.
+    started = time.monotonic()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.unload_model("faulty")
+    print(f"unload took {time.monotonic() - started:.1f} s")
+    client.load_model("faulty")
+    print(f"reload of the dead model took {time.monotonic() - started:.1f} s")
+    time.sleep(RECOVERY_S)
+    ok, y, _ = call(server, "faulty_guard")
+    assert ok, y.message()
+    assert breaker_state(server, "faulty") is State.CLOSED
+
+
+def test_bad_guard_parameter_fails_the_load_and_changes_nothing(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    config = client.get_model_config("faulty_guard", as_json=True)["config"]
+    config["parameters"]["failure_threshold"] = {"string_value": "zero"}
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("faulty_guard", config=json.dumps(config))
+    assert "failure_threshold" in info.value.message()
+    assert client.is_model_ready("faulty_guard")
+    assert call(server, "faulty_guard")[0]
