@@ -9,7 +9,6 @@ the upstream (triton_guard.bls.GuardedUpstream). This file only translates
 between Triton and that logic.
 """
 
-import dataclasses
 import json
 
 import numpy as np
@@ -18,9 +17,7 @@ import triton_python_backend_utils as pb_utils
 from triton_guard.batching import split_like
 from triton_guard.bls import GuardedUpstream
 from triton_guard.failures import Failure
-from triton_guard.guard_config import ConfigError, GuardConfig
-
-KNOWN_PARAMETERS = {"upstream_model", "client_error_pattern"} | {f.name for f in dataclasses.fields(GuardConfig)}
+from triton_guard.guard_config import ConfigError
 
 
 class TritonPythonModel:
@@ -28,11 +25,6 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         name = model_config["name"]
         params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
-        unknown = sorted(set(params) - KNOWN_PARAMETERS)
-        if unknown:
-            raise pb_utils.TritonModelException(
-                f"guard model '{name}': unknown parameter(s) {unknown}; known: {sorted(KNOWN_PARAMETERS)}"
-            )
         upstream = params.pop("upstream_model", "").strip()
         if not upstream:
             raise pb_utils.TritonModelException(

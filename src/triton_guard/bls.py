@@ -35,7 +35,7 @@ from triton_guard import guard_metrics as gm
 from triton_guard.breaker import CircuitBreaker
 from triton_guard.failures import FailureClassifier
 from triton_guard.guard import Code, Guard, GuardResult
-from triton_guard.guard_config import GuardConfig
+from triton_guard.guard_config import ConfigError, GuardConfig
 from triton_guard.shared_state import SharedFileStore, default_state_dir
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
@@ -50,6 +50,9 @@ class GuardedUpstream:
     """
 
     def __init__(self, upstream: str, *, instance_name: str = "", **parameters: str) -> None:
+        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - {"client_error_pattern"})
+        if unknown:
+            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
         self.upstream = upstream
         self.config = GuardConfig.from_parameters(parameters)
         self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))

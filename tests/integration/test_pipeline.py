@@ -70,12 +70,13 @@ def test_outputs_are_a_distribution_and_label_is_its_argmax(pipeline_server, hel
     assert (labels[:, 0] == probs.argmax(axis=1)).all()
 
 
-def test_guarded_and_unguarded_pipelines_agree(pipeline_server, heldout):
+@pytest.mark.parametrize("variant", ["pipeline_unguarded", "pipeline_inline"])
+def test_every_pipeline_variant_gives_the_same_answers(pipeline_server, heldout, variant):
     test_x, _ = heldout
     guarded = grpc_infer(pipeline_server, test_x[:32], "pipeline")
-    unguarded = grpc_infer(pipeline_server, test_x[:32], "pipeline_unguarded")
-    np.testing.assert_array_equal(guarded[0], unguarded[0])
-    np.testing.assert_array_equal(guarded[1], unguarded[1])
+    other = grpc_infer(pipeline_server, test_x[:32], variant)
+    np.testing.assert_array_equal(guarded[0], other[0])
+    np.testing.assert_array_equal(guarded[1], other[1])
 
 
 def _grpc_error(server, name, array, datatype):

@@ -1,0 +1,30 @@
+"""Preprocess, then call the classifier behind the guard, in one step."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_guard.batching import split_like
+from triton_guard.bls import GuardedUpstream
+from triton_guard.digits import normalize
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        upstream = params.pop("upstream_model")
+        self.classifier = GuardedUpstream(upstream, instance_name=args["model_instance_name"], **params)
+
+    def execute(self, requests):
+        images = [pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy() for r in requests]
+        result = self.classifier.infer({"PIXELS": normalize(np.concatenate(images))}, ["PROBS"])
+        if not result.ok:
+            return [self.classifier.error_response(result) for _ in requests]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("PROBS", rows)])
+            for rows in split_like(result.value["PROBS"], images)
+        ]
+
+    def finalize(self):
+        self.classifier.close()
