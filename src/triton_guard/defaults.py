@@ -34,3 +34,38 @@ STATE_DIR_ENV = "TRITON_GUARD_STATE_DIR"  # overrides the state directory
 STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
 STATE_DIR_PREFIX = "triton-guard-"  # + tritonserver pid: one directory per server
 WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bounds window_size
+
+# --- Canary (ARCHITECTURE.md section 5) ------------------------------------
+CANARY_MODEL = "canary"
+CANARY_PIPELINE = "pipeline"  # the golden inference goes through what clients call
+CANARY_MODELS = ("pipeline", "preprocess", "classifier_guard", "classifier", "postprocess")
+CANARY_DEADLINE_MS = 2_000  # one canary run, all checks; a stuck check fails, never hangs
+CANARY_INTERVAL_MS = 10_000  # full run on its own, so metrics stay fresh between probes
+CANARY_SAMPLE_INTERVAL_MS = 1_000  # memory and stall sampling for the trend
+HEADROOM_FLOOR_FRACTION = 0.10  # free memory below 10% of the total is not ready
+HEADROOM_FLOOR_MB = 0.0  # an absolute floor too; the stricter of the two applies
+TREND_WINDOW_S = 300.0  # leak trend over the last five minutes of samples
+TREND_MIN_SAMPLES = 10  # fewer samples: no trend verdict yet
+TREND_HORIZON_S = 900.0  # not ready when the floor is projected within 15 minutes
+STALL_S = 10.0  # requests pending and nothing completed for this long: stalled
+HALF_OPEN_NOT_READY = False  # an OPEN breaker always fails readiness; HALF_OPEN only if set
+STRICT_PINS = False  # a runtime version mismatch fails readiness only in strict mode
+PROBE_TIMEOUT_S = 5.0  # triton-guard probe: total time, start-up excluded
+
+# Set by `triton-guard serve` for the canary inside the server.
+HTTP_URL_ENV = "TRITON_GUARD_HTTP_URL"
+METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
+
+# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos.py) -------
+# Set only by `serve --chaos`: without it no model builds a chaos hook.
+CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
+CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode
+CHAOS_TARGET_MODEL = "classifier"  # the torch upstream: the model the incident was about
+CHAOS_SLOW_MS = 500  # slow, yet far inside the guard's 10 s timeout
+CHAOS_LEAK_MB_PER_S = 10.0  # a trend a memory check can see, not an instant OOM
+CHAOS_LEAK_CAP_MB = 512.0  # bounded: a forgotten leak cannot take the host down
+CHAOS_DRIFT_SCALE = 0.5  # noise std / weight std: ~7% of held-out labels change
+CHAOS_DRIFT_SEED = 0  # same seed, same perturbed weights: reproducible answers
+CHAOS_HANG_POLL_S = 0.02  # a hung execute notices `clear` within this long
+CHAOS_WATCH_S = 0.1  # leak growth step and clear detection (1 MB chunks at 10 MB/s)
+CHAOS_TIMEOUT_S = 10.0  # triton-guard chaos: limit on the gRPC call to the chaos model

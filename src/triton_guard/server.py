@@ -224,6 +224,9 @@ class LocalServer:
         env = server_environment()
         # Breaker state shared by this server's stubs; removed with the workdir.
         env[defaults.STATE_DIR_ENV] = str(self.state_dir)
+        # The canary reads the server's own metrics and metadata.
+        env[defaults.HTTP_URL_ENV] = f"http://localhost:{self.ports.http}"
+        env[defaults.METRICS_URL_ENV] = self.metrics_url
         env.update(self.env)
         self.process = subprocess.Popen(
             self.command(Path(backend_dir)),

@@ -1,0 +1,310 @@
+"""The canary's checks and its report, as plain Python (no Triton import).
+
+The `canary` backend gathers facts (model readiness, a golden inference,
+memory readings, server metrics, breaker states, runtime versions) and these
+functions turn each into a `CheckResult`: name, pass/fail, the measured value,
+the limit and a reason a person can act on. `ready` is the AND of all checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from triton_guard import defaults
+from triton_guard.breaker import BreakerSnapshot, State
+from triton_guard.goldens import GoldenComparison
+from triton_guard.memory import MemoryReading, Trend
+from triton_guard.pins import Pins
+
+
+class CanaryConfigError(ValueError):
+    pass
+
+
+def _bool(name: str, text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise CanaryConfigError(f"{name}={text!r} is invalid: expected true or false")
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    pipeline_model: str = defaults.CANARY_PIPELINE
+    models: tuple[str, ...] = defaults.CANARY_MODELS
+    deadline_ms: int = defaults.CANARY_DEADLINE_MS
+    interval_ms: int = defaults.CANARY_INTERVAL_MS
+    sample_interval_ms: int = defaults.CANARY_SAMPLE_INTERVAL_MS
+    headroom_floor_fraction: float = defaults.HEADROOM_FLOOR_FRACTION
+    headroom_floor_mb: float = defaults.HEADROOM_FLOOR_MB
+    trend_window_s: float = defaults.TREND_WINDOW_S
+    trend_min_samples: int = defaults.TREND_MIN_SAMPLES
+    trend_horizon_s: float = defaults.TREND_HORIZON_S
+    stall_s: float = defaults.STALL_S
+    half_open_not_ready: bool = defaults.HALF_OPEN_NOT_READY
+    strict_pins: bool = defaults.STRICT_PINS
+    device_class: str = "auto"  # "cpu", "gpu", or "auto": gpu when Triton reports GPU memory
+
+    # What a probe may change for one call (thresholds, never what is checked).
+    PER_CALL: frozenset = frozenset(
+        {
+            "deadline_ms",
+            "headroom_floor_fraction",
+            "headroom_floor_mb",
+            "trend_horizon_s",
+            "stall_s",
+            "half_open_not_ready",
+            "strict_pins",
+        }
+    )
+
+    def __post_init__(self) -> None:
+        positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s")
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise CanaryConfigError(f"{name}={value!r} is invalid: expected a number > 0")
+        if not 0 <= self.headroom_floor_fraction < 1:
+            raise CanaryConfigError(
+                f"headroom_floor_fraction={self.headroom_floor_fraction!r} is invalid: expected 0 <= x < 1"
+            )
+        if self.headroom_floor_mb < 0:
+            raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected >= 0")
+        if self.trend_min_samples < 3:
+            raise CanaryConfigError(f"trend_min_samples={self.trend_min_samples!r} is invalid: expected >= 3")
+        if self.device_class not in ("auto", "cpu", "gpu"):
+            raise CanaryConfigError(f"device_class={self.device_class!r} is invalid: expected auto, cpu or gpu")
+        if not self.models or not self.pipeline_model:
+            raise CanaryConfigError("models and pipeline_model must name at least one model")
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, Any], base: "CanaryConfig | None" = None) -> "CanaryConfig":
+        """Strings from config.pbtxt `parameters` (or a probe's options) -> config; unknown keys raise."""
+        base = base or cls()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        changes: dict[str, Any] = {}
+        for name, raw in params.items():
+            if name not in fields:
+                raise CanaryConfigError(f"unknown canary parameter {name!r}; known: {sorted(fields)}")
+            current = getattr(base, name)
+            try:
+                if isinstance(current, bool):
+                    changes[name] = raw if isinstance(raw, bool) else _bool(name, raw)
+                elif isinstance(current, tuple):
+                    changes[name] = tuple(m.strip() for m in str(raw).split(",") if m.strip())
+                elif isinstance(current, int):
+                    changes[name] = int(raw)
+                elif isinstance(current, float):
+                    changes[name] = float(raw)
+                else:
+                    changes[name] = str(raw)
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, CanaryConfigError):
+                    raise
+                raise CanaryConfigError(f"{name}={raw!r} is invalid: expected a {type(current).__name__}") from None
+        return dataclasses.replace(base, **changes)
+
+    def with_call_options(self, options: Mapping[str, Any]) -> "CanaryConfig":
+        refused = sorted(set(options) - self.PER_CALL)
+        if refused:
+            raise CanaryConfigError(f"option(s) {refused} cannot be set per call; allowed: {sorted(self.PER_CALL)}")
+        return self.from_parameters(options, base=self)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    value: Any
+    limit: Any
+    reason: str
+
+
+@dataclass
+class CanaryReport:
+    checks: list[CheckResult]
+    duration_s: float
+    device_class: str
+    at: float = field(default_factory=time.time)  # wall clock, for people
+
+    @property
+    def ready(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_dict(self) -> dict:
+        return {
+            "ready": self.ready,
+            "at": self.at,
+            "duration_s": self.duration_s,
+            "device_class": self.device_class,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_default)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CanaryReport":
+        return cls(
+            checks=[CheckResult(**c) for c in data["checks"]],
+            duration_s=data["duration_s"],
+            device_class=data["device_class"],
+            at=data["at"],
+        )
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return str(value)
+
+
+# --- the checks ----------------------------------------------------------------
+
+
+def check_liveness(ready_by_model: Mapping[str, bool]) -> CheckResult:
+    not_ready = sorted(m for m, ready in ready_by_model.items() if not ready)
+    return CheckResult(
+        "liveness",
+        not not_ready,
+        {m: ready for m, ready in ready_by_model.items()},
+        "all ready",
+        f"not ready: {', '.join(not_ready)}" if not_ready else f"{len(ready_by_model)} models ready",
+    )
+
+
+def check_golden(comparison: GoldenComparison | None, error: str | None = None) -> CheckResult:
+    if comparison is None:
+        return CheckResult("golden", False, None, "answer within deadline", error or "no answer")
+    return CheckResult(
+        "golden",
+        comparison.ok,
+        {"bit_exact": comparison.bit_exact, "labels_match": comparison.labels_match, "max_abs_diff": comparison.max_abs_diff},
+        {"max_abs_diff": comparison.tolerance},
+        comparison.reason,
+    )
+
+
+def check_headroom(reading: MemoryReading | None, floor: int, error: str | None = None) -> CheckResult:
+    if reading is None:
+        return CheckResult("headroom", False, None, floor, error or "memory could not be read")
+    mb = 1024 * 1024
+    ok = reading.free_bytes >= floor
+    return CheckResult(
+        "headroom",
+        ok,
+        {"source": reading.source, "free_bytes": reading.free_bytes, "total_bytes": reading.total_bytes},
+        {"floor_bytes": floor},
+        f"{reading.source} memory free {reading.free_bytes / mb:.0f} MiB "
+        f"({'>=' if ok else '<'} floor {floor / mb:.0f} MiB of {reading.total_bytes / mb:.0f} MiB)",
+    )
+
+
+def check_trend(trend: Trend | None, horizon_s: float, samples: int, min_samples: int) -> CheckResult:
+    if trend is None:
+        return CheckResult(
+            "leak_trend", True, {"samples": samples}, {"horizon_s": horizon_s},
+            f"collecting samples ({samples}/{min_samples})",
+        )
+    ok = trend.seconds_to_floor >= horizon_s
+    mb = 1024 * 1024
+    if math.isinf(trend.seconds_to_floor):
+        reason = f"free memory not falling ({trend.slope_bytes_per_s / mb:+.2f} MiB/s)"
+    else:
+        reason = (
+            f"free memory falling {-trend.slope_bytes_per_s / mb:.2f} MiB/s: floor in "
+            f"{trend.seconds_to_floor:.0f} s ({'>=' if ok else '<'} horizon {horizon_s:.0f} s)"
+        )
+    return CheckResult(
+        "leak_trend",
+        ok,
+        {"slope_bytes_per_s": trend.slope_bytes_per_s, "seconds_to_floor": trend.seconds_to_floor, "samples": trend.samples},
+        {"horizon_s": horizon_s},
+        reason,
+    )
+
+
+class StallDetector:
+    """A model with requests pending and no inference completed for `stall_s` is stalled.
+
+    Fed from Triton's metrics (nv_inference_pending_request_count and
+    nv_inference_exec_count per model) at each sample; time is injected.
+    """
+
+    def __init__(self) -> None:
+        self._last_exec: dict[str, float] = {}
+        self._progress_at: dict[str, float] = {}
+
+    def update(self, now: float, pending: Mapping[str, float], executed: Mapping[str, float]) -> None:
+        for model, count in executed.items():
+            if pending.get(model, 0) <= 0 or self._last_exec.get(model) != count:
+                self._progress_at[model] = now
+            self._last_exec[model] = count
+
+    def stalled(self, now: float, stall_s: float, pending: Mapping[str, float]) -> dict[str, float]:
+        """{model: seconds without progress} for every stalled model."""
+        return {
+            model: now - at
+            for model, at in self._progress_at.items()
+            if pending.get(model, 0) > 0 and now - at >= stall_s
+        }
+
+
+def check_stall(stalled: Mapping[str, float] | None, stall_s: float, error: str | None = None) -> CheckResult:
+    if stalled is None:
+        return CheckResult("stall", False, None, {"stall_s": stall_s}, error or "server metrics unavailable")
+    if stalled:
+        worst = ", ".join(f"{m} ({s:.0f} s)" for m, s in sorted(stalled.items()))
+        return CheckResult("stall", False, dict(stalled), {"stall_s": stall_s}, f"requests pending, nothing completed: {worst}")
+    return CheckResult("stall", True, {}, {"stall_s": stall_s}, "no model stalled")
+
+
+def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool) -> CheckResult:
+    bad_states = {State.OPEN} | ({State.HALF_OPEN} if half_open_not_ready else set())
+    bad = sorted(s.name for s in snapshots if s.state in bad_states)
+    states = {s.name: s.state.name for s in snapshots}
+    reason = (
+        "breaker " + ", ".join(f"'{n}' {states[n]}" for n in bad)
+        if bad
+        else (f"{len(states)} breaker(s) closed or probing" if states else "no breaker in use yet")
+    )
+    return CheckResult("breakers", not bad, states, "none OPEN" + (" or HALF_OPEN" if half_open_not_ready else ""), reason)
+
+
+def expected_runtime(pins: Pins, device_class: str) -> dict[str, str | None]:
+    """The versions a server of this device class should run (pins.toml)."""
+    if device_class == "gpu":
+        return dict(pins.expected_runtime())
+    return {
+        "torch": f"{pins.ci_torch.version}+{pins.ci_torch.build}",
+        "tritonserver": pins.container.triton_server,
+    }
+
+
+def check_pins(expected: Mapping[str, str | None], observed: Mapping[str, str | None], strict: bool) -> CheckResult:
+    mismatches = {k: {"expected": v, "observed": observed.get(k)} for k, v in expected.items() if observed.get(k) != v}
+    if not mismatches:
+        return CheckResult("runtime_pins", True, dict(observed), dict(expected), "runtime matches the pins")
+    text = ", ".join(f"{k} {m['observed']} (pinned {m['expected']})" for k, m in mismatches.items())
+    return CheckResult(
+        "runtime_pins",
+        not strict,
+        dict(observed),
+        dict(expected),
+        f"mismatch: {text}" + ("" if strict else " [reported only: strict_pins is off]"),
+    )
+
+
+def not_run(name: str, why: str) -> CheckResult:
+    return CheckResult(name, False, None, None, f"not run: {why}")

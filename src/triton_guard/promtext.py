@@ -1,0 +1,45 @@
+"""Reading Prometheus text exposition (Triton's /metrics) with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict
+    value: float
+
+
+def parse(text: str) -> list[Sample]:
+    return [
+        Sample(s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def fetch(url: str, timeout_s: float) -> list[Sample]:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse(response.read().decode())
+
+
+def sum_by_name(samples: list[Sample]) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for s in samples:
+        totals[s.name] += s.value
+    return dict(totals)
+
+
+def by_label(samples: list[Sample], name: str, label: str) -> dict[str, float]:
+    """{label value: value} for one metric name (summed where other labels differ)."""
+    values: dict[str, float] = defaultdict(float)
+    for s in samples:
+        if s.name == name and label in s.labels:
+            values[s.labels[label]] += s.value
+    return dict(values)
