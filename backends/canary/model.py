@@ -114,7 +114,7 @@ class TritonPythonModel:
             checks.append(canary.check_headroom(None, 0, memory_error))
             checks.append(canary.not_run("leak_trend", memory_error or "no memory reading"))
         checks.append(self._stall_check(config, samples, metrics_error))
-        checks.append(canary.check_breakers(self._breakers(), config.half_open_not_ready))
+        checks.append(canary.check_breakers(self._breakers(), config.half_open_not_ready, time.monotonic()))
         checks.append(self._pins_check(config, device_class))
         report = canary.CanaryReport(checks, time.monotonic() - started, device_class)
         if config == self.config:  # a probe's one-off thresholds are not the server's state

@@ -270,15 +270,25 @@ def check_stall(stalled: Mapping[str, float] | None, stall_s: float, error: str 
     return CheckResult("stall", True, {}, {"stall_s": stall_s}, "no model stalled")
 
 
-def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool) -> CheckResult:
+def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, now: float) -> CheckResult:
+    """`now` is the breakers' clock (monotonic, one per host) for the time in each state."""
     bad_states = {State.OPEN} | ({State.HALF_OPEN} if half_open_not_ready else set())
     bad = sorted(s.name for s in snapshots if s.state in bad_states)
-    states = {s.name: s.state.name for s in snapshots}
-    reason = (
-        "breaker " + ", ".join(f"'{n}' {states[n]}" for n in bad)
-        if bad
-        else (f"{len(states)} breaker(s) closed or probing" if states else "no breaker in use yet")
-    )
+    states = {
+        s.name: {
+            "state": s.state.name,
+            "seconds_in_state": max(now - s.since, 0.0),
+            "consecutive_failures": s.consecutive_failures,
+            "failure_rate": s.failure_rate,
+            "slow_call_rate": s.slow_call_rate,
+            "calls_in_window": s.calls_in_window,
+        }
+        for s in snapshots
+    }
+    if bad:
+        reason = "breaker " + ", ".join(f"'{n}' {states[n]['state']}" for n in bad)
+    else:
+        reason = f"{len(states)} breaker(s) closed or probing" if states else "no breaker in use yet"
     return CheckResult("breakers", not bad, states, "none OPEN" + (" or HALF_OPEN" if half_open_not_ready else ""), reason)
 
 
