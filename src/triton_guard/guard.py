@@ -136,8 +136,7 @@ class Guard:
             )
 
         started = self._clock()
-        future = self._workers.submit(upstream_call, self._timeout_s)
-        future.add_done_callback(self._release)
+        future = self._workers.submit(self._run, upstream_call)
         answer, message = None, None
         try:
             answer = future.result(timeout=self._timeout_s)
@@ -165,9 +164,16 @@ class Guard:
         if transition is not None:
             self.events.transitioned(transition)
 
-    def _release(self, _future) -> None:
-        with self._inflight_lock:
-            self._inflight -= 1
+    def _run(self, upstream_call: Callable[[float], T]) -> T:
+        # The slot is given back in the worker, before the future hands the
+        # answer to the caller: a done-callback would run only after the
+        # caller was woken, so a caller calling again at once could find its
+        # own finished call still counted and be refused as overloaded.
+        try:
+            return upstream_call(self._timeout_s)
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
 
     def _rejection_message(self, rejection: Rejection) -> str:
         if rejection.state is State.OPEN:
