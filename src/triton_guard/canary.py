@@ -75,8 +75,9 @@ class CanaryConfig:
             raise CanaryConfigError(
                 f"headroom_floor_fraction={self.headroom_floor_fraction!r} is invalid: expected 0 <= x < 1"
             )
-        if self.headroom_floor_mb < 0:
-            raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected >= 0")
+        if not (math.isfinite(self.headroom_floor_mb) and self.headroom_floor_mb >= 0):
+            # nan or inf would pass `< 0` and make floor_bytes() raise on every run.
+            raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected a finite number >= 0")
         if self.trend_min_samples < 3:
             raise CanaryConfigError(f"trend_min_samples={self.trend_min_samples!r} is invalid: expected >= 3")
         if self.device_class not in ("auto", "cpu", "gpu"):
