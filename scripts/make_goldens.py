@@ -1,10 +1,12 @@
-"""Regenerate the canary's golden outputs by asking a real server.
+"""Regenerate the canary's goldens and the drift monitor's reference from a real server.
 
-Starts `triton-guard serve` (via LocalServer) on free ports, sends one fixed
-request through `pipeline` (one held-out digit of each class), and writes
+Starts a server (LocalServer) on free ports, sends one fixed request through
+`pipeline` (one held-out digit of each class) and writes
 model_repository/canary/goldens/<device class>.json with the outputs, their
-sha256 and the environment they were made in. Run it after retraining, and on
-a GPU host with --gpu for the GPU goldens:
+sha256 and the environment they were made in; then sends the whole held-out
+split and writes goldens/reference.json, the output distribution the drift
+monitor compares live traffic with. Run it after retraining, and on a GPU host
+with --gpu for the GPU goldens:
 
     .venv/bin/python scripts/make_goldens.py            # goldens/cpu.json
     .venv/bin/python scripts/make_goldens.py --gpu      # goldens/gpu.json
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
+from triton_guard.drift import REFERENCE_FILE, Reference  # noqa: E402
 from triton_guard.goldens import GOLDENS_DIR, Golden, output_hash  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 
@@ -33,10 +36,19 @@ from triton_guard.server import LocalServer, Ports  # noqa: E402
 TOLERANCE = 1e-4
 
 
-def golden_images() -> np.ndarray:
+MAX_BATCH = 64  # pipeline's max_batch_size
+
+
+def golden_images(test_x: np.ndarray, test_y: np.ndarray) -> np.ndarray:
     """The first held-out digit of each class 0-9: every output row matters."""
-    _, _, test_x, test_y = heldout_split(*load_digits_uint8())
     return np.stack([test_x[np.flatnonzero(test_y == label)[0]] for label in range(10)])
+
+
+def infer(client, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    image.set_data_from_numpy(images)
+    result = client.infer("pipeline", [image])
+    return result.as_numpy("LABEL"), result.as_numpy("PROBS")
 
 
 def cpu_model() -> str:
@@ -56,15 +68,16 @@ def main() -> int:
     args = parser.parse_args()
     device_class = "gpu" if args.gpu else "cpu"
 
-    images = golden_images()
+    _, _, test_x, test_y = heldout_split(*load_digits_uint8())
+    images = golden_images(test_x, test_y)
     with tempfile.TemporaryFile("w+") as log:
         server = LocalServer(args.model_repository, Ports.free(), model_config_name="gpu" if args.gpu else None, log=log)
         with server:
             client = grpcclient.InferenceServerClient(server.grpc_url)
-            image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
-            image.set_data_from_numpy(images)
-            result = client.infer("pipeline", [image])
-            labels, probs = result.as_numpy("LABEL"), result.as_numpy("PROBS")
+            labels, probs = infer(client, images)
+            heldout_probs = np.concatenate(
+                [infer(client, test_x[i : i + MAX_BATCH])[1] for i in range(0, len(test_x), MAX_BATCH)]
+            )
             server_version = client.get_server_metadata().version
 
     import torch
@@ -87,9 +100,14 @@ def main() -> int:
             "gpu": torch.cuda.get_device_name(0) if args.gpu and torch.cuda.is_available() else None,
         },
     )
-    out = args.model_repository / "canary" / GOLDENS_DIR / f"{device_class}.json"
+    goldens_dir = args.model_repository / "canary" / GOLDENS_DIR
+    out = goldens_dir / f"{device_class}.json"
     out.write_text(golden.to_json() + "\n")
     print(f"wrote {out}: labels {labels.reshape(-1).tolist()} sha256 {golden.sha256[:16]}...")
+    if device_class == "cpu":  # one reference: the distribution, not the rounding, matters
+        reference = goldens_dir / REFERENCE_FILE
+        reference.write_text(Reference.from_probs(heldout_probs).to_json() + "\n")
+        print(f"wrote {reference}: output distribution of {len(heldout_probs)} held-out digits")
     return 0
 
 

@@ -24,7 +24,7 @@ from triton_guard import canary, defaults, memory, promtext
 from triton_guard.breaker import BreakerSnapshot
 from triton_guard.goldens import GOLDENS_DIR, Golden, compare
 from triton_guard.pins import load_pins, observe_runtime
-from triton_guard.shared_state import SharedFileStore, default_state_dir
+from triton_guard.shared_state import SharedFileStore, default_state_dir, read_json_state
 
 
 class TritonPythonModel:
@@ -39,7 +39,8 @@ class TritonPythonModel:
         self.http_url = os.environ.get(defaults.HTTP_URL_ENV)
         self.metrics_url = os.environ.get(defaults.METRICS_URL_ENV)
         self.store = SharedFileStore(default_state_dir())
-        self.trend = memory.LeakTrend(self.config.trend_window_s, self.config.trend_min_samples)
+        self.trend = memory.LeakTrend(
+            self.config.trend_window_s, self.config.trend_min_samples, self.config.trend_min_span_s)
         self.stall = canary.StallDetector()
         self._device_class = None if self.config.device_class == "auto" else self.config.device_class
         self._goldens = {}
@@ -109,13 +110,16 @@ class TritonPythonModel:
                 self.trend.add(time.monotonic(), reading.free_bytes)
                 trend, n = self.trend.trend(floor), len(self.trend)
             checks.append(canary.check_headroom(reading, floor))
-            checks.append(canary.check_trend(trend, config.trend_horizon_s, n, config.trend_min_samples))
+            checks.append(canary.check_trend(
+                trend, config.trend_horizon_s, n, config.trend_min_samples, config.trend_min_span_s))
         else:
             checks.append(canary.check_headroom(None, 0, memory_error))
             checks.append(canary.not_run("leak_trend", memory_error or "no memory reading"))
         checks.append(self._stall_check(config, samples, metrics_error))
         checks.append(canary.check_breakers(self._breakers(), config.half_open_not_ready, time.monotonic()))
         checks.append(self._pins_check(config, device_class))
+        checks.append(canary.check_drift(read_json_state(self.store.directory, defaults.DRIFT_STATE_FILE),
+                                         config.drift_fails_readiness))
         report = canary.CanaryReport(checks, time.monotonic() - started, device_class)
         if config == self.config:  # a probe's one-off thresholds are not the server's state
             self._metrics.publish(report, reading, self.trend_snapshot(reading, config))

@@ -46,10 +46,12 @@ class CanaryConfig:
     headroom_floor_mb: float = defaults.HEADROOM_FLOOR_MB
     trend_window_s: float = defaults.TREND_WINDOW_S
     trend_min_samples: int = defaults.TREND_MIN_SAMPLES
+    trend_min_span_s: float = defaults.TREND_MIN_SPAN_S
     trend_horizon_s: float = defaults.TREND_HORIZON_S
     stall_s: float = defaults.STALL_S
     half_open_not_ready: bool = defaults.HALF_OPEN_NOT_READY
     strict_pins: bool = defaults.STRICT_PINS
+    drift_fails_readiness: bool = defaults.DRIFT_FAILS_READINESS
     device_class: str = "auto"  # "cpu", "gpu", or "auto": gpu when Triton reports GPU memory
 
     # What a probe may change for one call (thresholds, never what is checked).
@@ -62,6 +64,7 @@ class CanaryConfig:
             "stall_s",
             "half_open_not_ready",
             "strict_pins",
+            "drift_fails_readiness",
         }
     )
 
@@ -78,6 +81,8 @@ class CanaryConfig:
         if not (math.isfinite(self.headroom_floor_mb) and self.headroom_floor_mb >= 0):
             # nan or inf would pass `< 0` and make floor_bytes() raise on every run.
             raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected a finite number >= 0")
+        if self.trend_min_span_s < 0:
+            raise CanaryConfigError(f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected >= 0")
         if self.trend_min_samples < 3:
             raise CanaryConfigError(f"trend_min_samples={self.trend_min_samples!r} is invalid: expected >= 3")
         if self.device_class not in ("auto", "cpu", "gpu"):
@@ -212,11 +217,11 @@ def check_headroom(reading: MemoryReading | None, floor: int, error: str | None 
     )
 
 
-def check_trend(trend: Trend | None, horizon_s: float, samples: int, min_samples: int) -> CheckResult:
+def check_trend(trend: Trend | None, horizon_s: float, samples: int, min_samples: int, min_span_s: float = 0.0) -> CheckResult:
     if trend is None:
         return CheckResult(
             "leak_trend", True, {"samples": samples}, {"horizon_s": horizon_s},
-            f"collecting samples ({samples}/{min_samples})",
+            f"collecting samples ({samples} of at least {min_samples}, spanning {min_span_s:.0f} s)",
         )
     ok = trend.seconds_to_floor >= horizon_s
     mb = 1024 * 1024
@@ -315,6 +320,20 @@ def check_pins(expected: Mapping[str, str | None], observed: Mapping[str, str | 
         dict(expected),
         f"mismatch: {text}" + ("" if strict else " [reported only: strict_pins is off]"),
     )
+
+
+def check_drift(state: Mapping[str, Any] | None, fails_readiness: bool) -> CheckResult:
+    """The output monitor's latest scores (written by the pipeline's postprocess step)."""
+    limit = {"p_alarm": defaults.DRIFT_P_ALARM, "psi_alarm": defaults.DRIFT_PSI_ALARM}
+    if state is None:
+        return CheckResult("drift", True, None, limit, "no scores yet (monitor off or no traffic)")
+    value = {k: state.get(k) for k in ("n", "window_size", "chi2_p", "ks_p", "psi_entropy", "alarm")}
+    if not state.get("alarm"):
+        return CheckResult("drift", True, value, limit, f"no drift ({state.get('n')}/{state.get('window_size')} answers)")
+    reason = "; ".join(state.get("reasons", [])) or "drift alarm"
+    if fails_readiness:
+        return CheckResult("drift", False, value, limit, reason)
+    return CheckResult("drift", True, value, limit, f"{reason} [reported only: drift_fails_readiness is off]")
 
 
 def not_run(name: str, why: str) -> CheckResult:

@@ -46,6 +46,7 @@ HEADROOM_FLOOR_FRACTION = 0.10  # free memory below 10% of the total is not read
 HEADROOM_FLOOR_MB = 0.0  # an absolute floor too; the stricter of the two applies
 TREND_WINDOW_S = 300.0  # leak trend over the last five minutes of samples
 TREND_MIN_SAMPLES = 10  # fewer samples: no trend verdict yet
+TREND_MIN_SPAN_S = 60.0  # nor before the samples span a minute (start-up is not a leak)
 TREND_HORIZON_S = 900.0  # not ready when the floor is projected within 15 minutes
 STALL_S = 10.0  # requests pending and nothing completed for this long: stalled
 HALF_OPEN_NOT_READY = False  # an OPEN breaker always fails readiness; HALF_OPEN only if set
@@ -69,3 +70,12 @@ CHAOS_DRIFT_SEED = 0  # same seed, same perturbed weights: reproducible answers
 CHAOS_HANG_POLL_S = 0.02  # a hung execute notices `clear` within this long
 CHAOS_WATCH_S = 0.1  # leak growth step and clear detection (1 MB chunks at 10 MB/s)
 CHAOS_TIMEOUT_S = 10.0  # triton-guard chaos: limit on the gRPC call to the chaos model
+
+# --- Output distribution monitor (src/triton_guard/drift.py) --------------
+DRIFT_WINDOW = 200  # answers per sliding window
+DRIFT_MIN_FILL = 1.0  # no alarm until the window is full: small samples are noisy
+DRIFT_P_ALARM = 1e-4  # chi-squared / KS p-value that alarms (3 tests, overlapping windows)
+DRIFT_PSI_ALARM = 0.25  # PSI above this is the conventional "major shift"
+DRIFT_EVALUATE_S = 1.0  # scores recomputed beside the request path this often
+DRIFT_STATE_FILE = "drift.json"  # latest scores, in the server's state directory, for the canary
+DRIFT_FAILS_READINESS = False  # a drift alarm is reported by the canary; fails readiness only if set

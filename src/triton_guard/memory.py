@@ -96,9 +96,11 @@ class Trend:
 class LeakTrend:
     """Free-memory samples over a time window, and where their line meets the floor."""
 
-    def __init__(self, window_s: float, min_samples: int) -> None:
+    def __init__(self, window_s: float, min_samples: int, min_span_s: float = 0.0) -> None:
         self.window_s = window_s
         self.min_samples = min_samples
+        # A verdict from a few seconds of history would read model loading as a leak.
+        self.min_span_s = min_span_s
         self._samples: deque[tuple[float, int]] = deque()
 
     def __len__(self) -> int:
@@ -112,7 +114,7 @@ class LeakTrend:
     def trend(self, floor: int) -> Trend | None:
         """None until there are enough samples to say anything."""
         n = len(self._samples)
-        if n < self.min_samples:
+        if n < self.min_samples or self._samples[-1][0] - self._samples[0][0] < self.min_span_s:
             return None
         mean_t = math.fsum(t for t, _ in self._samples) / n
         mean_f = math.fsum(f for _, f in self._samples) / n

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import json
 import mmap
 import operator
 import os
@@ -403,3 +404,25 @@ def _reset_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+
+# --- small JSON documents beside the breakers (drift scores) -------------------
+
+
+def write_json_state(directory: str | os.PathLike[str], filename: str, data: dict) -> None:
+    """Atomically replace `filename` in the state directory: readers never see half a file."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, filename)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def read_json_state(directory: str | os.PathLike[str], filename: str) -> dict | None:
+    """The document, or None when it was never written (or is unreadable)."""
+    try:
+        with open(os.path.join(directory, filename)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
