@@ -81,8 +81,12 @@ class CanaryConfig:
         if not (math.isfinite(self.headroom_floor_mb) and self.headroom_floor_mb >= 0):
             # nan or inf would pass `< 0` and make floor_bytes() raise on every run.
             raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected a finite number >= 0")
-        if self.trend_min_span_s < 0:
-            raise CanaryConfigError(f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected >= 0")
+        if not (math.isfinite(self.trend_min_span_s) and 0 <= self.trend_min_span_s < self.trend_window_s):
+            # Samples never span more than the window: a longer (or inf) span would mean no verdict, ever.
+            raise CanaryConfigError(
+                f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected 0 <= x < trend_window_s "
+                f"({self.trend_window_s:g})"
+            )
         if self.trend_min_samples < 3:
             raise CanaryConfigError(f"trend_min_samples={self.trend_min_samples!r} is invalid: expected >= 3")
         if self.device_class not in ("auto", "cpu", "gpu"):
