@@ -239,7 +239,12 @@ def check_trend(trend: Trend | None, horizon_s: float, samples: int, min_samples
     return CheckResult(
         "leak_trend",
         ok,
-        {"slope_bytes_per_s": trend.slope_bytes_per_s, "seconds_to_floor": trend.seconds_to_floor, "samples": trend.samples},
+        {
+            "slope_bytes_per_s": trend.slope_bytes_per_s,
+            # null, not Infinity: the report is standard JSON for jq and non-Python clients.
+            "seconds_to_floor": None if math.isinf(trend.seconds_to_floor) else trend.seconds_to_floor,
+            "samples": trend.samples,
+        },
         {"horizon_s": horizon_s},
         reason,
     )

@@ -299,7 +299,8 @@ def test_trend_boundary_is_the_horizon():
 def test_trend_not_falling_passes():
     result = check_trend(Trend(10, 0.5 * MIB, math.inf), 900.0, 10, 10)
     assert result.ok and result.reason == "free memory not falling (+0.50 MiB/s)"
-    assert result.value["seconds_to_floor"] == math.inf
+    assert result.value["seconds_to_floor"] is None  # "never", as standard JSON (no Infinity)
+    assert "Infinity" not in json.dumps(result.value)
 
 
 # --- stall --------------------------------------------------------------------------
