@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,24 @@ def pipeline_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("pipeline-server") / "tritonserver.log"
     with running_server(MODEL_REPOSITORY, log) as server:
         yield server
+
+
+def fast_model_repository(tmp_path: Path, **guard_params) -> Path:
+    """A copy of the project's model repository with `classifier_guard` parameters replaced.
+
+    fast_model_repository(tmp_path, timeout_ms=500, recovery_ms=1500): tests
+    that trip the breaker then wait seconds, not the production 10 s / 30 s.
+    A parameter the config does not list yet is added.
+    """
+    copy = tmp_path / "model_repository"
+    shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    config_path = copy / "classifier_guard" / "config.pbtxt"
+    config = config_path.read_text()
+    for key, value in guard_params.items():
+        entry = f'{{ key: "{key}", value: {{ string_value: "{value}" }} }}'
+        config, found = re.subn(rf'\{{ key: "{re.escape(key)}", value: \{{ string_value: "[^"]*" \}} \}}', entry, config)
+        if not found:
+            config, found = re.subn(r"parameters \[\n", f"parameters [\n  {entry},\n", config, count=1)
+        assert found, f"cannot set guard parameter {key!r} in {config_path}"
+    config_path.write_text(config)
+    return copy

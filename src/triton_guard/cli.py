@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from triton_guard import defaults
+from triton_guard.chaos import CLEAR, FAULT_NAMES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -21,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
         ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
         backends_source=Path(args.backends) if args.backends else None,
         model_config_name="gpu" if args.gpu else None,
+        chaos=args.chaos,
     )
     try:
         return serve_forever(server)
@@ -51,6 +53,61 @@ def _probe(args: argparse.Namespace) -> int:
     return result.health.exit_code
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    """Send one fault (or clear) to the server's `chaos` model; print what is now active."""
+    import json
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from triton_guard.chaos import ChaosCommand, Fault, FaultError
+
+    prog = "triton-guard chaos"
+    try:
+        command = ChaosCommand.build(
+            args.fault,
+            args.model,
+            slow_ms=args.slow_ms,
+            leak_mb_per_s=args.leak_mb_per_s,
+            leak_cap_mb=args.leak_cap_mb,
+            drift_scale=args.drift_scale,
+            seed=args.seed,
+        )
+    except FaultError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    refused = f"{prog}: refused: the server at {args.url} was not started with --chaos (it has no '{defaults.CHAOS_MODEL}' model)"
+    try:
+        client = grpcclient.InferenceServerClient(args.url)
+        if not client.is_model_ready(defaults.CHAOS_MODEL, client_timeout=args.timeout):
+            print(refused, file=sys.stderr)
+            return EXIT_FAILED
+        text = grpcclient.InferInput("COMMAND", [1], "BYTES")
+        text.set_data_from_numpy(np.array([command.to_json().encode()], dtype=np.object_))
+        result = client.infer(defaults.CHAOS_MODEL, [text], client_timeout=args.timeout)
+    except InferenceServerException as exc:
+        status = str(exc.status())
+        if status == "StatusCode.INVALID_ARGUMENT":  # the chaos model said no, and why
+            print(f"{prog}: refused: {exc.message()}", file=sys.stderr)
+            return EXIT_FAILED
+        if status == "StatusCode.DEADLINE_EXCEEDED":
+            print(f"{prog}: unreachable: no answer from {args.url} within {args.timeout:g} s", file=sys.stderr)
+            return EXIT_USAGE
+        if status in ("StatusCode.UNAVAILABLE", "StatusCode.UNKNOWN", "None"):
+            print(f"{prog}: unreachable: {args.url}: {exc.message()}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{prog}: failed: {exc.message()}", file=sys.stderr)
+        return EXIT_FAILED
+    status = json.loads(result.as_numpy("STATUS")[0])
+    previous = Fault.from_dict(status["previous"]).describe() if status["previous"] else None
+    if status["fault"] is None:
+        print(f"model '{status['model']}': cleared" + (f" (was {previous})" if previous else " (no fault was active)"))
+    else:
+        print(f"model '{status['model']}': {Fault.from_dict(status['fault']).describe()}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triton-guard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--gpu", action="store_true", help="use the models' GPU configurations (configs/gpu.pbtxt)"
     )
+    serve.add_argument(
+        "--chaos",
+        action="store_true",
+        help="allow fault injection (`triton-guard chaos`): serves the 'chaos' model, arms the models' hooks",
+    )
     serve.set_defaults(func=_serve)
 
     probe = sub.add_parser(
@@ -80,6 +142,42 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print the full canary report")
     probe.add_argument("--options", help='per-call canary thresholds as JSON, e.g. \'{"strict_pins": true}\'')
     probe.set_defaults(func=_probe)
+
+    chaos = sub.add_parser(
+        "chaos",
+        help="inject a fault into a server started with --chaos (exit 0 done, 1 refused, 2 unreachable)",
+    )
+    faults = [*FAULT_NAMES, CLEAR]
+    chaos.add_argument("fault", choices=faults, metavar="FAULT", help=f"one of: {', '.join(faults)}")
+    chaos.add_argument(
+        "--model", default=defaults.CHAOS_TARGET_MODEL, help="the model to break (default: %(default)s)"
+    )
+    chaos.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
+    chaos.add_argument(
+        "--slow-ms", type=int, default=defaults.CHAOS_SLOW_MS, help="slow: added to each execute (default: %(default)s)"
+    )
+    chaos.add_argument(
+        "--leak-mb-per-s",
+        type=float,
+        default=defaults.CHAOS_LEAK_MB_PER_S,
+        help="leak: growth per model instance (default: %(default)s)",
+    )
+    chaos.add_argument(
+        "--leak-cap-mb", type=float, default=defaults.CHAOS_LEAK_CAP_MB, help="leak: held at most (default: %(default)s)"
+    )
+    chaos.add_argument(
+        "--drift-scale",
+        type=float,
+        default=defaults.CHAOS_DRIFT_SCALE,
+        help="drift: weight noise, in units of each tensor's std (default: %(default)s)",
+    )
+    chaos.add_argument(
+        "--seed", type=int, default=defaults.CHAOS_DRIFT_SEED, help="drift: noise seed (default: %(default)s)"
+    )
+    chaos.add_argument(
+        "--timeout", type=float, default=defaults.CHAOS_TIMEOUT_S, help="seconds per gRPC call (default: %(default)s)"
+    )
+    chaos.set_defaults(func=_chaos)
     return parser
 
 

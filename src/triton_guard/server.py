@@ -36,6 +36,9 @@ from triton_guard import defaults
 ENV_TRITONSERVER = "TRITON_GUARD_TRITONSERVER"
 ENV_BACKEND_DIR = "TRITON_GUARD_BACKEND_DIR"
 
+# The `chaos` control model, served as a second repository only with chaos=True.
+CHAOS_REPOSITORY = Path(__file__).resolve().parent / "chaos_repository"
+
 # Triton log lines worth repeating when start-up fails.
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*?)\"?$")
 _ERROR_LINE = re.compile(r"^E\d{4} ")
@@ -138,6 +141,20 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def set_chaos_mode(env: dict[str, str], chaos_dir: Path | None) -> dict[str, str]:
+    """Point the models' chaos hooks at `chaos_dir`, or, with None, make sure none starts.
+
+    Removing the variable matters: one left in the caller's environment
+    would arm the hooks of a server started without --chaos.
+    """
+    if chaos_dir is None:
+        env.pop(defaults.CHAOS_DIR_ENV, None)
+    else:
+        chaos_dir.mkdir(parents=True, exist_ok=True)
+        env[defaults.CHAOS_DIR_ENV] = str(chaos_dir)
+    return env
+
+
 def check_ports_free(ports: Ports, host: str = "0.0.0.0") -> None:
     for name, port in ports.named().items():
         with socket.socket() as s:
@@ -169,6 +186,7 @@ class LocalServer:
     extra_args: tuple[str, ...] = ()
     log: IO[str] | None = None  # where server output goes; None: this process's stdout
     env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
+    chaos: bool = False  # fault injection: the `chaos` model and the models' chaos hooks
 
     process: subprocess.Popen | None = field(default=None, init=False)
     _workdir: Path | None = field(default=None, init=False)
@@ -191,10 +209,17 @@ class LocalServer:
             # Two servers on one host must not share Python-backend shm names.
             f"--backend-config=python,shm-region-prefix-name=triton_guard_{os.getpid()}_{self.ports.grpc}_",
         ]
+        if self.chaos:
+            cmd.append(f"--model-repository={CHAOS_REPOSITORY}")
         if self.model_config_name:
             cmd.append(f"--model-config-name={self.model_config_name}")
         cmd.extend(self.extra_args)
         return cmd
+
+    @property
+    def chaos_dir(self) -> Path | None:
+        """Where injected faults are kept (chaos mode only)."""
+        return self._workdir / "chaos" if self._workdir and self.chaos else None
 
     @property
     def state_dir(self) -> Path | None:
@@ -228,6 +253,7 @@ class LocalServer:
         env[defaults.HTTP_URL_ENV] = f"http://localhost:{self.ports.http}"
         env[defaults.METRICS_URL_ENV] = self.metrics_url
         env.update(self.env)
+        set_chaos_mode(env, self.chaos_dir)
         self.process = subprocess.Popen(
             self.command(Path(backend_dir)),
             stdout=subprocess.PIPE,
