@@ -69,7 +69,7 @@ class BreakerRecord:
     rejections: int = 0  # acquires answered with a Rejection
     records: int = 0  # outcomes that counted (current generation)
     stale_records: int = 0  # outcomes ignored: permit from an older generation
-    since: float = 0.0  # when the current state was entered
+    since: float = 0.0  # when the current state was entered (0.0: never used yet)
     opened_at: float = 0.0  # when the breaker last opened
     last_trial_at: float = 0.0  # when the latest HALF_OPEN trial was issued
     state: int = int(State.CLOSED)
@@ -231,6 +231,8 @@ class CircuitBreaker:
         with self._store.transaction(self.name) as rec:
             self._fit_window(rec)
             if rec.state == _CLOSED:
+                if not rec.since:  # a new record: CLOSED since its first call
+                    rec.since = now
                 rec.permits += 1
                 return Permit(rec.generation, False)
             if rec.state == _OPEN:

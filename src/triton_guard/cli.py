@@ -108,6 +108,28 @@ def _chaos(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from triton_guard.status import gather, render
+
+    while True:
+        status = gather(args.url, args.metrics_url, args.timeout)
+        if args.json:
+            print(json.dumps(status, indent=2, default=str), flush=True)
+        else:
+            if args.watch:
+                print("\033[H\033[2J", end="")  # clear the screen, cursor home
+            print(render(status), flush=True)
+        if not args.watch:
+            return EXIT_USAGE if status["health"] == "unreachable" else EXIT_OK
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triton-guard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print the full canary report")
     probe.add_argument("--options", help='per-call canary thresholds as JSON, e.g. \'{"strict_pins": true}\'')
     probe.set_defaults(func=_probe)
+
+    status = sub.add_parser("status", help="breakers, canary checks, drift and memory on one screen")
+    status.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
+    status.add_argument(
+        "--metrics-url", help=f"Triton's metrics endpoint (default: http://HOST:{defaults.METRICS_PORT}/metrics)"
+    )
+    status.add_argument("--timeout", type=float, default=defaults.PROBE_TIMEOUT_S, help="seconds per source")
+    status.add_argument("--json", action="store_true", help="the same data as JSON, for scripts")
+    status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+    status.set_defaults(func=_status)
 
     chaos = sub.add_parser(
         "chaos",

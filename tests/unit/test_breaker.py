@@ -420,3 +420,15 @@ def test_snapshot_fields(make, clock):
     assert (snap.permits, snap.rejections, snap.records, snap.stale_records) == (7, 1, 6, 0)
     as_dict = snap.to_dict()
     assert as_dict["state"] == "HALF_OPEN" and as_dict["trials_in_flight"] == 1
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "file"])
+def test_a_new_breaker_is_closed_since_its_first_call(store_kind, tmp_path):
+    clock = FakeClock(1000.0)
+    store = MemoryStore() if store_kind == "memory" else SharedFileStore(tmp_path)
+    breaker = CircuitBreaker("m", GuardConfig(), store, clock=clock)
+    clock.advance(5.0)
+    breaker.acquire()
+    clock.advance(2.0)
+    breaker.acquire()
+    assert breaker.snapshot().since == 1005.0

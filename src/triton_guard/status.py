@@ -1,0 +1,142 @@
+"""`triton-guard status`: one screen for the person on call.
+
+Two sources, both over the network so it works against any server: the
+canary's report (breakers with time in state, every check, drift, memory
+headroom and trend) and Triton's /metrics (the guard's counters: failures and
+rejections by reason, calls in flight). `gather` collects, `render` formats;
+`--json` prints what `gather` returned.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from triton_guard import defaults, guard_metrics, promtext
+from triton_guard.probe import Health, ModelHealthValidator
+
+MIB = 1024 * 1024
+
+
+def metrics_url_for(grpc_url: str) -> str:
+    """Triton's metrics endpoint on the same host as the gRPC URL, default port."""
+    host = grpc_url.rsplit(":", 1)[0] if ":" in grpc_url else grpc_url
+    return f"http://{host}:{defaults.METRICS_PORT}/metrics"
+
+
+def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
+    """Per guarded model: failures and rejections by reason, calls in flight, transitions."""
+    models: dict[str, dict[str, Any]] = {}
+
+    def entry(model: str) -> dict[str, Any]:
+        return models.setdefault(model, {"failures": {}, "rejections": {}, "inflight": 0.0, "transitions": {}})
+
+    for s in samples:
+        model = s.labels.get("model")
+        if model is None:
+            continue
+        if s.name == guard_metrics.FAILURES:
+            entry(model)["failures"][s.labels["reason"]] = s.value
+        elif s.name == guard_metrics.REJECTIONS:
+            entry(model)["rejections"][s.labels["reason"]] = s.value
+        elif s.name == guard_metrics.INFLIGHT:
+            entry(model)["inflight"] += s.value
+        elif s.name == guard_metrics.TRANSITIONS:
+            entry(model)["transitions"][s.labels["to"]] = s.value
+    return models
+
+
+def gather(url: str, metrics_url: str | None, timeout_s: float) -> dict[str, Any]:
+    health = ModelHealthValidator(url, timeout_s).check()
+    status: dict[str, Any] = {
+        "url": url,
+        "at": time.time(),
+        "health": health.health.value,
+        "reasons": health.reasons,
+        "report": health.report.to_dict() if health.report else None,
+        "guards": {},
+        "metrics_error": None,
+    }
+    if health.health is Health.UNREACHABLE:
+        return status
+    try:
+        status["guards"] = guard_counters(promtext.fetch(metrics_url or metrics_url_for(url), timeout_s))
+    except Exception as exc:  # the canary's part is still worth showing
+        status["metrics_error"] = f"{metrics_url or metrics_url_for(url)}: {exc}"
+    return status
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _counts(counts: dict[str, float], names: tuple[str, ...]) -> str:
+    return " ".join(f"{n}={int(counts.get(n, 0))}" for n in names if counts.get(n, 0)) or "none"
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [
+        f"triton-guard status  {status['url']}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['at']))}  "
+        f"{status['health'].upper().replace('_', ' ')}"
+    ]
+    if status["health"] == Health.UNREACHABLE.value:
+        lines += [f"  {r}" for r in status["reasons"]]
+        return "\n".join(lines)
+    report = status["report"]
+    checks = {c["name"]: c for c in report["checks"]} if report else {}
+    breakers = (checks.get("breakers") or {}).get("value") or {}
+
+    lines.append("")
+    lines.append("Guarded models")
+    models = sorted(set(breakers) | set(status["guards"]))
+    if not models:
+        lines.append("  (no guard has made a call yet)")
+    for model in models:
+        b = breakers.get(model, {})
+        g = status["guards"].get(model, {"failures": {}, "rejections": {}, "inflight": 0})
+        state = b.get("state", "?")
+        since = _duration(b["seconds_in_state"]) if "seconds_in_state" in b else "?"
+        lines.append(
+            f"  {model:<18} {state:<9} for {since:<8} in flight {int(g['inflight']):<3} "
+            f"failures in a row {b.get('consecutive_failures', '?')}  "
+            f"window: {b.get('failure_rate', 0):.0%} failed, {b.get('slow_call_rate', 0):.0%} slow"
+        )
+        lines.append(
+            f"  {'':<18} failures: {_counts(g['failures'], ('timeout', 'upstream_error', 'stub_dead', 'overloaded', 'client_error'))}"
+            f"   rejected: {_counts(g['rejections'], ('open', 'half_open_full', 'overloaded'))}"
+        )
+    if status.get("metrics_error"):
+        lines.append(f"  (guard counters unavailable: {status['metrics_error']})")
+
+    lines.append("")
+    if report is None:
+        lines.append("Canary: no report")
+        lines += [f"  {r}" for r in status["reasons"]]
+        return "\n".join(lines)
+    lines.append(f"Canary checks ({report['duration_s'] * 1000:.0f} ms, {report['device_class']})")
+    for c in report["checks"]:
+        lines.append(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']:<13} {c['reason']}")
+
+    drift = (checks.get("drift") or {}).get("value")
+    if drift:
+        lines.append("")
+        lines.append(
+            f"Drift    chi2 p={drift['chi2_p']:.3g}  KS p={drift['ks_p']:.3g}  PSI={drift['psi_entropy']:.3f}  "
+            f"window {drift['n']}/{drift['window_size']}  {'ALARM' if drift['alarm'] else 'no alarm'}"
+        )
+    headroom = (checks.get("headroom") or {}).get("value")
+    trend = (checks.get("leak_trend") or {}).get("value") or {}
+    if headroom:
+        floor = (checks["headroom"].get("limit") or {}).get("floor_bytes", 0)
+        slope = trend.get("slope_bytes_per_s")
+        trend_text = "collecting samples" if slope is None else f"{slope / MIB:+.2f} MiB/s"
+        lines.append(
+            f"Memory   {headroom['source']}: {headroom['free_bytes'] / MIB:.0f} MiB free of "
+            f"{headroom['total_bytes'] / MIB:.0f} MiB (floor {floor / MIB:.0f} MiB), trend {trend_text}"
+        )
+    return "\n".join(lines)
