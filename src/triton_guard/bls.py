@@ -25,20 +25,26 @@ breaker per server (a small shared-memory file, see shared_state.py).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_guard import defaults
 from triton_guard import guard_metrics as gm
 from triton_guard.breaker import CircuitBreaker
-from triton_guard.failures import FailureClassifier
+from triton_guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard import Code, Guard, GuardResult
 from triton_guard.guard_config import ConfigError, GuardConfig
-from triton_guard.shared_state import SharedFileStore, default_state_dir
+from triton_guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
+# Guard parameters beyond GuardConfig's thresholds.
+EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
 
 
 class GuardedUpstream:
@@ -50,7 +56,7 @@ class GuardedUpstream:
     """
 
     def __init__(self, upstream: str, *, instance_name: str = "", **parameters: str) -> None:
-        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - {"client_error_pattern"})
+        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
         if unknown:
             raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
         self.upstream = upstream
@@ -70,6 +76,10 @@ class GuardedUpstream:
             Code.INVALID_ARG: pb_utils.TritonError.INVALID_ARG,
             Code.INTERNAL: pb_utils.TritonError.INTERNAL,
         }
+        heal = parameters.get("heal_dead_upstream", str(defaults.HEAL_DEAD_UPSTREAM)).strip().lower()
+        if heal not in ("true", "false"):
+            raise ConfigError(f"heal_dead_upstream={heal!r} is invalid: expected true or false")
+        self._healer = _Healer(upstream, self.config.recovery_ms / 1000) if heal == "true" else None
         self._publisher = _MetricsPublisher(self, instance_name or upstream)
         self._publisher.start()
 
@@ -86,7 +96,11 @@ class GuardedUpstream:
             )
             response = request.exec()
             if response.has_error():
-                return response.error().message()
+                message = response.error().message()
+                # Seen here too when the guard gave up on this call long ago.
+                if self._healer is not None and is_stub_dead(message):
+                    self._healer.request()
+                return message
             return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
 
         # A string answer is the upstream's error message (BLS reports errors in the response).
@@ -149,3 +163,48 @@ class _MetricsPublisher(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class _Healer:
+    """Reloads an upstream whose Python stub died: the pod heals without a restart.
+
+    Triton 24.10 never restarts a dead stub; its model stays READY while every
+    request fails "Stub process ... is not healthy". Unloading and loading the
+    model (the server runs with --model-control-mode=explicit) starts a new
+    stub. Every guard instance of the server may see the death; a file lock
+    and a shared time stamp make one of them reload, at most once per
+    `min_interval_s` (the breaker's recovery period).
+    """
+
+    def __init__(self, upstream: str, min_interval_s: float) -> None:
+        self.upstream = upstream
+        self.min_interval_s = min_interval_s
+        self._state_dir = default_state_dir()
+        self._stamp = f"heal-{upstream}.json"
+        self._busy = threading.Lock()
+
+    def request(self) -> None:
+        if self._busy.acquire(blocking=False):  # one reload thread per process at most
+            threading.Thread(target=self._heal, name=f"heal-{self.upstream}", daemon=True).start()
+
+    def _heal(self) -> None:
+        try:
+            os.makedirs(self._state_dir, exist_ok=True)
+            with open(os.path.join(self._state_dir, f"{self._stamp}.lock"), "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # another guard instance is reloading it now
+                last = read_json_state(self._state_dir, self._stamp) or {}
+                now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
+                if now - last.get("at", -1e18) < self.min_interval_s:
+                    return
+                write_json_state(self._state_dir, self._stamp, {"at": now, "pid": os.getpid()})
+                pb_utils.Logger.log_warn(f"guard: upstream '{self.upstream}' has a dead stub; reloading it")
+                pb_utils.unload_model(self.upstream)
+                pb_utils.load_model(self.upstream)
+                pb_utils.Logger.log_info(f"guard: upstream '{self.upstream}' reloaded")
+        except Exception as exc:  # the breaker keeps failing fast; the next death tries again
+            pb_utils.Logger.log_error(f"guard: reloading '{self.upstream}' failed: {exc}")
+        finally:
+            self._busy.release()

@@ -27,6 +27,9 @@ MINIMUM_CALLS = 10  # no rate trip before this many calls in the window
 FAILURE_RATE_THRESHOLD = 0.5  # fraction of failed calls that opens
 SLOW_CALL_MS = 5_000  # a call slower than this counts as slow
 SLOW_CALL_RATE_THRESHOLD = 0.8  # fraction of slow calls that opens
+# Triton 24.10 never restarts a dead Python stub: the guard that sees one
+# reloads the upstream (explicit model control), at most once per recovery period.
+HEAL_DEAD_UPSTREAM = True
 
 # --- Shared breaker state (src/triton_guard/shared_state.py) ----------------
 # One breaker state per server, shared by every guard stub process.

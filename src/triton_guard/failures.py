@@ -45,6 +45,10 @@ _QUEUE_FULL = re.compile(r"Exceeds maximum queue size", re.IGNORECASE)
 _QUEUE_TIMEOUT = re.compile(r"Request timeout expired", re.IGNORECASE)
 
 
+def is_stub_dead(message: str) -> bool:
+    return bool(_STUB_DEAD.search(message))
+
+
 class FailureClassifier:
     """Maps an upstream error message to a `Failure`.
 
