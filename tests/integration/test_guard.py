@@ -55,9 +55,12 @@ def set_fault(faults: Path, model: str, mode: str, **extra) -> None:
     os.replace(tmp, faults / f"{model}.json")  # atomic: the model never reads half a file
 
 
+def breaker_snapshot(server, upstream: str):
+    return CircuitBreaker(upstream, GuardConfig(), SharedFileStore(server.state_dir)).snapshot()
+
+
 def breaker_state(server, upstream: str) -> State:
-    store = SharedFileStore(server.state_dir)
-    return CircuitBreaker(upstream, GuardConfig(), store).snapshot().state
+    return breaker_snapshot(server, upstream).state
 
 
 def call(server, model: str, x=None, target: str | None = None, client_timeout_s: float = 30.0):
@@ -194,10 +197,14 @@ def test_slow_calls_trip_the_slow_call_rate(server, faults):
         if not ok:
             break
         answered += 1
-    # The window held 10 fast calls; the rate reaches 0.75 at the 8th slow one.
-    assert answered == 8
+    # The window held 10 fast calls: on a quiet machine the rate reaches 0.75
+    # at the 8th slow one; a loaded one may make a "fast" call slow too.
+    assert 1 <= answered <= 8
     assert "Service temporarily unavailable" in error.message()
-    assert breaker_state(server, "faulty") is State.OPEN
+    snapshot = breaker_snapshot(server, "faulty")
+    assert snapshot.state is State.OPEN
+    # Opened by the slow-call rate, not by failures: the calls were answered.
+    assert snapshot.slow_call_rate >= 0.75 and snapshot.failure_rate < 0.5
 
 
 def test_bad_client_input_never_trips_the_breaker(server):
