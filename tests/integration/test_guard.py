@@ -33,7 +33,7 @@ FAILURE_THRESHOLD = 5
 MAX_INFLIGHT = 3
 WINDOW_SIZE = 10
 MINIMUM_CALLS = 6
-# A caller may also have waited in the guard's own queue (250 ms, swept every 500 ms).
+# A caller may also have waited in the guard's own queue (500 ms, swept every 500 ms).
 DEADLINE_S = TIMEOUT_S + 1.0
 
 
@@ -104,8 +104,10 @@ def healthy_upstream(server, faults):
         return False
 
     wait_until(closed, RECOVERY_S + 5, "faulty's breaker CLOSED")
-    for _ in range(WINDOW_SIZE):  # push earlier tests' outcomes out of the window
-        assert call(server, "faulty_guard")[0]
+    # Push earlier tests' outcomes out of the window (a loaded machine may shed one).
+    successes = sum(call(server, "faulty_guard")[0] for _ in range(WINDOW_SIZE))
+    while successes < WINDOW_SIZE:
+        successes += call(server, "faulty_guard")[0]
     yield
     for model in ("faulty", "stuck"):
         set_fault(faults, model, "ok")
@@ -134,14 +136,17 @@ def test_hung_upstream_every_caller_gets_unavailable_within_deadline(server, fau
 def test_hang_opens_breaker_after_threshold_then_rejects_fast(server, faults):
     set_fault(faults, "faulty", "hang")
     outcomes = []
-    for _ in range(FAILURE_THRESHOLD + 3):
+    for _ in range(3 * FAILURE_THRESHOLD):
         ok, error, seconds = call(server, "faulty_guard")
         assert not ok and seconds < DEADLINE_S
         outcomes.append(error.message())
         if "Service temporarily unavailable" in error.message():
             break
     # Timeouts (and bulkhead rejections) count: OPEN right after the threshold.
-    assert len(outcomes) == FAILURE_THRESHOLD + 1, outcomes
+    # A request shed by the guard's own queue ("Request timeout expired")
+    # never reached the guard, so it neither counts nor is counted here.
+    reached = [m for m in outcomes if "Request timeout expired" not in m]
+    assert len(reached) == FAILURE_THRESHOLD + 1, outcomes
     assert breaker_state(server, "faulty") is State.OPEN
     rejection = outcomes[-1]
     assert "'faulty'" in rejection and "OPEN" in rejection and "next trial call in" in rejection
