@@ -343,7 +343,13 @@ class LocalServer:
         self.stop()
 
 
-def serve_forever(server: LocalServer, announce: Callable[[str], None] = print) -> int:
+def _print_now(line: str) -> None:
+    # stdout is block-buffered when it is a pipe (docker logs, systemd, `| tee`):
+    # without a flush the "ready" line would wait for Triton's next log line.
+    print(line, flush=True)
+
+
+def serve_forever(server: LocalServer, announce: Callable[[str], None] = _print_now) -> int:
     """Foreground serve: start, announce endpoints, stop cleanly on SIGINT/SIGTERM."""
     stop_requested = threading.Event()
 
