@@ -38,7 +38,7 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 CANARY_CONFIG = REPO_ROOT / "model_repository" / "canary" / "config.pbtxt"
 
 CORE_FILES = ("deployment.yaml", "service.yaml", "pdb.yaml")
-CRD_FILES = ("servicemonitor.yaml",)
+CRD_FILES = ("servicemonitor.yaml", "prometheusrule.yaml")
 KUSTOMIZATION = "kustomization.yaml"
 
 # Labels NVIDIA GPU Feature Discovery publishes for the driver and the CUDA
