@@ -49,22 +49,28 @@ def pipeline_server(tmp_path_factory):
         yield server
 
 
-def fast_model_repository(tmp_path: Path, **guard_params) -> Path:
-    """A copy of the project's model repository with `classifier_guard` parameters replaced.
-
-    fast_model_repository(tmp_path, timeout_ms=500, recovery_ms=1500): tests
-    that trip the breaker then wait seconds, not the production 10 s / 30 s.
-    A parameter the config does not list yet is added.
-    """
-    copy = tmp_path / "model_repository"
-    shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    config_path = copy / "classifier_guard" / "config.pbtxt"
+def set_parameters(config_path: Path, params: dict) -> None:
+    """Replace (or add) `parameters` entries of a config.pbtxt in place."""
     config = config_path.read_text()
-    for key, value in guard_params.items():
+    for key, value in params.items():
         entry = f'{{ key: "{key}", value: {{ string_value: "{value}" }} }}'
         config, found = re.subn(rf'\{{ key: "{re.escape(key)}", value: \{{ string_value: "[^"]*" \}} \}}', entry, config)
         if not found:
             config, found = re.subn(r"parameters \[\n", f"parameters [\n  {entry},\n", config, count=1)
-        assert found, f"cannot set guard parameter {key!r} in {config_path}"
+        assert found, f"cannot set parameter {key!r} in {config_path}"
     config_path.write_text(config)
+
+
+def fast_model_repository(tmp_path: Path, canary: dict | None = None, **guard_params) -> Path:
+    """A copy of the project's model repository with short limits.
+
+    fast_model_repository(tmp_path, timeout_ms=500, recovery_ms=1500): tests
+    that trip the breaker then wait seconds, not the production 10 s / 30 s.
+    `canary` replaces the canary's parameters the same way. A parameter the
+    config does not list yet is added.
+    """
+    copy = tmp_path / "model_repository"
+    shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    set_parameters(copy / "classifier_guard" / "config.pbtxt", guard_params)
+    set_parameters(copy / "canary" / "config.pbtxt", canary or {})
     return copy

@@ -54,12 +54,14 @@ class TritonPythonModel:
         self._current_run = None
         self._metrics = _CanaryMetrics()
         self._stop = threading.Event()
+        self._served = threading.Event()  # the first probe arrived: the model is up
         self._background = threading.Thread(target=self._background_loop, name="canary-sampler", daemon=True)
         self._background.start()
 
     # --- Triton ---------------------------------------------------------------
 
     def execute(self, requests):
+        self._served.set()
         responses = []
         for request in requests:
             try:
@@ -243,10 +245,25 @@ class TritonPythonModel:
 
     # --- background -----------------------------------------------------------------
 
+    def _server_ready(self):
+        """Via HTTP, not pb_utils: no stub-to-server call from this thread during start-up."""
+        if not self.http_url:
+            return self._served.is_set()
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as response:
+                return response.status == 200
+        except Exception:
+            return False
+
     def _background_loop(self):
         next_run = time.monotonic() + self.config.interval_ms / 1000
+        server_ready = False
         while not self._stop.wait(self.config.sample_interval_ms / 1000):
             try:
+                # History starts once the server serves: loading models is not a leak.
+                server_ready = server_ready or self._server_ready()
+                if not server_ready:
+                    continue
                 samples, _ = self._fetch_metrics(time.monotonic() + 1.0)
                 device_class = self._resolve_device_class(samples)
                 reading, _ = self._read_memory(device_class, samples)
@@ -259,7 +276,8 @@ class TritonPythonModel:
                     next_run = time.monotonic() + self.config.interval_ms / 1000
                     self.run_shared(self.config)
             except Exception as exc:  # the sampler must outlive any one bad sample
-                pb_utils.Logger.log_warn(f"canary sampler: {exc}")
+                if server_ready:  # (no stub-to-server call before: see _server_ready)
+                    pb_utils.Logger.log_warn(f"canary sampler: {exc}")
 
 
 def _options(request):

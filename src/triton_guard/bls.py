@@ -60,6 +60,7 @@ class GuardedUpstream:
         if unknown:
             raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
         self.upstream = upstream
+        self.called = False  # set by the first infer: metrics publish from then on
         self.config = GuardConfig.from_parameters(parameters)
         self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))
         self.metrics_buffer = gm.MetricsBuffer()
@@ -85,6 +86,7 @@ class GuardedUpstream:
 
     def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> GuardResult:
         """One guarded BLS call; on success `result.value` maps output names to arrays."""
+        self.called = True
 
         def upstream_call(timeout_s: float):
             request = pb_utils.InferenceRequest(
@@ -148,6 +150,11 @@ class _MetricsPublisher(threading.Thread):
             self.publish()
 
     def publish(self) -> None:
+        if not self._upstream.called:
+            # No stub-to-server call from this thread before the model has
+            # served a request: during start-up it can race the stub's own
+            # initialisation messages.
+            return
         delta = self._upstream.metrics_buffer.drain()
         for reason, n in delta.rejections.items():
             self._counter("rejections", "reason", reason).increment(n)

@@ -40,7 +40,9 @@ class TritonDriftMonitor:
         }
         self._fill = self._families["fill"].Metric(labels={})
         self._alarm = self._families["alarm"].Metric(labels={})
-        self._last_total = -1
+        # Nothing is published before the first answer: no stub-to-server call
+        # from this thread while the model may still be starting up.
+        self._last_total = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
         self._thread.start()

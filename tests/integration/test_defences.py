@@ -1,0 +1,297 @@
+"""The chaos suite: every fault makes its defence fire, and the system recovers.
+
+One `serve --chaos` server on a copy of the project's repository with short
+limits: guard timeout 500 ms, 3 failures open, recovery 1.5 s, slow calls
+> 250 ms; the canary samples memory every 200 ms and judges the trend after
+3 s. Faults go in through the real `triton-guard chaos` CLI; readiness is
+read through the real `triton-guard probe` and the Deployment's own
+readinessProbe command; state through `triton-guard status --json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import fast_model_repository, running_server
+from tests.deploy_helpers import readiness_probe_command
+from triton_guard.breaker import CircuitBreaker, State
+from triton_guard.digits import heldout_split, load_digits_uint8
+from triton_guard.guard_config import GuardConfig
+from triton_guard.server import Ports
+from triton_guard.shared_state import SharedFileStore
+
+pytestmark = pytest.mark.integration
+
+CLI = Path(sys.executable).parent / "triton-guard"
+TIMEOUT_S = 0.5
+FAILURE_THRESHOLD = 3
+RECOVERY_S = 1.5
+PROBE_TIMEOUT_S = 3.0
+DEADLINE_S = TIMEOUT_S + 1.0  # the guard's deadline plus its own queue's
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("defences")
+    repository = fast_model_repository(
+        tmp,
+        canary={
+            "deadline_ms": "1500",
+            "interval_ms": "1000",
+            "sample_interval_ms": "200",
+            "trend_window_s": "10",
+            "trend_min_samples": "8",
+            "trend_min_span_s": "2",
+            # Short window, short horizon: only a fast fall (> ~300 MiB/s on a
+            # 20 GiB box) fails by default; the leak test asks for a long one.
+            "trend_horizon_s": "60",
+        },
+        timeout_ms=int(TIMEOUT_S * 1000),
+        failure_threshold=FAILURE_THRESHOLD,
+        recovery_ms=int(RECOVERY_S * 1000),
+        slow_call_ms=250,
+        minimum_calls=5,
+        window_size=10,
+    )
+    with running_server(repository, tmp / "tritonserver.log", chaos=True) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    _, _, test_x, _ = heldout_split(*load_digits_uint8())
+    return test_x
+
+
+def run_cli(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=timeout)
+    return done, time.monotonic() - started
+
+
+def chaos(server, *args: str) -> None:
+    done, _ = run_cli("chaos", *args, "--url", server.grpc_url)
+    assert done.returncode == 0, done.stderr
+
+
+def probe(server, *extra: str) -> tuple[int, str, float]:
+    done, seconds = run_cli("probe", "--url", server.grpc_url, "--timeout", str(PROBE_TIMEOUT_S), *extra)
+    return done.returncode, done.stdout + done.stderr, seconds
+
+
+def deployment_probe(server) -> int:
+    """The readinessProbe command of deploy/kubernetes/deployment.yaml, pointed at this server."""
+    argv = readiness_probe_command()
+    argv[0] = str(CLI)
+    argv[argv.index("--url") + 1] = server.grpc_url
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode
+
+
+def state(server) -> State:
+    return CircuitBreaker("classifier", GuardConfig(), SharedFileStore(server.state_dir)).snapshot().state
+
+
+def call(server, images):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    image.set_data_from_numpy(images)
+    started = time.monotonic()
+    try:
+        result = client.infer("pipeline", [image], client_timeout=30)
+        return True, result, time.monotonic() - started
+    except InferenceServerException as exc:
+        return False, exc, time.monotonic() - started
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def recover(server, heldout) -> None:
+    """Clear every fault and wait (trial calls) until the breaker is CLOSED and the probe ready."""
+    # While the guard reloads a killed classifier, the chaos model refuses it: retry.
+    wait_until(lambda: run_cli("chaos", "clear", "--url", server.grpc_url)[0].returncode == 0, 20, "fault cleared")
+
+    def closed():
+        call(server, heldout[:1])
+        return state(server) is State.CLOSED
+
+    wait_until(closed, RECOVERY_S + 10, "breaker CLOSED again")
+    wait_until(lambda: probe(server)[0] == 0, 15, "probe ready again")
+
+
+@pytest.fixture(autouse=True)
+def clean(server, heldout):
+    recover(server, heldout)
+    yield
+    recover(server, heldout)
+
+
+def test_healthy_server_is_ready_for_the_probe_and_the_deployment(server):
+    code, out, _ = probe(server)
+    assert code == 0, out
+    assert out.startswith("ready")
+    assert deployment_probe(server) == 0
+
+
+def test_hang_times_out_opens_rejects_fast_fails_readiness_and_recovers(server, heldout):
+    chaos(server, "hang")
+    outcomes = []
+    for _ in range(3 * FAILURE_THRESHOLD):
+        ok, error, seconds = call(server, heldout[:4])
+        assert not ok and seconds < DEADLINE_S, (seconds, error)
+        outcomes.append(error.message())
+        if "Service temporarily unavailable" in error.message():
+            break
+    assert any("did not answer within timeout_ms=500" in m for m in outcomes), outcomes
+    assert "Service temporarily unavailable" in outcomes[-1]
+    assert state(server) is State.OPEN
+    fast = [call(server, heldout[:4])[2] for _ in range(10)]
+    assert max(fast) < 0.1, fast
+
+    code, out, seconds = probe(server)
+    assert code == 1, out
+    assert "golden" in out and "breakers" in out
+    assert seconds < PROBE_TIMEOUT_S + 2  # one probe timeout (plus Python start-up)
+    assert deployment_probe(server) != 0
+
+    status, _ = run_cli("status", "--url", server.grpc_url, "--metrics-url", server.metrics_url, "--json")
+    assert status.returncode == 0
+    data = json.loads(status.stdout)
+    breakers = next(c for c in data["report"]["checks"] if c["name"] == "breakers")["value"]
+    assert breakers["classifier"]["state"] == "OPEN"
+
+    chaos(server, "clear")
+    seen = set()
+
+    def closed():
+        seen.add(state(server))
+        call(server, heldout[:1])
+        seen.add(state(server))
+        return state(server) is State.CLOSED
+
+    wait_until(closed, RECOVERY_S + 10, "OPEN -> HALF_OPEN -> CLOSED")
+    assert wait_until(lambda: probe(server)[0] == 0, 15, "probe ready after clear")
+    ok, result, _ = call(server, heldout[:4])
+    assert ok, result
+
+
+def test_errors_open_the_breaker_and_fail_readiness(server, heldout):
+    chaos(server, "error")
+    wait_until(lambda: not call(server, heldout[:1])[0] and state(server) is State.OPEN, 10, "OPEN under errors")
+    code, out, _ = probe(server)
+    assert code == 1 and "breakers: breaker 'classifier' OPEN" in out, out
+
+
+def test_slow_upstream_trips_the_slow_call_rate(server, heldout):
+    chaos(server, "slow", "--slow-ms", "300")  # answers, but slower than slow_call_ms=250
+    answered = 0
+    for _ in range(20):
+        ok, _, _ = call(server, heldout[:1])
+        if not ok:
+            break
+        answered += 1
+    assert answered >= 1 and state(server) is State.OPEN
+    snapshot = CircuitBreaker("classifier", GuardConfig(), SharedFileStore(server.state_dir)).snapshot()
+    assert snapshot.slow_call_rate >= 0.8 and snapshot.failure_rate < 0.5
+
+
+def test_nan_outputs_fail_the_golden_check(server, heldout):
+    chaos(server, "nan")
+    code, out, _ = probe(server)
+    assert code == 1, out
+    assert "golden: outputs are not finite" in out, out
+
+
+def test_drift_fails_the_golden_tolerance_and_raises_the_monitor_alarm(server, heldout):
+    chaos(server, "drift", "--drift-scale", "0.5")
+    code, out, _ = probe(server)
+    assert code == 1, out
+    assert "golden:" in out and ("labels differ" in out or "exceeds tolerance" in out), out
+    # The monitor needs a window (200 answers) of traffic from the drifted model.
+    for start in range(0, 256, 64):
+        assert call(server, heldout[start : start + 64])[0]
+
+    def alarm():
+        done, _ = run_cli("status", "--url", server.grpc_url, "--metrics-url", server.metrics_url, "--json")
+        report = json.loads(done.stdout)["report"]
+        drift = next(c for c in report["checks"] if c["name"] == "drift")
+        return drift if drift["value"] and drift["value"]["alarm"] else None
+
+    drift = wait_until(alarm, 10, "drift alarm")
+    assert drift["ok"] and "reported only" in drift["reason"]  # drift_fails_readiness is off by default
+    code, out, _ = probe(server, "--options", '{"drift_fails_readiness": true}')
+    assert code == 1 and "drift:" in out, out
+
+
+def test_headroom_floor_above_current_use_fails_readiness(server):
+    code, out, _ = probe(server, "--options", '{"headroom_floor_fraction": 0.999}')
+    assert code == 1, out
+    assert "headroom:" in out and "< floor" in out, out
+
+
+def test_leak_fails_the_trend_check_before_the_floor_is_reached(server):
+    chaos(server, "leak", "--leak-mb-per-s", "100", "--leak-cap-mb", "3000")
+
+    def trend_fails():
+        done, _ = run_cli(
+            "probe", "--url", server.grpc_url, "--json", "--timeout", str(PROBE_TIMEOUT_S),
+            "--options", '{"trend_horizon_s": 3600}',
+        )
+        checks = {c["name"]: c for c in json.loads(done.stdout)["report"]["checks"]}
+        return checks if not checks["leak_trend"]["ok"] else None
+
+    checks = wait_until(trend_fails, 20, "leak trend not ready")
+    assert "free memory falling" in checks["leak_trend"]["reason"]
+    assert checks["headroom"]["ok"], checks["headroom"]  # caught before the floor, not at it
+    chaos(server, "clear")
+
+
+def _stub_pid(server, instance: str) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if argv[0].endswith(b"triton_python_backend_stub") and instance.encode() in argv:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid:
+                return int(entry.name)
+    raise AssertionError(f"no stub process for {instance}")
+
+
+def test_killed_upstream_stub_opens_fails_readiness_then_heals_without_a_restart(server, heldout):
+    os.kill(_stub_pid(server, "classifier_0_0"), signal.SIGKILL)
+    wait_until(lambda: not call(server, heldout[:1])[0] and state(server) is State.OPEN, 15, "OPEN after kill -9")
+    code, out, _ = probe(server)
+    assert code == 1, out
+    # The guard reloads the dead model; the next trial call closes the breaker.
+    recover(server, heldout)
+    assert _stub_pid(server, "classifier_0_0")
+
+
+def test_probe_against_nothing_listening_is_unreachable_within_its_timeout():
+    closed = Ports.free().grpc
+    done, seconds = run_cli("probe", "--url", f"localhost:{closed}", "--timeout", str(PROBE_TIMEOUT_S))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "unreachable" in done.stdout
+    assert seconds < PROBE_TIMEOUT_S + 2
