@@ -5,11 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
-  echo "setup: installing libb64-0d (needed by perf_analyzer)"
+# Debian packages: libb64 (perf_analyzer links it) and prometheus (its
+# promtool checks the alert rules in the tests).
+missing=()
+ldconfig -p | grep -q 'libb64\.so\.0d' || missing+=(libb64-0d)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libb64-0d >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"
