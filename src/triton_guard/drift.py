@@ -161,7 +161,9 @@ class DriftMonitor:
         self._lock = threading.Lock()
 
     def observe(self, probs: np.ndarray) -> None:
-        probs = np.asarray(probs)[-self.window_size :]
+        probs = np.asarray(probs)
+        answers = len(probs)
+        probs = probs[-self.window_size :]  # older rows of a huge batch would be overwritten anyway
         labels = probs.argmax(axis=1)
         confidence, entropy = confidence_and_entropy(probs)
         k = len(probs)
@@ -172,7 +174,7 @@ class DriftMonitor:
             self._entropy[idx] = entropy
             self._next = (self._next + k) % self.window_size
             self._count = min(self._count + k, self.window_size)
-            self.observed_total += k
+            self.observed_total += answers
 
     def evaluate(self, **thresholds) -> DriftScores:
         with self._lock:

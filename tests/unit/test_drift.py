@@ -274,11 +274,6 @@ def test_monitor_batch_larger_than_window_keeps_last_rows():
     assert scores.chi2_p == pytest.approx(1.0)  # only the balanced tail; the 15 zeros are gone
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drift.py bug: observe() trims a batch to the window before counting, "
-    "so observed_total grows by window_size, not by the batch size",
-)
 def test_monitor_batch_larger_than_window_counts_every_answer():
     monitor = DriftMonitor(two_class_reference(), window_size=10)
     monitor.observe(rows([0] * 25))
