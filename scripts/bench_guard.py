@@ -42,7 +42,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
 from triton_guard.guard import UNAVAILABLE_PREFIX  # noqa: E402
 from triton_guard.guard_config import GuardConfig  # noqa: E402
-from triton_guard.perf import PerfAnalyzerError, PerfResult, run_perf_analyzer  # noqa: E402
+from triton_guard.perf import PerfResult, measure, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.shared_state import SharedFileStore  # noqa: E402
 
@@ -63,8 +63,6 @@ UPSTREAM = "classifier"  # the breaker's name: one breaker per upstream per serv
 CONCURRENCIES = (1, 4, 16)
 MEASUREMENT_MS = 5000
 REPEATS = 1
-WARMUP_REQUESTS = 500  # per ensemble at the top concurrency, discarded (no stability wait)
-UNSTABLE_RETRIES = 1  # an unstable cell is measured again with a window this many times doubled
 REJECTIONS = 500  # sequential requests timed with the breaker OPEN
 
 # From the issue; the report says whether each was met.
@@ -101,21 +99,6 @@ def log(message: str) -> None:
 
 
 # --- throughput and latency ------------------------------------------------------------
-
-
-def measure(model: str, url: str, concurrency: int, measurement_ms: int) -> dict:
-    """One cell: the PerfResult as a dict with the window that gave it, or {"error": ...}."""
-    window_ms, retries = measurement_ms, UNSTABLE_RETRIES
-    while True:
-        try:
-            result = run_perf_analyzer(model, url, concurrency, INPUT_DATA, window_ms)
-            return {**result.to_dict(), "measurement_ms": window_ms}
-        except PerfAnalyzerError as exc:
-            if not exc.unstable or retries == 0:
-                return {"error": str(exc), "unstable": exc.unstable, "measurement_ms": window_ms}
-        retries -= 1
-        window_ms *= 2
-        log(f"  unstable; again with a {window_ms} ms window")
 
 
 def median_result(runs: list[dict]) -> dict | None:
@@ -157,7 +140,7 @@ def run_matrix(url: str, concurrencies: tuple[int, ...], measurement_ms: int, re
             for variant in names[shift:] + names[:shift]:
                 done += 1
                 log(f"[{done}/{total}] concurrency {concurrency}: {VARIANTS[variant]}")
-                run = measure(VARIANTS[variant], url, concurrency, measurement_ms)
+                run = measure(VARIANTS[variant], url, concurrency, INPUT_DATA, measurement_ms, log=log)
                 if "error" in run:
                     log(f"  {run['error']}")
                 else:
@@ -373,13 +356,9 @@ def main() -> int:
         with server:
             for model in VARIANTS.values():
                 log(f"warm-up: {model}")
-                try:
-                    run_perf_analyzer(
-                        model, server.grpc_url, max(args.concurrency), INPUT_DATA, args.measurement_ms,
-                        ["--request-count", str(WARMUP_REQUESTS)],
-                    )  # fmt: skip
-                except PerfAnalyzerError as exc:  # only the load matters here, not the numbers
-                    log(f"  (warm-up measured nothing: {exc})")
+                error = warm_up(model, server.grpc_url, max(args.concurrency), INPUT_DATA, args.measurement_ms)
+                if error is not None:  # only the load matters here, not the numbers
+                    log(f"  (warm-up measured nothing: {error})")
             cells = run_matrix(server.grpc_url, args.concurrency, args.measurement_ms, args.repeats)
             log(f"breaker OPEN: {REJECTIONS} requests to {GUARD_STEP_ENSEMBLE}")
             try:

@@ -19,7 +19,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 CUDA_RUNTIME_PACKAGE = "nvidia.cuda_runtime"
 
@@ -33,6 +33,10 @@ _SERVER_COMPUTE = ("Server Compute Input", "Server Compute Infer", "Server Compu
 # --max-trials windows never agreed within the stability percentage.
 UNSTABLE_MARKER = "Failed to obtain stable measurement"
 _SUMMARY_LINES = 8  # unindented output lines kept in an error (its indented lines are statistics)
+
+# Benchmarks (scripts/bench_guard.py, scripts/load_runs.py) share these.
+UNSTABLE_RETRIES = 1  # an unstable measurement is taken again with a window this many times doubled
+WARMUP_REQUESTS = 500  # per model at the top concurrency, discarded (no stability wait)
 
 
 class PerfAnalyzerError(RuntimeError):
@@ -144,3 +148,52 @@ def run_perf_analyzer(
                 unstable=UNSTABLE_MARKER in output,
             )
         return parse_perf_csv(csv_path.read_text())[0]
+
+
+def measure(
+    model: str,
+    url: str,
+    concurrency: int,
+    input_data: str | os.PathLike[str],
+    measurement_ms: int,
+    unstable_retries: int = UNSTABLE_RETRIES,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """One benchmark cell, never raising: the PerfResult as a dict with the window that gave it.
+
+    An unstable measurement (perf_analyzer's windows never agreed, common on a
+    shared machine) is taken again with the window doubled, up to
+    `unstable_retries` times; any other failure, or the last unstable one,
+    gives {"error": message, "unstable": bool, "measurement_ms": window}.
+    """
+    window_ms, retries = measurement_ms, unstable_retries
+    while True:
+        try:
+            result = run_perf_analyzer(model, url, concurrency, input_data, window_ms)
+            return {**result.to_dict(), "measurement_ms": window_ms}
+        except PerfAnalyzerError as exc:
+            if not exc.unstable or retries == 0:
+                return {"error": str(exc), "unstable": exc.unstable, "measurement_ms": window_ms}
+        retries -= 1
+        window_ms *= 2
+        if log is not None:
+            log(f"  unstable; again with a {window_ms} ms window")
+
+
+def warm_up(
+    model: str,
+    url: str,
+    concurrency: int,
+    input_data: str | os.PathLike[str],
+    measurement_ms: int,
+    requests: int = WARMUP_REQUESTS,
+) -> str | None:
+    """Load `model` with `requests` requests at `concurrency`; the numbers are discarded.
+
+    Returns None, or perf_analyzer's error: only the load matters here.
+    """
+    try:
+        run_perf_analyzer(model, url, concurrency, input_data, measurement_ms, ["--request-count", str(requests)])
+    except PerfAnalyzerError as exc:
+        return str(exc)
+    return None
