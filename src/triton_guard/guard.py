@@ -69,7 +69,8 @@ class GuardEvents:
 
     def rejected(self, reason: str) -> None: ...
 
-    def completed(self, duration_s: float, failure: Failure | None) -> None: ...
+    def completed(self, duration_s: float | None, failure: Failure | None) -> None:
+        """duration_s is None when no upstream call was made (bulkhead full)."""
 
     def transitioned(self, transition: Transition) -> None: ...
 
@@ -125,7 +126,7 @@ class Guard:
             if admitted:
                 self._inflight += 1
         if not admitted:
-            self._record(decision, Failure.OVERLOADED, 0.0)
+            self._record(decision, Failure.OVERLOADED, None)
             self.events.rejected("overloaded")
             return GuardResult(
                 Code.UNAVAILABLE,
@@ -156,10 +157,10 @@ class Guard:
             message = f"upstream model '{self.upstream}' failed: {message}"
         return GuardResult(_FAILURE_CODES[failure], message=message, failure=failure)
 
-    def _record(self, permit: Permit, failure: Failure | None, duration_s: float) -> None:
+    def _record(self, permit: Permit, failure: Failure | None, duration_s: float | None) -> None:
         # A client's mistake means the upstream answered, and answered right.
         success = failure is None or not failure.counts_against_upstream
-        transition = self.breaker.record(permit, success=success, duration_s=duration_s)
+        transition = self.breaker.record(permit, success=success, duration_s=duration_s or 0.0)
         self.events.completed(duration_s, failure)
         if transition is not None:
             self.events.transitioned(transition)

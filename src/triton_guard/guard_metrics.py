@@ -42,9 +42,10 @@ class MetricsBuffer(GuardEvents):
         with self._lock:
             self._delta.rejections[reason] += 1
 
-    def completed(self, duration_s: float, failure: Failure | None) -> None:
+    def completed(self, duration_s: float | None, failure: Failure | None) -> None:
         with self._lock:
-            self._delta.call_seconds.append(duration_s)
+            if duration_s is not None:  # a bulkhead refusal made no upstream call to time
+                self._delta.call_seconds.append(duration_s)
             if failure is not None:
                 self._delta.failures[failure.value] += 1
 

@@ -44,6 +44,16 @@ _LOAD_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*?)\"?$")
 _ERROR_LINE = re.compile(r"^E\d{4} ")
 
 
+def load_failure(line: str) -> str | None:
+    """One line for a person from Triton's "failed to load" log line, else None."""
+    match = _LOAD_FAILURE.search(line)
+    if match is None:
+        return None
+    # Triton writes a Python traceback's newlines as "\\n": its first line is the reason.
+    reason = match.group(2).split("\\n", 1)[0]
+    return f"model '{match.group(1)}' failed to load: {reason}"
+
+
 class ServerError(RuntimeError):
     """The server could not be started; the message is one line for a person."""
 
@@ -277,9 +287,9 @@ class LocalServer:
         for line in self.process.stdout:
             out.write(line)
             out.flush()
-            match = _LOAD_FAILURE.search(line)
-            if match:
-                self._load_failures.append(f"model '{match.group(1)}' failed to load: {match.group(2)}")
+            failure = load_failure(line)
+            if failure:
+                self._load_failures.append(failure)
             elif _ERROR_LINE.match(line):
                 self._recent_errors.append(line.strip())
 

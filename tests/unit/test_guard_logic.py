@@ -45,12 +45,14 @@ class FakeClock:
 class RecordingEvents(GuardEvents):
     def __init__(self) -> None:
         self.log: list[tuple] = []
+        self.durations: list[float | None] = []
 
     def rejected(self, reason: str) -> None:
         self.log.append(("rejected", reason))
 
-    def completed(self, duration_s: float, failure: Failure | None) -> None:
+    def completed(self, duration_s: float | None, failure: Failure | None) -> None:
         self.log.append(("completed", failure))
+        self.durations.append(duration_s)
 
     def transitioned(self, transition: Transition) -> None:
         self.log.append(("transitioned", transition.from_state, transition.to_state, transition.reason))
@@ -318,6 +320,7 @@ def test_bulkhead_rejects_at_once_when_every_slot_holds_a_hung_call(make_guard, 
     # It counts as a failure of the upstream: three timeouts and this one, in a row.
     assert guard.breaker.snapshot().consecutive_failures == max_inflight + 1
     assert events.take() == [("completed", Failure.OVERLOADED), ("rejected", "overloaded")]
+    assert events.durations[-1] is None  # no upstream call was made: nothing to time
 
     upstream.release.set()
     wait_until_workers_idle(guard)

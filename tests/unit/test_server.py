@@ -359,3 +359,13 @@ def test_a_server_that_dies_on_its_own_makes_serve_fail():
 def test_an_unclean_stop_makes_serve_fail():
     server = StandInServer(on_start=lambda: signal.raise_signal(signal.SIGTERM), stop_code=-signal.SIGKILL)
     assert serve_forever(server, announce=lambda _: None) == 1
+
+
+def test_load_failure_message_keeps_only_the_first_line_of_an_escaped_traceback():
+    # What Triton logs when a model.py raises in initialize: newlines escaped as "\n".
+    line = (
+        "E1127 17:53:10.123 5430 model_lifecycle.cc:641] \"failed to load 'broken' version 1: "
+        "Internal: RuntimeError: weights not found\\n\\nAt:\\n  /models/broken/1/model.py(3): initialize\\n\""
+    )
+    assert srv.load_failure(line) == "model 'broken' failed to load: Internal: RuntimeError: weights not found"
+    assert srv.load_failure('I1127 "successfully loaded \'broken\'"') is None
