@@ -223,24 +223,31 @@ def test_nan_outputs_fail_the_golden_check(server, heldout):
 
 
 def test_drift_fails_the_golden_tolerance_and_raises_the_monitor_alarm(server, heldout):
-    chaos(server, "drift", "--drift-scale", "0.5")
+    chaos(server, "drift", "--drift-scale", "1.0")
     code, out, _ = probe(server)
     assert code == 1, out
     assert "golden:" in out and ("labels differ" in out or "exceeds tolerance" in out), out
-    # The monitor needs a window (200 answers) of traffic from the drifted model.
-    for start in range(0, 256, 64):
-        assert call(server, heldout[start : start + 64])[0]
+
+    def traffic():  # a window (200 answers) and more from the drifted model
+        for start in range(0, 256, 64):
+            assert call(server, heldout[start : start + 64])[0]
 
     def alarm():
+        traffic()
         done, _ = run_cli("status", "--url", server.grpc_url, "--metrics-url", server.metrics_url, "--json")
         report = json.loads(done.stdout)["report"]
         drift = next(c for c in report["checks"] if c["name"] == "drift")
         return drift if drift["value"] and drift["value"]["alarm"] else None
 
-    drift = wait_until(alarm, 10, "drift alarm")
+    drift = wait_until(alarm, 20, "drift alarm")
     assert drift["ok"] and "reported only" in drift["reason"]  # drift_fails_readiness is off by default
-    code, out, _ = probe(server, "--options", '{"drift_fails_readiness": true}')
-    assert code == 1 and "drift:" in out, out
+
+    def not_ready_for_drift():
+        traffic()
+        code, out, _ = probe(server, "--options", '{"drift_fails_readiness": true}')
+        return code == 1 and "drift:" in out
+
+    wait_until(not_ready_for_drift, 20, "not ready for drift when drift_fails_readiness is set")
 
 
 def test_headroom_floor_above_current_use_fails_readiness(server):
