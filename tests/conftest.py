@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ from triton_guard.server import LocalServer, Ports
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 BACKENDS = REPO_ROOT / "backends"
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    """Poll a real server's behaviour until `predicate()` is truthy (its value), or fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from triton_guard.breaker import CircuitBreaker, Permit, Rejection, State, Transition
 from triton_guard.failures import Failure, FailureClassifier

@@ -185,6 +185,33 @@ def check_model_repository(path: Path) -> None:
         raise ServerError(f"model repository {path} holds no model (no */config.pbtxt)")
 
 
+_STUB_BINARY = b"triton_python_backend_stub"
+_INSTANCE_NAME = re.compile(rb"^[\w.-]+_\d+(_\d+)?$")  # <model>_<group>_<n>, or <model>_<n>
+
+
+def stub_pids(server_pid: int) -> dict[str, int]:
+    """{instance name: pid} of every Python backend stub of one tritonserver.
+
+    The stub's argv carries its instance name (e.g. classifier_guard_0_1);
+    its parent is the server (python_backend forks it).
+    """
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent != server_pid or not argv[0].endswith(_STUB_BINARY):
+            continue
+        names = [arg.decode() for arg in argv[1:] if _INSTANCE_NAME.match(arg)]
+        if names:
+            stubs[names[0]] = int(entry.name)
+    return stubs
+
+
 @dataclass
 class LocalServer:
     """One tritonserver process with a repository, ports and a private backend dir."""
@@ -340,6 +367,9 @@ class LocalServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         return proc.returncode if proc else None
+
+    def stub_pids(self) -> dict[str, int]:
+        return stub_pids(self.process.pid) if self.process else {}
 
     def wait(self) -> int:
         assert self.process is not None

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import fast_model_repository, running_server
+from tests.conftest import fast_model_repository, running_server, wait_until
 from triton_guard import defaults
 from triton_guard.chaos import ChaosControl
 from triton_guard.digits import heldout_split, load_digits_uint8
@@ -67,16 +67,6 @@ def call(server, images):
         return True, (result.as_numpy("LABEL")[:, 0], result.as_numpy("PROBS")), time.monotonic() - started
     except InferenceServerException as exc:
         return False, exc, time.monotonic() - started
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 @pytest.fixture
@@ -139,20 +129,6 @@ def test_drift_changes_the_numbers_not_most_labels(chaotic, images):
     np.testing.assert_allclose(after, clean_probs, rtol=1e-6)  # the clean weights were never touched
 
 
-def _classifier_stub_pid(server) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == server.process.pid and f"{TARGET}_0_0".encode() in argv:
-            return int(entry.name)
-    raise AssertionError(f"no stub process for {TARGET}_0_0")
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -162,7 +138,7 @@ def _rss_mb(pid: int) -> float:
 
 def test_leak_grows_the_stub_at_the_rate_up_to_the_cap_and_clear_frees_it(chaotic):
     rate_mb_s, cap_mb = 40, 160
-    pid = _classifier_stub_pid(chaotic)
+    pid = chaotic.stub_pids()[f"{TARGET}_0_0"]
     baseline = _rss_mb(pid)
     done = chaos(chaotic.grpc_url, "leak", "--leak-mb-per-s", str(rate_mb_s), "--leak-cap-mb", str(cap_mb))
     assert done.returncode == 0 and "+40 MB/s held, up to 160 MB" in done.stdout, done

@@ -18,12 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import fast_model_repository, running_server
+from tests.conftest import fast_model_repository, running_server, wait_until
 from tests.deploy_helpers import readiness_probe_command
 from triton_guard.breaker import CircuitBreaker, State
 from triton_guard.digits import heldout_split, load_digits_uint8
@@ -113,16 +112,6 @@ def call(server, images):
         return True, result, time.monotonic() - started
     except InferenceServerException as exc:
         return False, exc, time.monotonic() - started
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def recover(server, heldout) -> None:
@@ -273,24 +262,9 @@ def test_leak_fails_the_trend_check_before_the_floor_is_reached(server):
     chaos(server, "clear")
 
 
-def _stub_pid(server, instance: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if argv[0].endswith(b"triton_python_backend_stub") and instance.encode() in argv:
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid:
-                return int(entry.name)
-    raise AssertionError(f"no stub process for {instance}")
-
-
 def test_killed_upstream_stub_opens_fails_readiness_then_heals_without_a_restart(server, heldout):
     validator = ModelHealthValidator(server.grpc_url, timeout_s=PROBE_TIMEOUT_S)
-    os.kill(_stub_pid(server, "classifier_0_0"), signal.SIGKILL)
+    os.kill(server.stub_pids()["classifier_0_0"], signal.SIGKILL)
     seen_open = seen_not_ready = False
     deadline = time.monotonic() + 20
     # The guard heals the model within seconds, so watch closely from the kill on.
@@ -301,7 +275,7 @@ def test_killed_upstream_stub_opens_fails_readiness_then_heals_without_a_restart
     assert seen_open and seen_not_ready, (seen_open, seen_not_ready)
     # The guard reloads the dead model; the next trial call closes the breaker.
     recover(server, heldout)
-    assert _stub_pid(server, "classifier_0_0")
+    assert server.stub_pids()["classifier_0_0"]
 
 
 def test_probe_against_nothing_listening_is_unreachable_within_its_timeout():

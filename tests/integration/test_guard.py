@@ -19,7 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import running_server
+from tests.conftest import running_server, wait_until
 from triton_guard.breaker import CircuitBreaker, State
 from triton_guard.guard_config import GuardConfig
 from triton_guard.shared_state import SharedFileStore
@@ -79,16 +79,6 @@ def call(server, model: str, x=None, target: str | None = None, client_timeout_s
         return True, result.as_numpy("Y"), time.monotonic() - started
     except InferenceServerException as exc:
         return False, exc, time.monotonic() - started
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 @pytest.fixture(autouse=True)
@@ -261,23 +251,8 @@ def test_more_hung_calls_than_threads_do_not_starve_the_guard(server, faults):
     wait_until(lambda: call(server, "router", target="stuck")[0], 5, "stuck answers again")
 
 
-def _stub_pid(server, instance: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"triton_python_backend_stub") and instance.encode() in argv:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid:
-                return int(entry.name)
-    raise AssertionError(f"no stub process for {instance}")
-
-
 def test_dead_upstream_stub_counts_opens_and_the_guard_heals_it(server):
-    os.kill(_stub_pid(server, "faulty_0_0"), signal.SIGKILL)
+    os.kill(server.stub_pids()["faulty_0_0"], signal.SIGKILL)
     messages = []
     for _ in range(FAILURE_THRESHOLD + 1):
         ok, error, _ = call(server, "faulty_guard")
@@ -295,7 +270,7 @@ def test_dead_upstream_stub_counts_opens_and_the_guard_heals_it(server):
     wait_until(lambda: call(server, "faulty_guard")[0], 20, "faulty answers again through the guard")
     print(f"healed {time.monotonic() - started:.1f} s after the breaker opened")
     assert breaker_state(server, "faulty") is State.CLOSED
-    assert _stub_pid(server, "faulty_0_0")  # a new stub process
+    assert server.stub_pids()["faulty_0_0"]  # a new stub process
 
 
 def test_bad_guard_parameter_fails_the_load_and_changes_nothing(server):
