@@ -84,8 +84,13 @@ class GuardedUpstream:
         self._publisher = _MetricsPublisher(self, instance_name or upstream)
         self._publisher.start()
 
-    def infer(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> GuardResult:
-        """One guarded BLS call; on success `result.value` maps output names to arrays."""
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], budget_s: float | None = None
+    ) -> GuardResult:
+        """One guarded BLS call; on success `result.value` maps output names to arrays.
+
+        `budget_s`: what is left of the callers' deadline, if they waited before this call.
+        """
         self.called = True
 
         def upstream_call(timeout_s: float):
@@ -106,7 +111,9 @@ class GuardedUpstream:
             return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
 
         # A string answer is the upstream's error message (BLS reports errors in the response).
-        return self.guard.call(upstream_call, error_of=lambda answer: answer if isinstance(answer, str) else None)
+        return self.guard.call(
+            upstream_call, error_of=lambda answer: answer if isinstance(answer, str) else None, budget_s=budget_s
+        )
 
     def error_response(self, result: GuardResult):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(result.message, self._error_codes[result.code]))
@@ -132,11 +139,16 @@ class _MetricsPublisher(threading.Thread):
             "rejections": kinds(gm.REJECTIONS, "Requests refused without an upstream call, by reason", kinds.COUNTER),
             "failures": kinds(gm.FAILURES, "Upstream calls that failed, by reason", kinds.COUNTER),
             "inflight": kinds(gm.INFLIGHT, "Upstream calls not yet answered (timed-out ones included)", kinds.GAUGE),
-            "seconds": kinds(gm.CALL_SECONDS, "Upstream call latency seen by the guard", kinds.HISTOGRAM),
+            "bucket": kinds(f"{gm.CALL_SECONDS}_bucket", "Upstream calls no slower than le seconds", kinds.COUNTER),
+            "sum": kinds(f"{gm.CALL_SECONDS}_sum", "Seconds spent in upstream calls", kinds.COUNTER),
+            "count": kinds(f"{gm.CALL_SECONDS}_count", "Upstream calls timed", kinds.COUNTER),
         }
         self.state = self.families["state"].Metric(labels=self.labels)
         self.inflight = self.families["inflight"].Metric(labels={**self.labels, "instance": instance_name})
-        self.seconds = self.families["seconds"].Metric(labels=self.labels, buckets=list(gm.CALL_SECONDS_BUCKETS))
+        bounds = [str(b) for b in gm.CALL_SECONDS_BUCKETS] + ["+Inf"]
+        self.buckets = [self.families["bucket"].Metric(labels={**self.labels, "le": le}) for le in bounds]
+        self.seconds_sum = self.families["sum"].Metric(labels=self.labels)
+        self.seconds_count = self.families["count"].Metric(labels=self.labels)
         self._counters: dict = {}
 
     def _counter(self, family: str, label: str, value: str):
@@ -162,8 +174,12 @@ class _MetricsPublisher(threading.Thread):
             self._counter("failures", "reason", reason).increment(n)
         for state, n in delta.transitions.items():
             self._counter("transitions", "to", state).increment(n)
-        for seconds in delta.call_seconds:
-            self.seconds.observe(seconds)
+        if delta.call_seconds:  # a bounded number of round trips, however busy the guard
+            for bucket, n in zip(self.buckets, gm.cumulative_bucket_counts(delta.call_seconds)):
+                if n:
+                    bucket.increment(n)
+            self.seconds_sum.increment(sum(delta.call_seconds))
+            self.seconds_count.increment(len(delta.call_seconds))
         # The breaker is one per server: every instance publishes the same value.
         self.state.set(int(self._upstream.breaker.snapshot().state))
         self.inflight.set(self._upstream.guard.inflight)

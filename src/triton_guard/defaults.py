@@ -27,6 +27,10 @@ MINIMUM_CALLS = 10  # no rate trip before this many calls in the window
 FAILURE_RATE_THRESHOLD = 0.5  # fraction of failed calls that opens
 SLOW_CALL_MS = 5_000  # a call slower than this counts as slow
 SLOW_CALL_RATE_THRESHOLD = 0.8  # fraction of slow calls that opens
+# Optional guard input: CLOCK_MONOTONIC ns at which the request entered the
+# pipeline (stamped by its first step). The guard's deadline counts from it,
+# so time spent queued in front of the guard is part of timeout_ms.
+ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 # Triton 24.10 never restarts a dead Python stub: the guard that sees one
 # reloads the upstream (explicit model control), at most once per recovery period.
 HEAL_DEAD_UPSTREAM = True

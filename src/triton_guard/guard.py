@@ -108,11 +108,14 @@ class Guard:
         self,
         upstream_call: Callable[[float], T],
         error_of: Callable[[T], str | None] = lambda _: None,
+        budget_s: float | None = None,
     ) -> GuardResult[T]:
         """Run `upstream_call(timeout_s)` under the breaker, bulkhead and deadline.
 
         `error_of(answer)` returns the error message carried by an answer
-        (BLS reports errors inside the response), or None.
+        (BLS reports errors inside the response), or None. `budget_s`, when
+        given, is what is left of the callers' deadline (they waited before
+        the guard): the call gets the smaller of it and timeout_ms.
         """
         decision = self.breaker.acquire()
         if decision.transition is not None:  # OPEN -> HALF_OPEN, or an expired trial lease
@@ -136,11 +139,12 @@ class Guard:
                 rejected="overloaded",
             )
 
+        timeout_s = self._timeout_s if budget_s is None else max(min(budget_s, self._timeout_s), 0.0)
         started = self._clock()
-        future = self._workers.submit(self._run, upstream_call)
+        future = self._workers.submit(self._run, upstream_call, timeout_s)
         answer, message = None, None
         try:
-            answer = future.result(timeout=self._timeout_s)
+            answer = future.result(timeout=timeout_s)
             message = error_of(answer)
             failure = self.classifier.classify(message) if message else None
         except FutureTimeout:
@@ -165,13 +169,13 @@ class Guard:
         if transition is not None:
             self.events.transitioned(transition)
 
-    def _run(self, upstream_call: Callable[[float], T]) -> T:
+    def _run(self, upstream_call: Callable[[float], T], timeout_s: float) -> T:
         # The slot is given back in the worker, before the future hands the
         # answer to the caller: a done-callback would run only after the
         # caller was woken, so a caller calling again at once could find its
         # own finished call still counted and be refused as overloaded.
         try:
-            return upstream_call(self._timeout_s)
+            return upstream_call(timeout_s)
         finally:
             with self._inflight_lock:
                 self._inflight -= 1

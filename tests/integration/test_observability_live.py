@@ -22,6 +22,7 @@ from tests.unit.test_observability import (
     FAULT_ONLY_GUARD_METRICS,
     GPU_ONLY_TRITON_METRICS,
     HISTOGRAM_SUFFIXES,
+    HISTOGRAMS,
     PROMETHEUS_SYNTHESIZED,
     declared_guard_metrics,
     referenced_families,
@@ -51,6 +52,11 @@ def _exposed_families(text: str) -> set[str]:
         names = {name + s for s in HISTOGRAM_SUFFIXES} if kind in ("histogram", "summary") else {name}
         if names & samples:
             families.add(name)
+    # The guard writes its latency histogram as three counter series (see
+    # guard_metrics.CALL_SECONDS): the family is there when all three are.
+    for histogram in HISTOGRAMS:
+        if {histogram + suffix for suffix in HISTOGRAM_SUFFIXES} <= families:
+            families.add(histogram)
     return families
 
 

@@ -115,3 +115,11 @@ def test_concurrent_events_and_drains_add_up_exactly(frequent_thread_switches):
     assert len(seconds) == total
     assert sorted(set(seconds)) == [float(i) for i in range(threads_n)]
     assert all(seconds.count(float(i)) == per_thread for i in range(threads_n))
+
+
+def test_cumulative_bucket_counts_follow_prometheus_le_semantics():
+    from triton_guard.guard_metrics import cumulative_bucket_counts
+
+    # Upper bounds are inclusive; the last count is +Inf (every observation).
+    assert cumulative_bucket_counts([0.5, 1.0, 2.0, 100.0], buckets=(1.0, 2.0, 5.0)) == [2, 3, 3, 4]
+    assert cumulative_bucket_counts([], buckets=(1.0,)) == [0, 0]
