@@ -108,7 +108,7 @@ def render(status: dict[str, Any]) -> str:
         )
         lines.append(
             f"  {'':<18} failures: {_counts(g['failures'], ('timeout', 'upstream_error', 'stub_dead', 'overloaded', 'client_error'))}"
-            f"   rejected: {_counts(g['rejections'], ('open', 'half_open_full', 'overloaded'))}"
+            f"   rejected: {_counts(g['rejections'], ('open', 'half_open_full', 'overloaded', 'deadline'))}"
         )
     if status.get("metrics_error"):
         lines.append(f"  (guard counters unavailable: {status['metrics_error']})")
