@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
 from triton_guard.guard import UNAVAILABLE_PREFIX  # noqa: E402
 from triton_guard.guard_config import GuardConfig  # noqa: E402
-from triton_guard.perf import PerfResult, measure, warm_up  # noqa: E402
+from triton_guard.perf import PerfResult, measure, source_revision, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.shared_state import SharedFileStore  # noqa: E402
 
@@ -337,13 +336,6 @@ def render_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    return proc.stdout.strip() or "unknown"
-
-
 def main() -> int:
     args = parse_args()
     started = time.strftime("%Y%m%d-%H%M%S")
@@ -367,7 +359,7 @@ def main() -> int:
                 rejections = {"error": str(exc)}
     results = {
         "started": started,
-        "commit": git_commit(),
+        "commit": source_revision(REPO_ROOT),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0]},
         "settings": {
             "measurement_ms": args.measurement_ms,

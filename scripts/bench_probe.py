@@ -41,22 +41,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def server_processes(server_pid: int) -> dict[str, int]:
-    """{name: pid} for tritonserver and each of its Python stubs (by instance name)."""
-    found = {"tritonserver": server_pid}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == server_pid and argv[0].endswith(b"triton_python_backend_stub"):
-            found[argv[-3].decode()] = int(entry.name)  # ... <instance name> <backend dir> ''
-    return found
-
-
 def percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.array(seconds) * 1000
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
@@ -75,8 +59,7 @@ def main() -> int:
         validator = ModelHealthValidator(server.grpc_url, timeout_s=5.0)
         for _ in range(5):  # warm-up: first golden inference, gRPC channel
             validator.check()
-        procs = server_processes(server.process.pid)
-        canary_pid = next(pid for name, pid in procs.items() if name.startswith("canary"))
+        procs = {"tritonserver": server.process.pid, **server.stub_pids()}
 
         # 3b first, while nothing else runs: the canary's own background cost.
         before = {name: cpu_seconds(pid) for name, pid in procs.items()}

@@ -52,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing
 
 from triton_guard import defaults  # noqa: E402
-from triton_guard.perf import measure, warm_up  # noqa: E402
+from triton_guard.perf import measure, source_revision, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -300,11 +300,6 @@ def render_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
-
-
 def main() -> int:
     args = parse_args()
     started = time.strftime("%Y%m%d-%H%M%S")
@@ -329,7 +324,7 @@ def main() -> int:
             fault = run_fault(server.grpc_url, args.measurement_ms, clean)
     results = {
         "started": started,
-        "commit": git_commit(),
+        "commit": source_revision(REPO_ROOT),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0]},
         "settings": {
             "measurement_ms": args.measurement_ms,

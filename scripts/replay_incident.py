@@ -56,7 +56,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -80,6 +79,7 @@ from triton_guard.chaos import CLEAR, ChaosCommand, ChaosControl, FaultKind  # n
 from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
 from triton_guard.guard_config import GuardConfig  # noqa: E402
 from triton_guard.probe import ModelHealthValidator  # noqa: E402
+from triton_guard.perf import source_revision  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.shared_state import SharedFileStore  # noqa: E402
 
@@ -538,13 +538,6 @@ def write_results(path: Path, results: dict) -> None:
     path.write_text(f'{head[:-2]},\n "requests": [\n  {records}\n ]\n}}\n')
 
 
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    return proc.stdout.strip() or "unknown"
-
-
 def main() -> int:
     args = parse_args()
     started = time.strftime("%Y%m%d-%H%M%S")
@@ -571,7 +564,7 @@ def main() -> int:
     rejecters = Counter(rejecter for _, _, _, rejecter in rec.requests if rejecter is not None)
     results = {
         "started": started,
-        "commit": git_commit(),
+        "commit": source_revision(REPO_ROOT),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0]},
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},

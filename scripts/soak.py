@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -50,7 +49,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
 from triton_guard.memory import process_rss_bytes  # noqa: E402
 from triton_guard.probe import ModelHealthValidator  # noqa: E402
-from triton_guard.server import LocalServer, Ports  # noqa: E402
+from triton_guard.perf import source_revision  # noqa: E402
+from triton_guard.server import LocalServer, Ports, stub_pids  # noqa: E402
 
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 OUT_DIR = REPO_ROOT / "out" / "soak"
@@ -65,8 +65,6 @@ CLIENT_TIMEOUT_S = 30.0
 
 SERVER_NAME = "tritonserver"
 TOTAL_NAME = "total"
-STUB_BINARY = b"triton_python_backend_stub"
-INSTANCE_NAME = re.compile(rb"^\w+_\d+_\d+$")  # <model>_<group>_<instance>: the stub's model instance
 MB = 1 << 20
 MESSAGES_KEPT = 8  # distinct error messages (numbers masked) kept
 
@@ -92,25 +90,6 @@ def log(message: str) -> None:
 
 
 # --- processes -------------------------------------------------------------------------
-
-
-def stub_pids(server_pid: int) -> dict[str, int]:
-    """Instance name -> pid of every Python backend stub whose parent is the server."""
-    stubs = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if parent != server_pid or not argv[0].endswith(STUB_BINARY):
-            continue
-        names = [arg.decode() for arg in argv[1:] if INSTANCE_NAME.match(arg)]
-        if names:
-            stubs[names[0]] = int(entry.name)
-    return stubs
 
 
 def sample_rss(server_pid: int) -> dict[str, tuple[int, int]]:
@@ -309,13 +288,6 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    return proc.stdout.strip() or "unknown"
-
-
 def main() -> int:
     args = parse_args()
     started = time.strftime("%Y%m%d-%H%M%S")
@@ -331,7 +303,7 @@ def main() -> int:
             soak = run_soak(server, args, images)
     results = {
         "started": started,
-        "commit": git_commit(),
+        "commit": source_revision(REPO_ROOT),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0]},
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},

@@ -197,3 +197,11 @@ def warm_up(
     except PerfAnalyzerError as exc:
         return str(exc)
     return None
+
+
+def source_revision(repo_root) -> str:
+    """`git describe --always --dirty` of the checkout a benchmark ran from, for its report."""
+    proc = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=repo_root, capture_output=True, text=True
+    )
+    return proc.stdout.strip() or "unknown"
