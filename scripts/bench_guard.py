@@ -41,7 +41,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
 from triton_guard.guard import UNAVAILABLE_PREFIX  # noqa: E402
 from triton_guard.guard_config import GuardConfig  # noqa: E402
-from triton_guard.perf import PerfResult, measure, source_revision, warm_up  # noqa: E402
+from triton_guard.perf import PerfResult, measure, source_revision, start_run, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.shared_state import SharedFileStore  # noqa: E402
 
@@ -338,10 +338,7 @@ def render_report(results: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    started = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = args.out / started
-    run_dir.mkdir(parents=True)
-    loadavg_start = os.getloadavg()[0]
+    started, run_dir, loadavg_start = start_run(args.out)
     with open(run_dir / "tritonserver.log", "w") as server_log:
         server = LocalServer(model_repository=MODEL_REPOSITORY, ports=Ports.free(), log=server_log)
         log(f"starting tritonserver (log: {run_dir / 'tritonserver.log'})")

@@ -45,14 +45,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing
 
 from triton_guard import defaults  # noqa: E402
-from triton_guard.perf import measure, source_revision, warm_up  # noqa: E402
+from triton_guard.perf import measure, source_revision, start_run, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -302,10 +301,7 @@ def render_plot(results: dict, path: Path) -> None:
 
 def main() -> int:
     args = parse_args()
-    started = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = args.out / started
-    run_dir.mkdir(parents=True)
-    loadavg_start = os.getloadavg()[0]
+    started, run_dir, loadavg_start = start_run(args.out)
     with open(run_dir / "tritonserver.log", "w") as server_log:
         server = LocalServer(model_repository=MODEL_REPOSITORY, ports=Ports.free(), log=server_log, chaos=True)
         log(f"starting tritonserver with chaos mode (log: {run_dir / 'tritonserver.log'})")

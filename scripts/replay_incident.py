@@ -79,7 +79,7 @@ from triton_guard.chaos import CLEAR, ChaosCommand, ChaosControl, FaultKind  # n
 from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
 from triton_guard.guard_config import GuardConfig  # noqa: E402
 from triton_guard.probe import ModelHealthValidator  # noqa: E402
-from triton_guard.perf import source_revision  # noqa: E402
+from triton_guard.perf import source_revision, start_run  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.shared_state import SharedFileStore  # noqa: E402
 
@@ -540,10 +540,7 @@ def write_results(path: Path, results: dict) -> None:
 
 def main() -> int:
     args = parse_args()
-    started = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = args.out / started
-    run_dir.mkdir(parents=True)
-    loadavg_start = os.getloadavg()[0]
+    started, run_dir, loadavg_start = start_run(args.out)
     _, _, images, _ = heldout_split(*load_digits_uint8())
     with tempfile.TemporaryDirectory(prefix="replay-") as tmp, open(run_dir / "tritonserver.log", "w") as server_log:
         repository = fast_model_repository(

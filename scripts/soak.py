@@ -49,7 +49,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
 from triton_guard.memory import process_rss_bytes  # noqa: E402
 from triton_guard.probe import ModelHealthValidator  # noqa: E402
-from triton_guard.perf import source_revision  # noqa: E402
+from triton_guard.perf import source_revision, start_run  # noqa: E402
 from triton_guard.server import LocalServer, Ports, stub_pids  # noqa: E402
 
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -290,10 +290,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> int:
     args = parse_args()
-    started = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = args.out / started
-    run_dir.mkdir(parents=True)
-    loadavg_start = os.getloadavg()[0]
+    started, run_dir, loadavg_start = start_run(args.out)
     _, _, images, _ = heldout_split(*load_digits_uint8())
     with open(run_dir / "tritonserver.log", "w") as server_log:
         server = LocalServer(model_repository=MODEL_REPOSITORY, ports=Ports.free(), log=server_log)

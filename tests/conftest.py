@@ -28,6 +28,22 @@ def wait_until(predicate, timeout_s: float, what: str):
     raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
+def call_pipeline(server, images, client_timeout_s: float = 30.0):
+    """(ok, the result or the InferenceServerException, seconds) for one `pipeline` request over gRPC."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    image.set_data_from_numpy(images)
+    started = time.monotonic()
+    try:
+        result = client.infer("pipeline", [image], client_timeout=client_timeout_s)
+        return True, result, time.monotonic() - started
+    except InferenceServerException as exc:
+        return False, exc, time.monotonic() - started
+
+
 @contextlib.contextmanager
 def running_server(model_repository: Path, log_path: Path, **kwargs):
     """Start a real tritonserver on free ports; stop it (and its stubs) afterwards."""

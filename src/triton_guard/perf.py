@@ -15,6 +15,7 @@ import importlib.util
 import io
 import os
 import subprocess
+import time
 import sys
 import sysconfig
 import tempfile
@@ -205,3 +206,11 @@ def source_revision(repo_root) -> str:
         ["git", "describe", "--always", "--dirty"], cwd=repo_root, capture_output=True, text=True
     )
     return proc.stdout.strip() or "unknown"
+
+
+def start_run(out_dir: Path) -> tuple[str, Path, float]:
+    """(time stamp, a new folder out_dir/<stamp> for the run's report, load average now)."""
+    started = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out_dir) / started
+    run_dir.mkdir(parents=True)
+    return started, run_dir, os.getloadavg()[0]

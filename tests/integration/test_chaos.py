@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import fast_model_repository, running_server, wait_until
+from tests.conftest import call_pipeline, fast_model_repository, running_server, wait_until
 from triton_guard import defaults
 from triton_guard.chaos import ChaosControl
 from triton_guard.digits import heldout_split, load_digits_uint8
@@ -58,15 +58,8 @@ def chaos(url: str, *args: str) -> subprocess.CompletedProcess:
 
 def call(server, images):
     """(ok, (labels, probs) or the error, seconds) for one pipeline request."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
-    image.set_data_from_numpy(images)
-    started = time.monotonic()
-    try:
-        result = client.infer("pipeline", [image], client_timeout=10)
-        return True, (result.as_numpy("LABEL")[:, 0], result.as_numpy("PROBS")), time.monotonic() - started
-    except InferenceServerException as exc:
-        return False, exc, time.monotonic() - started
+    ok, result, seconds = call_pipeline(server, images, client_timeout_s=10)
+    return ok, (result.as_numpy("LABEL")[:, 0], result.as_numpy("PROBS")) if ok else result, seconds
 
 
 @pytest.fixture

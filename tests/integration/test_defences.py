@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
-from tests.conftest import fast_model_repository, running_server, wait_until
+from tests.conftest import call_pipeline, fast_model_repository, running_server, wait_until
 from tests.deploy_helpers import readiness_probe_command
 from triton_guard.breaker import CircuitBreaker, State
 from triton_guard.digits import heldout_split, load_digits_uint8
@@ -102,25 +100,13 @@ def state(server) -> State:
     return CircuitBreaker("classifier", GuardConfig(), SharedFileStore(server.state_dir)).snapshot().state
 
 
-def call(server, images):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
-    image.set_data_from_numpy(images)
-    started = time.monotonic()
-    try:
-        result = client.infer("pipeline", [image], client_timeout=30)
-        return True, result, time.monotonic() - started
-    except InferenceServerException as exc:
-        return False, exc, time.monotonic() - started
-
-
 def recover(server, heldout) -> None:
     """Clear every fault and wait (trial calls) until the breaker is CLOSED and the probe ready."""
     # While the guard reloads a killed classifier, the chaos model refuses it: retry.
     wait_until(lambda: run_cli("chaos", "clear", "--url", server.grpc_url)[0].returncode == 0, 20, "fault cleared")
 
     def closed():
-        call(server, heldout[:1])
+        call_pipeline(server, heldout[:1])
         return state(server) is State.CLOSED
 
     wait_until(closed, RECOVERY_S + 10, "breaker CLOSED again")
@@ -145,7 +131,7 @@ def test_hang_times_out_opens_rejects_fast_fails_readiness_and_recovers(server, 
     chaos(server, "hang")
     outcomes = []
     for _ in range(3 * FAILURE_THRESHOLD):
-        ok, error, seconds = call(server, heldout[:4])
+        ok, error, seconds = call_pipeline(server, heldout[:4])
         assert not ok and seconds < DEADLINE_S, (seconds, error)
         outcomes.append(error.message())
         if "Service temporarily unavailable" in error.message():
@@ -153,7 +139,7 @@ def test_hang_times_out_opens_rejects_fast_fails_readiness_and_recovers(server, 
     assert any("did not answer within timeout_ms=500" in m for m in outcomes), outcomes
     assert "Service temporarily unavailable" in outcomes[-1]
     assert state(server) is State.OPEN
-    fast = [call(server, heldout[:4])[2] for _ in range(10)]
+    fast = [call_pipeline(server, heldout[:4])[2] for _ in range(10)]
     assert max(fast) < 0.1, fast
 
     code, out, seconds = probe(server)
@@ -173,19 +159,19 @@ def test_hang_times_out_opens_rejects_fast_fails_readiness_and_recovers(server, 
 
     def closed():
         seen.add(state(server))
-        call(server, heldout[:1])
+        call_pipeline(server, heldout[:1])
         seen.add(state(server))
         return state(server) is State.CLOSED
 
     wait_until(closed, RECOVERY_S + 10, "OPEN -> HALF_OPEN -> CLOSED")
     assert wait_until(lambda: probe(server)[0] == 0, 15, "probe ready after clear")
-    ok, result, _ = call(server, heldout[:4])
+    ok, result, _ = call_pipeline(server, heldout[:4])
     assert ok, result
 
 
 def test_errors_open_the_breaker_and_fail_readiness(server, heldout):
     chaos(server, "error")
-    wait_until(lambda: not call(server, heldout[:1])[0] and state(server) is State.OPEN, 10, "OPEN under errors")
+    wait_until(lambda: not call_pipeline(server, heldout[:1])[0] and state(server) is State.OPEN, 10, "OPEN under errors")
     code, out, _ = probe(server)
     assert code == 1 and "breakers: breaker 'classifier' OPEN" in out, out
 
@@ -195,7 +181,7 @@ def test_slow_upstream_trips_the_slow_call_rate(server, heldout):
     # each other (the canary's golden one and ours) stay inside the 500 ms timeout.
     chaos(server, "slow", "--slow-ms", "150")
     for _ in range(30):
-        ok, error, _ = call(server, heldout[:1])
+        ok, error, _ = call_pipeline(server, heldout[:1])
         if not ok and "Service temporarily unavailable" in error.message():
             break
     assert state(server) is State.OPEN
@@ -219,7 +205,7 @@ def test_drift_fails_the_golden_tolerance_and_raises_the_monitor_alarm(server, h
 
     def traffic():  # a window (200 answers) and more from the drifted model
         for start in range(0, 256, 64):
-            assert call(server, heldout[start : start + 64])[0]
+            assert call_pipeline(server, heldout[start : start + 64])[0]
 
     def alarm():
         traffic()
@@ -269,7 +255,7 @@ def test_killed_upstream_stub_opens_fails_readiness_then_heals_without_a_restart
     deadline = time.monotonic() + 20
     # The guard heals the model within seconds, so watch closely from the kill on.
     while not (seen_open and seen_not_ready) and time.monotonic() < deadline:
-        call(server, heldout[:1])
+        call_pipeline(server, heldout[:1])
         seen_open = seen_open or state(server) is State.OPEN
         seen_not_ready = seen_not_ready or not validator.check().ready
     assert seen_open and seen_not_ready, (seen_open, seen_not_ready)

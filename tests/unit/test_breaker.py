@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests import fakes
+
 from triton_guard.breaker import (
     BreakerSnapshot,
     CircuitBreaker,
@@ -19,15 +21,9 @@ T0 = 1000.0
 FAST_S = 0.001  # well under any slow_call_ms used here
 
 
-class FakeClock:
+class FakeClock(fakes.FakeClock):
     def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -14,6 +14,8 @@ from concurrent.futures import Executor, Future
 
 import pytest
 
+from tests import fakes
+
 from triton_guard.breaker import CircuitBreaker, Permit, State, Transition
 from triton_guard.failures import Failure, FailureClassifier
 from triton_guard.guard import UNAVAILABLE_PREFIX, Code, Guard, GuardEvents
@@ -31,15 +33,9 @@ STUB_DEAD = (
 )
 
 
-class FakeClock:
+class FakeClock(fakes.FakeClock):
     def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 class RecordingEvents(GuardEvents):
