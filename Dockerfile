@@ -20,9 +20,11 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python3 -m pip install --no-deps --no-cache-dir --no-build-isolation .
 
-# Triton finds Python-based backends by directory name under its backend dir.
-COPY backends/guard /opt/tritonserver/backends/guard
-COPY backends/canary /opt/tritonserver/backends/canary
+# Triton finds Python-based backends by directory name under its backend dir;
+# they ship in the package (`triton-guard backend-dir`), linked in place.
+RUN backends="$(triton-guard backend-dir)" \
+    && ln -s "${backends}/guard" /opt/tritonserver/backends/guard \
+    && ln -s "${backends}/canary" /opt/tritonserver/backends/canary
 COPY model_repository /opt/triton-guard/model_repository
 
 ENV TRITON_GUARD_TRITONSERVER=/opt/tritonserver/bin/tritonserver \

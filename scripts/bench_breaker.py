@@ -17,9 +17,9 @@ import timeit
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 from triton_guard import defaults  # noqa: E402
-from triton_guard.breaker import CircuitBreaker  # noqa: E402
-from triton_guard.guard_config import GuardConfig  # noqa: E402
-from triton_guard.shared_state import MemoryStore, SharedFileStore  # noqa: E402
+from triton_guard.guard.breaker import CircuitBreaker  # noqa: E402
+from triton_guard.guard.config import GuardConfig  # noqa: E402
+from triton_guard.guard.shared_state import MemoryStore, SharedFileStore  # noqa: E402
 
 
 def per_pair_us(breaker: CircuitBreaker, iterations: int) -> float:

@@ -38,12 +38,12 @@ sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without instal
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from triton_guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
-from triton_guard.guard import UNAVAILABLE_PREFIX  # noqa: E402
-from triton_guard.guard_config import GuardConfig  # noqa: E402
+from triton_guard.guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
+from triton_guard.guard.core import UNAVAILABLE_PREFIX  # noqa: E402
+from triton_guard.guard.config import GuardConfig  # noqa: E402
 from triton_guard.perf import PerfResult, measure, source_revision, start_run, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
-from triton_guard.shared_state import SharedFileStore  # noqa: E402
+from triton_guard.guard.shared_state import SharedFileStore  # noqa: E402
 
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 INPUT_DATA = REPO_ROOT / "bench" / "digits_perf_input.json"

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from triton_guard.probe import ModelHealthValidator  # noqa: E402
+from triton_guard.canary.probe import ModelHealthValidator  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 
 CLI = Path(sys.executable).parent / "triton-guard"

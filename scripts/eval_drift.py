@@ -1,4 +1,4 @@
-"""Offline quality of the output distribution monitor (src/triton_guard/drift.py).
+"""Offline quality of the output distribution monitor (src/triton_guard/drift/monitor.py).
 
 In-process, no server: the classifier runs on the CPU with torch, which gives
 the same PROBS as the served pipeline, and its answers go through a real
@@ -44,11 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from triton_guard import defaults  # noqa: E402
-from triton_guard.chaos import perturbed_weights  # noqa: E402
-from triton_guard.digits import heldout_split, load_digits_uint8, normalize  # noqa: E402
-from triton_guard.digits_net import load_digits_net  # noqa: E402
-from triton_guard.drift import REFERENCE_FILE, DriftMonitor, Reference  # noqa: E402
-from triton_guard.goldens import GOLDENS_DIR  # noqa: E402
+from triton_guard.chaos.faults import perturbed_weights  # noqa: E402
+from triton_guard_demo.digits import heldout_split, load_digits_uint8, normalize  # noqa: E402
+from triton_guard_demo.digits_net import load_digits_net  # noqa: E402
+from triton_guard.drift.monitor import REFERENCE_FILE, DriftMonitor, Reference  # noqa: E402
+from triton_guard.canary.goldens import GOLDENS_DIR  # noqa: E402
 
 WEIGHTS = ROOT / "model_repository" / "classifier" / "1" / "digits_net.pt"
 REFERENCE = ROOT / "model_repository" / "canary" / GOLDENS_DIR / REFERENCE_FILE

@@ -26,9 +26,9 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
-from triton_guard.drift import REFERENCE_FILE, Reference  # noqa: E402
-from triton_guard.goldens import GOLDENS_DIR, Golden, output_hash  # noqa: E402
+from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
+from triton_guard.drift.monitor import REFERENCE_FILE, Reference  # noqa: E402
+from triton_guard.canary.goldens import GOLDENS_DIR, Golden, output_hash  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 
 # Max |dPROBS| still accepted as "the same model": far above float32 rounding

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing
 
-from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
+from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
 
 INPUT_NAME = "IMAGE"  # the ensemble's UINT8 [8, 8] input
 DEFAULT_COUNT = 64

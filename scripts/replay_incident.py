@@ -67,23 +67,21 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing
-sys.path.insert(0, str(REPO_ROOT))  # tests.conftest: the repository copy with other guard limits
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from tests.conftest import fast_model_repository  # noqa: E402
+from triton_guard_demo.repository import fast_model_repository  # noqa: E402
 from triton_guard import defaults  # noqa: E402
-from triton_guard.breaker import CircuitBreaker  # noqa: E402
-from triton_guard.chaos import CLEAR, ChaosCommand, ChaosControl, FaultKind  # noqa: E402
-from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
-from triton_guard.guard_config import GuardConfig  # noqa: E402
-from triton_guard.probe import ModelHealthValidator  # noqa: E402
+from triton_guard.guard.breaker import CircuitBreaker  # noqa: E402
+from triton_guard.chaos.faults import CLEAR, ChaosCommand, ChaosControl, FaultKind  # noqa: E402
+from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
+from triton_guard.guard.config import GuardConfig  # noqa: E402
+from triton_guard.canary.probe import ModelHealthValidator  # noqa: E402
 from triton_guard.perf import source_revision, start_run  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
-from triton_guard.shared_state import SharedFileStore  # noqa: E402
+from triton_guard.guard.shared_state import SharedFileStore  # noqa: E402
 
-BACKENDS = REPO_ROOT / "backends"  # the guard and canary backends (not beside the repository copy)
 OUT_DIR = REPO_ROOT / "out" / "replay"
 PIPELINE = "pipeline"
 UPSTREAM = defaults.CHAOS_TARGET_MODEL  # `classifier`: the hung model, and the breaker's name
@@ -550,7 +548,7 @@ def main() -> int:
             recovery_ms=args.recovery_ms,
         )
         server = LocalServer(
-            model_repository=repository, ports=Ports.free(), backends_source=BACKENDS, log=server_log, chaos=True
+            model_repository=repository, ports=Ports.free(), log=server_log, chaos=True
         )
         log(f"starting tritonserver --chaos (log: {run_dir / 'tritonserver.log'})")
         with server:

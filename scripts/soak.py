@@ -46,9 +46,9 @@ sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without instal
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from triton_guard.digits import heldout_split, load_digits_uint8  # noqa: E402
-from triton_guard.memory import process_rss_bytes  # noqa: E402
-from triton_guard.probe import ModelHealthValidator  # noqa: E402
+from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
+from triton_guard.canary.memory import process_rss_bytes  # noqa: E402
+from triton_guard.canary.probe import ModelHealthValidator  # noqa: E402
 from triton_guard.perf import source_revision, start_run  # noqa: E402
 from triton_guard.server import LocalServer, Ports, stub_pids  # noqa: E402
 

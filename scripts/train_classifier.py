@@ -22,14 +22,14 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing
 
-from triton_guard.digits import (  # noqa: E402
+from triton_guard_demo.digits import (  # noqa: E402
     SPLIT_SEED,
     TEST_SIZE,
     heldout_split,
     load_digits_uint8,
     normalize,
 )
-from triton_guard.digits_net import DigitNet  # noqa: E402
+from triton_guard_demo.digits_net import DigitNet  # noqa: E402
 
 SEED = 0
 EPOCHS = 300

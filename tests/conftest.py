@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from triton_guard.model_config import set_parameters  # noqa: F401  (tests import it from here)
 from triton_guard.server import LocalServer, Ports
+from triton_guard_demo.repository import MODEL_REPOSITORY, fast_model_repository  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-BACKENDS = REPO_ROOT / "backends"
 
 
 def wait_until(predicate, timeout_s: float, what: str):
@@ -51,7 +49,6 @@ def running_server(model_repository: Path, log_path: Path, **kwargs):
         server = LocalServer(
             model_repository=model_repository,
             ports=Ports.free(),
-            backends_source=BACKENDS,
             log=log,
             # Requests stuck in a killed stub would hold a graceful stop for 30 s.
             extra_args=("--exit-timeout-secs=3",),
@@ -75,30 +72,3 @@ def pipeline_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("pipeline-server") / "tritonserver.log"
     with running_server(MODEL_REPOSITORY, log) as server:
         yield server
-
-
-def set_parameters(config_path: Path, params: dict) -> None:
-    """Replace (or add) `parameters` entries of a config.pbtxt in place."""
-    config = config_path.read_text()
-    for key, value in params.items():
-        entry = f'{{ key: "{key}", value: {{ string_value: "{value}" }} }}'
-        config, found = re.subn(rf'\{{ key: "{re.escape(key)}", value: \{{ string_value: "[^"]*" \}} \}}', entry, config)
-        if not found:
-            config, found = re.subn(r"parameters \[\n", f"parameters [\n  {entry},\n", config, count=1)
-        assert found, f"cannot set parameter {key!r} in {config_path}"
-    config_path.write_text(config)
-
-
-def fast_model_repository(tmp_path: Path, canary: dict | None = None, **guard_params) -> Path:
-    """A copy of the project's model repository with short limits.
-
-    fast_model_repository(tmp_path, timeout_ms=500, recovery_ms=1500): tests
-    that trip the breaker then wait seconds, not the production 10 s / 30 s.
-    `canary` replaces the canary's parameters the same way. A parameter the
-    config does not list yet is added.
-    """
-    copy = tmp_path / "model_repository"
-    shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    set_parameters(copy / "classifier_guard" / "config.pbtxt", guard_params)
-    set_parameters(copy / "canary" / "config.pbtxt", canary or {})
-    return copy

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.chaos import CLEAR, FAULT_NAMES
+from triton_guard.chaos.faults import CLEAR, FAULT_NAMES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     import json
 
-    from triton_guard.probe import ModelHealthValidator
+    from triton_guard.canary.probe import ModelHealthValidator
 
     try:
         options = json.loads(args.options) if args.options else None
@@ -61,7 +61,7 @@ def _chaos(args: argparse.Namespace) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from triton_guard.chaos import ChaosCommand, Fault, FaultError
+    from triton_guard.chaos.faults import ChaosCommand, Fault, FaultError
 
     prog = "triton-guard chaos"
     try:
@@ -130,6 +130,13 @@ def _status(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+def _backend_dir(args: argparse.Namespace) -> int:
+    from triton_guard.server import BACKENDS_DIR
+
+    print(BACKENDS_DIR)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triton-guard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=defaults.METRICS_PORT)
     serve.add_argument(
         "--backends",
-        help="folder of Python-based backends (guard, canary); default: 'backends' beside the repository",
+        help="folder of Python-based backends (guard, canary); default: the installed package's (triton-guard backend-dir)",
     )
     serve.add_argument(
         "--gpu", action="store_true", help="use the models' GPU configurations (configs/gpu.pbtxt)"
@@ -213,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=defaults.CHAOS_TIMEOUT_S, help="seconds per gRPC call (default: %(default)s)"
     )
     chaos.set_defaults(func=_chaos)
+
+    backend_dir = sub.add_parser(
+        "backend-dir",
+        help="print the folder holding the guard and canary backends (link them into your tritonserver's backend dir)",
+    )
+    backend_dir.set_defaults(func=_backend_dir)
     return parser
 
 

@@ -35,7 +35,7 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 # reloads the upstream (explicit model control), at most once per recovery period.
 HEAL_DEAD_UPSTREAM = True
 
-# --- Shared breaker state (src/triton_guard/shared_state.py) ----------------
+# --- Shared breaker state (src/triton_guard/guard/shared_state.py) ----------------
 # One breaker state per server, shared by every guard stub process.
 STATE_DIR_ENV = "TRITON_GUARD_STATE_DIR"  # overrides the state directory
 STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
@@ -64,7 +64,7 @@ PROBE_TIMEOUT_S = 5.0  # triton-guard probe: total time, start-up excluded
 HTTP_URL_ENV = "TRITON_GUARD_HTTP_URL"
 METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
 
-# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos.py) -------
+# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/faults.py) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.
 CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
 CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode
@@ -78,7 +78,7 @@ CHAOS_HANG_POLL_S = 0.02  # a hung execute notices `clear` within this long
 CHAOS_WATCH_S = 0.1  # leak growth step and clear detection (1 MB chunks at 10 MB/s)
 CHAOS_TIMEOUT_S = 10.0  # triton-guard chaos: limit on the gRPC call to the chaos model
 
-# --- Output distribution monitor (src/triton_guard/drift.py) --------------
+# --- Output distribution monitor (src/triton_guard/drift/monitor.py) --------------
 DRIFT_WINDOW = 200  # answers per sliding window
 DRIFT_MIN_FILL = 1.0  # no alarm until the window is full: small samples are noisy
 DRIFT_P_ALARM = 1e-4  # chi-squared / KS p-value that alarms (3 tests, overlapping windows)

@@ -36,8 +36,11 @@ from triton_guard import defaults
 ENV_TRITONSERVER = "TRITON_GUARD_TRITONSERVER"
 ENV_BACKEND_DIR = "TRITON_GUARD_BACKEND_DIR"
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The Python-based backends (guard, canary) ship inside the package.
+BACKENDS_DIR = PACKAGE_DIR / "backends"
 # The `chaos` control model, served as a second repository only with chaos=True.
-CHAOS_REPOSITORY = Path(__file__).resolve().parent / "chaos_repository"
+CHAOS_REPOSITORY = PACKAGE_DIR / "chaos" / "repository"
 
 # Triton log lines worth repeating when start-up fails.
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*?)\"?$")
@@ -99,11 +102,6 @@ def find_tritonserver() -> Path:
             f"or set {ENV_TRITONSERVER}"
         )
     return root / "tritonserver" / "bin" / "tritonserver"
-
-
-def default_backends_source(model_repository: Path) -> Path:
-    """The project's Python-based backends (guard, canary) sit beside the repository."""
-    return model_repository.resolve().parent / "backends"
 
 
 def build_backend_dir(target: Path, backends_source: Path | None) -> Path:
@@ -281,7 +279,7 @@ class LocalServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="triton-guard-"))
         backend_dir = os.environ.get(ENV_BACKEND_DIR)
         if backend_dir is None:
-            source = self.backends_source or default_backends_source(self.model_repository)
+            source = self.backends_source or BACKENDS_DIR
             backend_dir = str(build_backend_dir(self._workdir / "backends", source))
         env = server_environment()
         # Breaker state shared by this server's stubs; removed with the workdir.

@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from triton_guard import defaults, guard_metrics, promtext
-from triton_guard.probe import Health, ModelHealthValidator
+from triton_guard import defaults, promtext
+from triton_guard.guard import metrics as guard_metrics
+from triton_guard.canary.probe import Health, ModelHealthValidator
 
 MIB = 1024 * 1024
 

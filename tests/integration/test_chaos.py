@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import call_pipeline, fast_model_repository, running_server, wait_until
 from triton_guard import defaults
-from triton_guard.chaos import ChaosControl
-from triton_guard.digits import heldout_split, load_digits_uint8
+from triton_guard.chaos.faults import ChaosControl
+from triton_guard_demo.digits import heldout_split, load_digits_uint8
 from triton_guard.server import Ports
 
 pytestmark = pytest.mark.integration

@@ -22,12 +22,12 @@ import pytest
 
 from tests.conftest import call_pipeline, fast_model_repository, running_server, wait_until
 from tests.deploy_helpers import readiness_probe_command
-from triton_guard.breaker import CircuitBreaker, State
-from triton_guard.digits import heldout_split, load_digits_uint8
-from triton_guard.guard_config import GuardConfig
-from triton_guard.probe import ModelHealthValidator
+from triton_guard.guard.breaker import CircuitBreaker, State
+from triton_guard_demo.digits import heldout_split, load_digits_uint8
+from triton_guard.guard.config import GuardConfig
+from triton_guard.canary.probe import ModelHealthValidator
 from triton_guard.server import Ports
-from triton_guard.shared_state import SharedFileStore
+from triton_guard.guard.shared_state import SharedFileStore
 
 pytestmark = pytest.mark.integration
 

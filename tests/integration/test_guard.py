@@ -20,9 +20,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import running_server, wait_until
-from triton_guard.breaker import CircuitBreaker, State
-from triton_guard.guard_config import GuardConfig
-from triton_guard.shared_state import SharedFileStore
+from triton_guard.guard.breaker import CircuitBreaker, State
+from triton_guard.guard.config import GuardConfig
+from triton_guard.guard.shared_state import SharedFileStore
 
 pytestmark = pytest.mark.integration
 

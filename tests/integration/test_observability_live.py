@@ -27,9 +27,9 @@ from tests.unit.test_observability import (
     declared_guard_metrics,
     referenced_families,
 )
-from triton_guard import guard_metrics as gm
-from triton_guard.digits import heldout_split, load_digits_uint8
-from triton_guard.probe import Health, ModelHealthValidator
+from triton_guard.guard import metrics as gm
+from triton_guard_demo.digits import heldout_split, load_digits_uint8
+from triton_guard.canary.probe import Health, ModelHealthValidator
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from triton_guard.probe import AsyncModelHealthValidator, Health
+from triton_guard.canary.probe import AsyncModelHealthValidator, Health
 from triton_guard.server import Ports
 
 pytestmark = pytest.mark.integration

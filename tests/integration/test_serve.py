@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 
 from tests.conftest import MODEL_REPOSITORY
 from triton_guard.defaults import STATE_DIR_ENV
-from triton_guard.digits import heldout_split, load_digits_uint8
+from triton_guard_demo.digits import heldout_split, load_digits_uint8
 from triton_guard.server import Ports
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import pytest
 
 from tests import fakes
 
-from triton_guard.breaker import (
+from triton_guard.guard.breaker import (
     BreakerSnapshot,
     CircuitBreaker,
     Permit,
@@ -14,8 +14,8 @@ from triton_guard.breaker import (
     State,
     Transition,
 )
-from triton_guard.guard_config import GuardConfig
-from triton_guard.shared_state import MemoryStore, SharedFileStore
+from triton_guard.guard.config import GuardConfig
+from triton_guard.guard.shared_state import MemoryStore, SharedFileStore
 
 T0 = 1000.0
 FAST_S = 0.001  # well under any slow_call_ms used here

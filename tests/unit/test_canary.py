@@ -1,4 +1,4 @@
-"""triton_guard.canary: configuration, every check's verdict, the stall detector and the report."""
+"""triton_guard.canary.checks: configuration, every check's verdict, the stall detector and the report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from triton_guard import defaults
-from triton_guard.breaker import BreakerSnapshot, State
-from triton_guard.canary import (
+from triton_guard.guard.breaker import BreakerSnapshot, State
+from triton_guard.canary.checks import (
     CanaryConfig,
     CanaryConfigError,
     CanaryReport,
@@ -27,8 +27,8 @@ from triton_guard.canary import (
     expected_runtime,
     not_run,
 )
-from triton_guard.goldens import Golden, compare, output_hash
-from triton_guard.memory import MemoryReading, Trend
+from triton_guard.canary.goldens import Golden, compare, output_hash
+from triton_guard.canary.memory import MemoryReading, Trend
 from triton_guard.pins import load_pins
 
 MIB = 1024 * 1024

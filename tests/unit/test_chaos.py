@@ -1,4 +1,4 @@
-"""Fault injection logic (triton_guard.chaos) and its wiring into the CLI and launcher, without a server."""
+"""Fault injection logic (triton_guard.chaos.faults) and its wiring into the CLI and launcher, without a server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from triton_guard import cli, defaults
-from triton_guard.chaos import (
+from triton_guard.chaos.faults import (
     MB,
     ChaosCommand,
     ChaosControl,
@@ -27,7 +27,7 @@ from triton_guard.chaos import (
     hook_from_environment,
     perturbed_weights,
 )
-from triton_guard.server import CHAOS_REPOSITORY, LocalServer, set_chaos_mode
+from triton_guard.server import CHAOS_REPOSITORY, PACKAGE_DIR, LocalServer, set_chaos_mode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -522,7 +522,7 @@ def test_only_a_chaos_server_serves_the_chaos_repository(tmp_path):
 
 def test_the_chaos_repository_is_package_data():
     patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    package = CHAOS_REPOSITORY.parent
+    package = PACKAGE_DIR
     files = [p.relative_to(package).as_posix() for p in CHAOS_REPOSITORY.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert files
     for name in files:

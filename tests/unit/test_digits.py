@@ -12,14 +12,14 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from triton_guard.digits import (
+from triton_guard_demo.digits import (
     SPLIT_SEED,
     TEST_SIZE,
     heldout_split,
     load_digits_uint8,
     normalize,
 )
-from triton_guard.digits_net import DigitNet, load_digits_net
+from triton_guard_demo.digits_net import DigitNet, load_digits_net
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER_DIR = REPO_ROOT / "model_repository" / "classifier" / "1"
@@ -43,7 +43,7 @@ def test_digits_module_imports_without_sklearn_or_torch():
     """The Triton preprocess model imports `normalize` where neither may be installed."""
     code = (
         "import sys; sys.modules['sklearn'] = None; sys.modules['torch'] = None; "
-        "import numpy as np; from triton_guard.digits import normalize; "
+        "import numpy as np; from triton_guard_demo.digits import normalize; "
         "print(normalize(np.zeros((1, 8, 8), np.uint8)).shape)"
     )
     src = str(REPO_ROOT / "src")

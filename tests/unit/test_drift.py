@@ -1,4 +1,4 @@
-"""triton_guard.drift: PSI, the reference, window scoring and the ring-buffer monitor.
+"""triton_guard.drift.monitor: PSI, the reference, window scoring and the ring-buffer monitor.
 
 Expected values are worked out by hand (or from closed forms: for one degree
 of freedom the chi-squared survival function is erfc(sqrt(x / 2))), not by
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from triton_guard import defaults
-from triton_guard.drift import REFERENCE_FILE, DriftMonitor, Reference, psi, score
-from triton_guard.goldens import GOLDENS_DIR
+from triton_guard.drift.monitor import REFERENCE_FILE, DriftMonitor, Reference, psi, score
+from triton_guard.canary.goldens import GOLDENS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_REFERENCE = REPO_ROOT / "model_repository" / "canary" / GOLDENS_DIR / REFERENCE_FILE

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from triton_guard.failures import Failure, FailureClassifier
+from triton_guard.guard.failures import Failure, FailureClassifier
 
 # Triton core's request validation (infer_request.cc): the called model never ran.
 CLIENT_ERRORS = [

@@ -1,4 +1,4 @@
-"""triton_guard.goldens: the output hash, the JSON round trip, compare, and the committed goldens."""
+"""triton_guard.canary.goldens: the output hash, the JSON round trip, compare, and the committed goldens."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from triton_guard.digits import heldout_split, load_digits_uint8
-from triton_guard.goldens import GOLDENS_DIR, Golden, compare, output_hash
+from triton_guard_demo.digits import heldout_split, load_digits_uint8
+from triton_guard.canary.goldens import GOLDENS_DIR, Golden, compare, output_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CPU_GOLDENS = REPO_ROOT / "model_repository" / "canary" / GOLDENS_DIR / "cpu.json"

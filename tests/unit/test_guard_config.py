@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from triton_guard import defaults
-from triton_guard.guard_config import ConfigError, GuardConfig
+from triton_guard.guard.config import ConfigError, GuardConfig
 
 
 def test_defaults_come_from_defaults_module():

@@ -16,11 +16,11 @@ import pytest
 
 from tests import fakes
 
-from triton_guard.breaker import CircuitBreaker, Permit, State, Transition
-from triton_guard.failures import Failure, FailureClassifier
-from triton_guard.guard import UNAVAILABLE_PREFIX, Code, Guard, GuardEvents
-from triton_guard.guard_config import GuardConfig
-from triton_guard.shared_state import MemoryStore
+from triton_guard.guard.breaker import CircuitBreaker, Permit, State, Transition
+from triton_guard.guard.failures import Failure, FailureClassifier
+from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, Guard, GuardEvents
+from triton_guard.guard.config import GuardConfig
+from triton_guard.guard.shared_state import MemoryStore
 
 UPSTREAM = "classifier"
 TIMEOUT_MS = 50

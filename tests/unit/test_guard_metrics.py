@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from triton_guard.breaker import State, Transition
-from triton_guard.failures import Failure
-from triton_guard.guard_metrics import MetricsBuffer
+from triton_guard.guard.breaker import State, Transition
+from triton_guard.guard.failures import Failure
+from triton_guard.guard.metrics import MetricsBuffer
 
 
 def opened() -> Transition:
@@ -118,7 +118,7 @@ def test_concurrent_events_and_drains_add_up_exactly(frequent_thread_switches):
 
 
 def test_cumulative_bucket_counts_follow_prometheus_le_semantics():
-    from triton_guard.guard_metrics import cumulative_bucket_counts
+    from triton_guard.guard.metrics import cumulative_bucket_counts
 
     # Upper bounds are inclusive; the last count is +Inf (every observation).
     assert cumulative_bucket_counts([0.5, 1.0, 2.0, 100.0], buckets=(1.0, 2.0, 5.0)) == [2, 3, 3, 4]

@@ -1,4 +1,4 @@
-"""triton_guard.memory: host, cgroup and GPU readings, the floor, and the leak trend."""
+"""triton_guard.canary.memory: host, cgroup and GPU readings, the floor, and the leak trend."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from triton_guard.memory import LeakTrend, MemoryReading, floor_bytes, read_cgroup, read_gpu, read_host, read_system_memory
+from triton_guard.canary.memory import LeakTrend, MemoryReading, floor_bytes, read_cgroup, read_gpu, read_host, read_system_memory
 
 KIB = 1024
 MIB = 1024 * 1024

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from tests.deploy_helpers import KUBERNETES_DIR, REPO_ROOT, load_one
-from triton_guard import guard_metrics as gm
-from triton_guard.breaker import State
-from triton_guard.failures import Failure
+from triton_guard.guard import metrics as gm
+from triton_guard.guard.breaker import State
+from triton_guard.guard.failures import Failure
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "triton-guard-dashboard.json"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "triton-guard-alerts.yaml"
@@ -34,9 +34,9 @@ DS_UID = "${DS_PROMETHEUS}"
 # publishes (the drift monitor and the canary import pb_utils, so they are read,
 # not imported).
 METRIC_SOURCES = (
-    REPO_ROOT / "src" / "triton_guard" / "guard_metrics.py",
-    REPO_ROOT / "src" / "triton_guard" / "drift_triton.py",
-    REPO_ROOT / "backends" / "canary" / "model.py",
+    REPO_ROOT / "src" / "triton_guard" / "guard" / "metrics.py",
+    REPO_ROOT / "src" / "triton_guard" / "backends" / "drift_tap.py",
+    REPO_ROOT / "src" / "triton_guard" / "backends" / "canary" / "model.py",
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 HISTOGRAMS = frozenset({gm.CALL_SECONDS})

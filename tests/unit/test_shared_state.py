@@ -17,9 +17,9 @@ import time
 import pytest
 
 from triton_guard import defaults
-from triton_guard.breaker import OUTCOME_FAILED, CircuitBreaker, Permit, Rejection, State
-from triton_guard.guard_config import GuardConfig
-from triton_guard.shared_state import (
+from triton_guard.guard.breaker import OUTCOME_FAILED, CircuitBreaker, Permit, Rejection, State
+from triton_guard.guard.config import GuardConfig
+from triton_guard.guard.shared_state import (
     FILE_SIZE,
     LAYOUT_VERSION,
     MAGIC,

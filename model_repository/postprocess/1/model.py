@@ -1,6 +1,6 @@
 """pipeline step 3: class probabilities -> the predicted label.
 
-Every answer also feeds the output distribution monitor (triton_guard.drift):
+Every answer also feeds the output distribution monitor (triton_guard.drift.monitor):
 a copy into its window here, the statistics in its own thread.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_guard.batching import split_like
-from triton_guard.drift_triton import TritonDriftMonitor
+from triton_guard.guard.batching import split_like
+from triton_guard.backends.drift_tap import TritonDriftMonitor
 
 
 class TritonPythonModel:

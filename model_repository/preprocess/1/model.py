@@ -11,8 +11,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.batching import split_like
-from triton_guard.digits import normalize
+from triton_guard.guard.batching import split_like
+from triton_guard_demo.digits import normalize
 
 
 class TritonPythonModel:

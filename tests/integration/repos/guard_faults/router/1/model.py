@@ -1,8 +1,8 @@
-"""Guards `stuck` and `healthy` from inside one model (triton_guard.bls)."""
+"""Guards `stuck` and `healthy` from inside one model (triton_guard.backends.bls)."""
 
 import triton_python_backend_utils as pb_utils
 
-from triton_guard.bls import GuardedUpstream
+from triton_guard.backends.bls import GuardedUpstream
 
 
 class TritonPythonModel:

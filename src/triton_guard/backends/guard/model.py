@@ -16,10 +16,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.batching import split_like
-from triton_guard.bls import GuardedUpstream
-from triton_guard.failures import Failure
-from triton_guard.guard_config import ConfigError
+from triton_guard.guard.batching import split_like
+from triton_guard.backends.bls import GuardedUpstream
+from triton_guard.guard.failures import Failure
+from triton_guard.guard.config import ConfigError
 
 
 class TritonPythonModel:

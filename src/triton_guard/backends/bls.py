@@ -3,10 +3,10 @@
 Import this only inside a Triton Python model (it needs the stub's
 `triton_python_backend_utils`). It serves both placements:
 
-* the `guard` backend (backends/guard/model.py), a step of its own;
+* the `guard` backend (triton_guard/backends/guard/model.py), a step of its own;
 * a library call from a user's own Python model, which saves a hop::
 
-      from triton_guard.bls import GuardedUpstream
+      from triton_guard.backends.bls import GuardedUpstream
 
       class TritonPythonModel:
           def initialize(self, args):
@@ -35,12 +35,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard import guard_metrics as gm
-from triton_guard.breaker import CircuitBreaker
-from triton_guard.failures import FailureClassifier, is_stub_dead
-from triton_guard.guard import Code, Guard, GuardResult
-from triton_guard.guard_config import ConfigError, GuardConfig
-from triton_guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
+from triton_guard.guard import metrics as gm
+from triton_guard.guard.breaker import CircuitBreaker
+from triton_guard.guard.failures import FailureClassifier, is_stub_dead
+from triton_guard.guard.core import Code, Guard, GuardResult
+from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
 # Guard parameters beyond GuardConfig's thresholds.

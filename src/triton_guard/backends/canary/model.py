@@ -1,6 +1,6 @@
 """The `canary` Python-based backend: "ready" means the model really answers right.
 
-One call runs every check (triton_guard.canary) within a deadline and
+One call runs every check (triton_guard.canary.checks) within a deadline and
 returns READY and a JSON REPORT. A background thread samples memory and the
 server's metrics every `sample_interval_ms` (the leak trend and the stall
 detector need history) and runs the full check every `interval_ms`, so the
@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_guard import canary, defaults, memory, promtext
-from triton_guard.breaker import BreakerSnapshot
-from triton_guard.goldens import GOLDENS_DIR, Golden, compare
+from triton_guard import defaults, promtext
+from triton_guard.canary import checks as canary
+from triton_guard.canary import memory
+from triton_guard.guard.breaker import BreakerSnapshot
+from triton_guard.canary.goldens import GOLDENS_DIR, Golden, compare
 from triton_guard.pins import load_pins, observe_runtime
-from triton_guard.shared_state import SharedFileStore, default_state_dir, read_json_state
+from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state
 
 
 class TritonPythonModel:

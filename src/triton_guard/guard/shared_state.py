@@ -46,7 +46,7 @@ import zlib
 from types import TracebackType
 
 from triton_guard import defaults
-from triton_guard.breaker import BreakerRecord
+from triton_guard.guard.breaker import BreakerRecord
 
 MAGIC = b"TGBR"
 LAYOUT_VERSION = 1

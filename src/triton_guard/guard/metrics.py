@@ -2,7 +2,7 @@
 
 Every pb_utils metric update is a round trip from the stub to the server
 process. The request path therefore only bumps in-process counters here; the
-publisher thread of triton_guard.bls drains them onto Triton's /metrics once a second.
+publisher thread of triton_guard.backends.bls drains them onto Triton's /metrics once a second.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from triton_guard.breaker import Transition
-from triton_guard.failures import Failure
-from triton_guard.guard import GuardEvents
+from triton_guard.guard.breaker import Transition
+from triton_guard.guard.failures import Failure
+from triton_guard.guard.core import GuardEvents
 
 # Metric names on Triton's /metrics (documented in README.md).
 BREAKER_STATE = "triton_guard_breaker_state"

@@ -12,7 +12,7 @@
   target model then pays one `is not None` check per execute, nothing else.
 
 No Triton import: unit-tested without a server. The control model
-(chaos_repository/chaos) and the classifier only translate.
+(chaos/repository/chaos) and the classifier only translate.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.drift import DriftMonitor, DriftScores, Reference
-from triton_guard.shared_state import default_state_dir, write_json_state
+from triton_guard.drift.monitor import DriftMonitor, DriftScores, Reference
+from triton_guard.guard.shared_state import default_state_dir, write_json_state
 
 SCORE_GAUGE = "triton_guard_drift_score"
 FILL_GAUGE = "triton_guard_drift_window_fill"

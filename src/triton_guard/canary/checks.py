@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from triton_guard import defaults
-from triton_guard.breaker import BreakerSnapshot, State
-from triton_guard.goldens import GoldenComparison
-from triton_guard.memory import MemoryReading, Trend
+from triton_guard.guard.breaker import BreakerSnapshot, State
+from triton_guard.canary.goldens import GoldenComparison
+from triton_guard.canary.memory import MemoryReading, Trend
 from triton_guard.pins import Pins
 
 

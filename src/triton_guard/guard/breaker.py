@@ -39,7 +39,7 @@ from contextlib import AbstractContextManager
 from typing import ClassVar, Protocol
 
 from triton_guard import defaults
-from triton_guard.guard_config import GuardConfig
+from triton_guard.guard.config import GuardConfig
 
 Clock = Callable[[], float]
 

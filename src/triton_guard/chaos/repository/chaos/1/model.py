@@ -13,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.chaos import ChaosCommand, ChaosControl, FaultError
+from triton_guard.chaos.faults import ChaosCommand, ChaosControl, FaultError
 
 
 def _refuse(message):

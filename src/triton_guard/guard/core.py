@@ -24,9 +24,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from triton_guard.breaker import CircuitBreaker, Permit, Rejection, State, Transition
-from triton_guard.failures import Failure, FailureClassifier
-from triton_guard.guard_config import GuardConfig
+from triton_guard.guard.breaker import CircuitBreaker, Permit, Rejection, State, Transition
+from triton_guard.guard.failures import Failure, FailureClassifier
+from triton_guard.guard.config import GuardConfig
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Fault injection: exists in a server only with `triton-guard serve --chaos`."""

@@ -1,0 +1,1 @@
+"""Output distribution monitor: windowed statistics against a recorded reference."""
