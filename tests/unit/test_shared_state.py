@@ -24,9 +24,12 @@ from triton_guard.guard.shared_state import (
     LAYOUT_VERSION,
     MAGIC,
     MemoryStore,
+    SettingsConflict,
     SharedFileStore,
     breaker_filename,
+    breaker_settings,
     default_state_dir,
+    read_claim,
 )
 
 NAME = "ensemble/upstream"  # a name that needs sanitising
@@ -169,7 +172,7 @@ def _tripped(store) -> CircuitBreaker:
     return breaker
 
 
-def test_file_of_another_layout_version_is_reinitialised(tmp_path):
+def test_file_of_another_layout_version_is_a_new_breaker(tmp_path):
     store = SharedFileStore(tmp_path)
     path = store.path_for(NAME)
     os.makedirs(tmp_path, exist_ok=True)
@@ -181,20 +184,182 @@ def test_file_of_another_layout_version_is_reinitialised(tmp_path):
     assert os.path.getsize(path) == FILE_SIZE
     rec = store.read(NAME)
     assert (rec.state, rec.generation, rec.permits) == (State.CLOSED, 0, 1)
+    assert store.damage == {}  # not damage: nothing was lost
 
 
-def test_corrupted_file_is_reinitialised_in_place(tmp_path):
-    store = SharedFileStore(tmp_path)
-    breaker = _tripped(store)
-    fd = os.open(store.path_for(NAME), os.O_RDWR)
+# --- damage: whatever happens to the file, no crash, no silent CLOSED -----------------------
+
+
+class Reports(list):
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+
+def _store(directory) -> tuple[SharedFileStore, Reports]:
+    reports = Reports()
+    return SharedFileStore(directory, report=reports), reports
+
+
+def _pwrite(path: str, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_RDWR)
     try:
-        os.pwrite(fd, b"\xff" * 8, 300)  # garbage in the record body
+        os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
-    assert store.read(NAME) is None  # CRC mismatch
-    got = breaker.acquire()  # the next writer starts over: fresh CLOSED
-    assert isinstance(got, Permit) and got.generation == 0
-    assert store.read(NAME).state == State.CLOSED
+
+
+@pytest.mark.parametrize("size", [0, 100, FILE_SIZE - 1])
+def test_truncated_file_keeps_an_open_breaker_open(tmp_path, size):
+    store, reports = _store(tmp_path)
+    breaker = _tripped(store)
+    os.truncate(store.path_for(NAME), size)  # an mmap'ed file died of SIGBUS here
+    got = breaker.acquire()
+    assert isinstance(got, Rejection) and got.reason == "open"
+    assert os.path.getsize(store.path_for(NAME)) == FILE_SIZE
+    assert store.read(NAME).state == State.OPEN
+    assert store.damage == {"truncated": 1} and len(reports) == 1 and "truncated" in reports[0]
+    breaker.acquire()
+    assert store.damage == {"truncated": 1}  # reported once, not on every call
+
+
+def test_corrupt_open_record_stays_open_and_a_closed_one_gets_a_trial(tmp_path):
+    store, reports = _store(tmp_path)
+    breaker = _tripped(store)
+    _pwrite(store.path_for(NAME), b"\xff" * 4, 300)  # four flipped bytes in the record body
+    assert isinstance(breaker.acquire(), Rejection)  # was: silently CLOSED again
+    assert store.damage == {"corrupt": 1} and "rebuilt as OPEN" in reports[0]
+
+    closed = CircuitBreaker("other", GuardConfig(), store)
+    generation = closed.acquire().generation
+    _pwrite(store.path_for("other"), b"\xff" * 4, 300)
+    trial = closed.acquire()  # unknown state: HALF_OPEN, one trial call decides
+    assert isinstance(trial, Permit) and trial.trial and trial.generation == generation + 1
+    assert isinstance(closed.acquire(), Rejection)  # not everyone at once
+    closed.record(trial, success=True, duration_s=0.001)
+    assert closed.snapshot().state == State.CLOSED
+
+
+def _acquire_in_fresh_process(directory: str, result: multiprocessing.Queue) -> None:
+    got = CircuitBreaker(NAME, GuardConfig(failure_threshold=1), SharedFileStore(directory)).acquire()
+    result.put((type(got).__name__, getattr(got, "trial", None)))
+
+
+def test_corrupt_file_met_by_a_process_that_never_saw_it_is_half_open(tmp_path):
+    store, _ = _store(tmp_path)
+    _tripped(store)
+    _pwrite(store.path_for(NAME), b"\xff" * 4, 300)
+    result = SPAWN.Queue()
+    _run(_acquire_in_fresh_process, str(tmp_path), result)
+    assert result.get(timeout=JOIN_S) == ("Permit", True)
+
+
+def test_deleted_file_is_recreated_with_its_state_and_followed(tmp_path):
+    store, reports = _store(tmp_path)
+    breaker = _tripped(store)
+    os.unlink(store.path_for(NAME))
+    assert isinstance(breaker.acquire(), Rejection)
+    assert os.path.exists(store.path_for(NAME))
+    assert store.damage == {"missing": 1} and len(reports) == 1
+    # Another process attaching now finds the same OPEN breaker.
+    result = SPAWN.Queue()
+    _run(_acquire_in_fresh_process, str(tmp_path), result)
+    assert result.get(timeout=JOIN_S)[0] == "Rejection"
+
+
+def test_a_fresh_breaker_made_by_a_newcomer_after_a_delete_does_not_close_an_open_one(tmp_path):
+    store, _ = _store(tmp_path)
+    breaker = _tripped(store)
+    os.unlink(store.path_for(NAME))
+    result = SPAWN.Queue()
+    _run(_acquire_in_fresh_process, str(tmp_path), result)  # makes a new CLOSED file
+    assert result.get(timeout=JOIN_S)[0] == "Permit"
+    assert isinstance(breaker.acquire(), Rejection)  # the old guard follows, and keeps it OPEN
+    assert SharedFileStore(tmp_path).read(NAME).state == State.OPEN
+
+
+def test_replaced_file_is_followed(tmp_path):
+    store, _ = _store(tmp_path)
+    breaker = _tripped(store)
+    path = store.path_for(NAME)
+    with open(path, "rb") as f:
+        image = f.read()
+    os.unlink(path)
+    with open(path + ".new", "wb") as f:
+        f.write(image)
+    os.replace(path + ".new", path)  # same content, another inode
+    assert isinstance(breaker.acquire(), Rejection)
+    assert os.stat(path).st_ino == os.fstat(store.transaction(NAME)._fd).st_ino
+
+
+def test_removed_directory_is_recreated(tmp_path):
+    import shutil
+
+    directory = tmp_path / "state"
+    store, reports = _store(directory)
+    breaker = _tripped(store)
+    shutil.rmtree(directory)
+    assert isinstance(breaker.acquire(), Rejection)
+    assert SharedFileStore(directory).read(NAME).state == State.OPEN
+    assert store.damage == {"missing": 1}
+
+
+def test_unwritable_file_leaves_the_breaker_in_memory_and_retries(tmp_path, monkeypatch):
+    now = [1000.0]
+    reports = Reports()
+    store = SharedFileStore(tmp_path, clock=lambda: now[0], report=reports)
+    config = GuardConfig(failure_threshold=2)
+    breaker = CircuitBreaker(NAME, config, store, clock=lambda: now[0])
+    breaker.record(breaker.acquire(), success=False, duration_s=0.001)
+    real_pwrite, real_open = os.pwrite, os.open
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pwrite", refuse)  # as with chattr +i: writes fail, and so does O_RDWR
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: refuse() if flags & os.O_RDWR else real_open(path, flags, *a))
+    permit = breaker.acquire()
+    transition = breaker.record(permit, success=False, duration_s=0.001)  # the second failure, in memory
+    assert transition is not None and transition.to_state == State.OPEN
+    assert isinstance(breaker.acquire(), Rejection)
+    assert store.damage == {"unusable": 1} and len(reports) == 1
+    now[0] += 5  # still unusable after the retry period: not reported again
+    assert isinstance(breaker.acquire(), Rejection)
+    assert store.damage == {"unusable": 1}
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    monkeypatch.setattr(os, "open", real_open)
+    now[0] += 5
+    assert isinstance(breaker.acquire(), Rejection)  # the file still said CLOSED: the OPEN copy wins
+    assert SharedFileStore(tmp_path).read(NAME).state == State.OPEN
+    assert "usable again" in reports[-1]
+
+
+# --- claims: one breaker, one configuration ----------------------------------------------
+
+
+def test_second_guard_with_other_settings_is_refused_naming_both_and_the_differences(tmp_path):
+    store = SharedFileStore(tmp_path)
+    store.claim("classifier", "classifier_guard", breaker_settings(GuardConfig()))
+    store.claim("classifier", "preprocess_guarded", breaker_settings(GuardConfig(max_inflight=2)))  # per instance
+    other = GuardConfig(window_size=10, minimum_calls=5)
+    with pytest.raises(SettingsConflict) as info:
+        SharedFileStore(tmp_path).claim("classifier", "pipeline_inline", breaker_settings(other))
+    message = str(info.value)
+    assert "'pipeline_inline'" in message and "'classifier_guard'" in message
+    assert "window_size=10 here, 20 there" in message and "minimum_calls=5 here, 10 there" in message
+    assert "failure_threshold" not in message
+    store.claim("classifier", "classifier_guard", breaker_settings(other))  # a reload of the same model
+
+
+def test_claim_survives_a_rebuilt_file_and_other_processes_see_it(tmp_path):
+    store, _ = _store(tmp_path)
+    store.claim(NAME, "guard_a", breaker_settings(GuardConfig()))
+    os.truncate(store.path_for(NAME), 0)
+    CircuitBreaker(NAME, GuardConfig(), store).acquire()
+    assert read_claim(tmp_path, NAME) == {"model": "guard_a", "settings": breaker_settings(GuardConfig())}
+    memory = MemoryStore()
+    memory.claim(NAME, "guard_a", {"timeout_ms": 1})
+    with pytest.raises(SettingsConflict):
+        memory.claim(NAME, "guard_b", {"timeout_ms": 2})
 
 
 def test_failed_transaction_writes_nothing(tmp_path):

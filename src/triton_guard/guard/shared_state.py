@@ -9,17 +9,43 @@ SharedFileStore  one server: one small mmap'ed file per breaker in a directory
 A transaction hands out a *copy* of the record and writes it back only when
 the block ends without an exception, so a half-done update never lands.
 
-File layout (little-endian, FILE_SIZE = 1408 bytes with WINDOW_SIZE_MAX=1024):
+File layout (little-endian, FILE_SIZE = 2432 bytes with WINDOW_SIZE_MAX=1024):
 
   off  size  field
     0     4  magic b"TGBR"
-    4     2  layout version (u16)           other version -> reinitialised
+    4     2  layout version (u16)           other version -> a new breaker
     6     2  name length in bytes (u16)
-    8     4  ring capacity (u32)            != WINDOW_SIZE_MAX -> reinitialised
-   12     4  CRC-32 of bytes 16..end (u32)  mismatch (torn/corrupt) -> reinitialised
+    8     4  ring capacity (u32)
+   12     4  CRC-32 of bytes 16..end (u32)
    16   256  breaker name, UTF-8, zero padded
   272   112  record body, see _BODY_FIELDS (6 x u64, 3 x f64, 9 x u32, 4 pad)
   384  1024  window ring, one byte per call (bit 0 failed, bit 1 slow)
+ 1408     8  settings fingerprint (u64; 0: no guard claimed the breaker yet)
+ 1416  1016  the claim: JSON {"model": guard model, "settings": {...}}, zero padded
+
+The file is read and written with pread/pwrite, never mmap'ed: a file
+truncated under a mapping would kill the process with SIGBUS.
+
+Damage. Every transaction checks, under the lock, that the path still names
+the file this process has open, so a deleted or replaced file (or a removed
+directory) is followed at once and every guard converges on the file now at
+the path. A file that is truncated, corrupt (CRC), or found empty by a
+process that had seen it before is rebuilt from this process's last good
+copy, by one rule: a damaged record is never taken to mean CLOSED. A copy
+that was OPEN (or HALF_OPEN) is restored as it was; a copy that was CLOSED,
+or no copy at all, resumes as HALF_OPEN, so one trial call decides and a
+hung upstream is not handed all traffic again. A file that cannot be opened
+or written (read-only, immutable, directory gone and not creatable) leaves
+the process on its own copy in memory, retried every DAMAGE_RETRY_S. Each
+event is reported once (`report`, stderr by default) and counted in
+`SharedFileStore.damage` for a metric.
+
+Claims. The guard models of one upstream share its breaker, so they must
+share its settings: `claim()` stamps the breaker with the guard's model name,
+its breaker settings and their fingerprint; a guard of another model with
+other settings gets SettingsConflict, naming both models and every
+differing setting (instead of one guard resetting the other's window). A
+claim by the same model (a reload with new settings) replaces the old one.
 
 Locking: `fcntl.lockf` on the whole file for the length of one transaction
 (microseconds; never across an upstream call). The kernel drops the lock when
@@ -31,25 +57,29 @@ second descriptor of the file would silently drop the process's lock).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fcntl
 import hashlib
 import json
-import mmap
 import operator
 import os
 import re
 import struct
+import sys
 import tempfile
 import threading
+import time
 import zlib
 from types import TracebackType
+from typing import Callable, Mapping
 
 from triton_guard import defaults
-from triton_guard.guard.breaker import BreakerRecord
+from triton_guard.guard.breaker import BreakerRecord, State
+from triton_guard.guard.config import ConfigError, GuardConfig
 
 MAGIC = b"TGBR"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 NAME_MAX = 255  # bytes of UTF-8; the name field is NAME_MAX + 1 bytes
 FILE_SUFFIX = ".breaker"
 
@@ -79,7 +109,11 @@ _BODY = struct.Struct("<" + "".join(code for _, code in _BODY_FIELDS) + "4x")
 _BODY_OFFSET = _NAME_OFFSET + NAME_MAX + 1  # 272
 _RING_OFFSET = _BODY_OFFSET + _BODY.size  # 384
 RING_CAPACITY = defaults.WINDOW_SIZE_MAX
-FILE_SIZE = _RING_OFFSET + RING_CAPACITY
+_CLAIM_OFFSET = _RING_OFFSET + RING_CAPACITY  # 1408
+CLAIM_SIZE = 1024  # fingerprint (u64) + the claim's JSON
+_FINGERPRINT = struct.Struct("<Q")
+FILE_SIZE = _CLAIM_OFFSET + CLAIM_SIZE
+DAMAGE_RETRY_S = 1.0  # an unusable breaker file is tried again this often
 _CRC = struct.Struct("<I")
 _CRC_OFFSET = 12
 
@@ -99,6 +133,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, BreakerRecord] = {}
+        self._claims: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def transaction(self, name: str) -> _MemoryTransaction:
@@ -112,6 +147,14 @@ class MemoryStore:
     def list_breakers(self) -> list[str]:
         with self._lock:
             return sorted(self._records)
+
+    def claim(self, name: str, model: str, settings: Mapping[str, object]) -> None:
+        """See SharedFileStore.claim."""
+        with self._lock:
+            problem = _conflict(name, model, settings, self._claims.get(name))
+            if problem:
+                raise SettingsConflict(problem)
+            self._claims[name] = {"model": model, "settings": dict(settings)}
 
 
 class _MemoryTransaction:
@@ -139,6 +182,61 @@ class _MemoryTransaction:
                 self._store._records[self._name] = self._rec
         finally:
             self._store._lock.release()
+
+
+# --- settings claims ---------------------------------------------------------------------
+
+# A bulkhead is per guard instance: guards of one upstream may size theirs differently.
+PER_INSTANCE_SETTINGS = frozenset({"max_inflight"})
+
+
+class SettingsConflict(ConfigError):
+    """Two guard models of one upstream with different breaker settings."""
+
+
+def breaker_settings(config: GuardConfig) -> dict[str, int | float]:
+    """The settings every guard of one upstream must agree on."""
+    return {k: v for k, v in config.to_dict().items() if k not in PER_INSTANCE_SETTINGS}
+
+
+def settings_fingerprint(settings: Mapping[str, object]) -> int:
+    digest = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "little") or 1  # 0 means "not claimed"
+
+
+def _encode_claim(model: str, settings: Mapping[str, object]) -> bytes:
+    doc = json.dumps({"model": model, "settings": dict(settings)}, sort_keys=True, separators=(",", ":")).encode()
+    if len(doc) > CLAIM_SIZE - _FINGERPRINT.size:
+        raise ConfigError(f"guard model name {model!r} is too long for the breaker file's claim")
+    return _FINGERPRINT.pack(settings_fingerprint(settings)) + doc.ljust(CLAIM_SIZE - _FINGERPRINT.size, b"\0")
+
+
+def _decode_claim(region: bytes) -> dict | None:
+    if _FINGERPRINT.unpack_from(region)[0] == 0:
+        return None
+    try:
+        return json.loads(region[_FINGERPRINT.size :].rstrip(b"\0"))
+    except ValueError:
+        return None
+
+
+def _conflict(name: str, model: str, settings: Mapping[str, object], claim: dict | None) -> str | None:
+    """Why `model` may not share breaker `name`, or None."""
+    if claim is None or claim.get("model") == model:  # unclaimed, or this model reloaded
+        return None
+    theirs = claim.get("settings") or {}
+    differing = [
+        f"{key}={settings.get(key)!r} here, {theirs.get(key)!r} there"
+        for key in sorted(set(settings) | set(theirs))
+        if settings.get(key) != theirs.get(key)
+    ]
+    if not differing:
+        return None
+    return (
+        f"guard model '{model}' and guard model '{claim.get('model')}' share the breaker of upstream "
+        f"'{name}' but their settings differ: {'; '.join(differing)}. "
+        "Give every guard of one upstream the same breaker settings"
+    )
 
 
 # --- shared file store -------------------------------------------------------------
@@ -177,29 +275,52 @@ def breaker_filename(name: str) -> str:
     return stem + FILE_SUFFIX
 
 
-class SharedFileStore:
-    """One mmap'ed file per breaker in `directory`, shared across processes."""
+def _report_to_stderr(message: str) -> None:
+    print(f"triton-guard: {message}", file=sys.stderr, flush=True)
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+
+class SharedFileStore:
+    """One breaker file per breaker in `directory`, shared across processes.
+
+    `report(message)` is told each damage event once (stderr by default; the
+    guard passes Triton's logger); `damage` counts them by kind: missing,
+    replaced, truncated, corrupt, unusable.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        report: Callable[[str], None] = _report_to_stderr,
+    ) -> None:
         # The directory is created on the first transaction, not here, so
         # that a read-only user (status command) leaves no trace.
         self.directory = os.path.abspath(os.fspath(directory))
-        self._files: dict[str, _BreakerFile] = {}
+        self._clock = clock
+        self._report = report
+        self.damage: collections.Counter[str] = collections.Counter()
 
     def path_for(self, name: str) -> str:
         return os.path.join(self.directory, breaker_filename(name))
 
     def transaction(self, name: str) -> _BreakerFile:
-        breaker_file = self._files.get(name)
+        path = self.path_for(name)
+        breaker_file = _open_files.get(path)
         if breaker_file is None:
-            breaker_file = self._files[name] = _open_breaker_file(self.path_for(name), name)
+            breaker_file = _open_breaker_file(path, name, self)
         return breaker_file
 
-    def read(self, name: str) -> BreakerRecord | None:
-        """The record as another process last wrote it; None if absent or unreadable.
+    def claim(self, name: str, model: str, settings: Mapping[str, object]) -> None:
+        """Stamp breaker `name` as run by guard `model` with `settings` (breaker_settings()).
 
-        Never creates or repairs anything: a writer reinitialises bad files.
+        Raises SettingsConflict when a guard of another model claimed it
+        with other settings.
         """
+        self.transaction(name).claim(model, settings)
+
+    def read(self, name: str) -> BreakerRecord | None:
+        """The record as last written; None if absent or unreadable. Never creates or repairs."""
         path = self.path_for(name)
         with _open_files_lock:
             breaker_file = _open_files.get(path)
@@ -235,59 +356,46 @@ _open_files: dict[str, _BreakerFile] = {}
 _open_files_lock = threading.Lock()
 
 
-def _open_breaker_file(path: str, name: str) -> _BreakerFile:
+def _open_breaker_file(path: str, name: str, store: SharedFileStore) -> _BreakerFile:
     with _open_files_lock:
         breaker_file = _open_files.get(path)
         if breaker_file is None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            breaker_file = _open_files[path] = _BreakerFile(path, name)
+            breaker_file = _open_files[path] = _BreakerFile(path, name, store)
         return breaker_file
 
 
 class _BreakerFile:
-    """An open, mmap'ed breaker file; also the context manager of its transactions.
+    """This process's handle on one breaker file; also the context manager of its transactions.
 
     The threading.Lock is held from __enter__ to __exit__, so the current
     record is never shared between threads.
     Not re-entrant: a nested transaction on the same breaker deadlocks.
     """
 
-    def __init__(self, path: str, name: str) -> None:
+    def __init__(self, path: str, name: str, store: SharedFileStore) -> None:
         self.path = path
         self.name = name
+        self._store = store  # the first store of this process to open it: clock, report, counts
         self._thread_lock = threading.Lock()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            # Several processes may create the file at once: whoever gets the
-            # lock first sizes and initialises it, the others find it valid.
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-            try:
-                if os.fstat(fd).st_size != FILE_SIZE or not _is_valid(os.pread(fd, FILE_SIZE, 0)):
-                    os.ftruncate(fd, FILE_SIZE)
-                    os.pwrite(fd, _initial_image(name), 0)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
-            self._mm = mmap.mmap(fd, FILE_SIZE)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self._payload = memoryview(self._mm)[_NAME_OFFSET:]  # what the CRC covers
-        self._ring = memoryview(self._mm)[_RING_OFFSET:]
         self._header_prefix = _initial_image(name)[:_CRC_OFFSET]  # all but the CRC
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._locked = False
+        self._good: bytes | None = None  # the last valid image this process read or wrote
+        self._claim: bytes | None = None  # this process's claim, restamped on a rebuilt file
+        self._unusable_until = 0.0  # while the clock is below it, records stay in memory
+        self._image: bytearray | None = None
         self._rec: BreakerRecord | None = None
+
+    # --- transactions ----------------------------------------------------------
 
     def __enter__(self) -> BreakerRecord:
         self._thread_lock.acquire()
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            try:
-                self._rec = self._load()
-            except BaseException:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-                raise
+            self._image = self._begin()
+            self._rec = _record_of(self._image)
         except BaseException:
-            self._thread_lock.release()
+            self._end()
             raise
         return self._rec
 
@@ -301,54 +409,236 @@ class _BreakerFile:
             if exc_type is None:
                 self._save(self._rec)
         finally:
-            self._rec = None
+            self._end()
+
+    def claim(self, model: str, settings: Mapping[str, object]) -> None:
+        region = _encode_claim(model, settings)
+        with self._thread_lock:
             try:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                image = self._begin()
+                problem = _conflict(self.name, model, settings, _decode_claim(image[_CLAIM_OFFSET:]))
+                if problem:
+                    raise SettingsConflict(problem)
+                self._claim = region
+                if image[_CLAIM_OFFSET : _CLAIM_OFFSET + _FINGERPRINT.size] != region[: _FINGERPRINT.size]:
+                    image[_CLAIM_OFFSET:] = region  # the first claim of these settings stays
+                    _pack_record(image, _record_of(image))
+                    self._write(image)
             finally:
-                self._thread_lock.release()
+                self._unlock()
 
     def read(self) -> BreakerRecord | None:
         with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_SH)
-            try:
-                image = self._mm[:]
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-        return _decode(image)
+            image = _read_once_image(self.path)
+            if image is not None and self._valid(image):
+                return _record_of(image)
+            # Damaged or unusable: what this process last knew (it repairs on its next call).
+            return _record_of(self._good) if self._good is not None else None
 
-    def _load(self) -> BreakerRecord:
-        mm = self._mm
-        crc_ok = _CRC.unpack_from(mm, _CRC_OFFSET)[0] == zlib.crc32(self._payload)
-        if not crc_ok or mm[:_CRC_OFFSET] != self._header_prefix:
-            # Corrupt, torn by a process killed mid-write, or rewritten by
-            # another layout version: start over as a fresh CLOSED breaker.
-            mm[:] = _initial_image(self.name)
-        return BreakerRecord(*_BODY.unpack_from(mm, _BODY_OFFSET), bytearray(self._ring))
+    # --- the file ----------------------------------------------------------------
+
+    def _begin(self) -> bytearray:
+        """Lock the file and return a valid image of it, repairing damage; or the copy in memory."""
+        now = self._store._clock()
+        if self._fd is None and now < self._unusable_until:
+            return self._memory_image(now)
+        try:
+            moved = self._follow_path()
+            image = os.pread(self._fd, FILE_SIZE, 0)
+            if self._valid(image):
+                if self._unusable_until:
+                    self._unusable_until = 0.0
+                    self._store._report(f"breaker '{self.name}': state file {self.path} usable again")
+                    if _record_of(image).state == int(State.CLOSED) and _record_of(self._good).state != int(State.CLOSED):
+                        # The file is older than what this process lived on meanwhile: not a reason to close.
+                        image = self._good
+                        os.pwrite(self._fd, image, 0)
+                elif moved and _record_of(image).transitions < _record_of(self._good).transitions:
+                    # A breaker begun afresh at the path by a process that never saw the old one
+                    # (the old file was deleted): the record that saw more transitions wins.
+                    image = self._good
+                    os.pwrite(self._fd, image, 0)
+                    self._damaged("missing", f"state file {self.path} was replaced by a newer, emptier one; restored")
+                self._good = image
+                return bytearray(image)
+            kind = self._damage_kind(image, moved)
+            repaired = self._rebuilt(now, fresh=kind is None)
+            os.pwrite(self._fd, repaired, 0)
+            if len(image) > FILE_SIZE:
+                os.ftruncate(self._fd, FILE_SIZE)
+            if kind is not None:
+                self._damaged(kind, f"state file {self.path} was {kind}; rebuilt as {_state_name(repaired)}")
+            self._good = bytes(repaired)
+            return repaired
+        except OSError as exc:
+            self._unlock()
+            self._close()
+            if not self._unusable_until:
+                self._damaged(
+                    "unusable",
+                    f"state file {self.path} is unusable ({exc.strerror or exc}); this process keeps "
+                    f"the breaker in memory and retries every {DAMAGE_RETRY_S:g} s",
+                )
+            self._unusable_until = now + DAMAGE_RETRY_S
+            return self._memory_image(now)
+
+    def _follow_path(self) -> bool:
+        """Open (and lock) the file the path names now; True if that is not the one held before."""
+        moved = False
+        for _ in range(3):
+            if self._fd is None:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                st = os.fstat(fd)
+                self._fd, self._identity = fd, (st.st_dev, st.st_ino)
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            self._locked = True
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._identity:
+                    return moved
+            except FileNotFoundError:
+                pass
+            # Deleted, replaced, or its directory removed: follow the path.
+            self._unlock()
+            self._close()
+            moved = self._good is not None
+        raise OSError(f"{self.path} keeps being replaced")
+
+    def _damage_kind(self, image: bytes, moved: bool) -> str | None:
+        """What happened to an invalid file; None: a new breaker, not damage."""
+        if not image:
+            if self._good is None:
+                return None  # created just now (by this process or a peer)
+            return "missing" if moved else "truncated"
+        if len(image) >= 6 and image[:4] == MAGIC and image[4:6] != self._header_prefix[4:6]:
+            return None  # another layout version: a new breaker
+        if len(image) != FILE_SIZE:
+            return "truncated"
+        return "replaced" if moved and image[:_CRC_OFFSET] != self._header_prefix else "corrupt"
+
+    def _rebuilt(self, now: float, fresh: bool) -> bytearray:
+        """A valid image: a new breaker, or the last good copy by the rule in the module docstring."""
+        if fresh or self._good is None:
+            rec = BreakerRecord()
+        else:
+            rec = _record_of(self._good)
+        if not fresh and rec.state == int(State.CLOSED):
+            rec.state = int(State.HALF_OPEN)
+            rec.since = now
+            rec.generation += 1  # permits issued before the damage become stale
+            rec.transitions += 1
+            rec.trials_issued = rec.trials_succeeded = 0
+            rec.last_trial_at = 0.0
+        claim = self._claim or (self._good[_CLAIM_OFFSET:] if self._good else bytes(CLAIM_SIZE))
+        image = bytearray(_initial_image(self.name))
+        image[_CLAIM_OFFSET:] = claim
+        _pack_record(image, rec)
+        return image
+
+    def _memory_image(self, now: float) -> bytearray:
+        if self._good is None:
+            self._good = bytes(self._rebuilt(now, fresh=False))
+        return bytearray(self._good)
 
     def _save(self, rec: BreakerRecord) -> None:
-        # Only here does the file change, after the breaker logic finished;
-        # the CRC goes last, so a process killed mid-save leaves a mismatch.
-        self._ring[:] = rec.ring  # wrong length -> ValueError before any write
-        _BODY.pack_into(self._mm, _BODY_OFFSET, *_body_values(rec))
-        _CRC.pack_into(self._mm, _CRC_OFFSET, zlib.crc32(self._payload))
+        image = self._image
+        if len(rec.ring) != RING_CAPACITY:
+            raise ValueError(f"window ring of {len(rec.ring)} bytes, expected {RING_CAPACITY}")
+        _pack_record(image, rec)
+        self._write(image)
+
+    def _write(self, image: bytearray) -> None:
+        self._good = bytes(image)
+        if self._fd is None or not self._locked:
+            return  # unusable file: the record lives in memory until it is usable again
+        try:
+            os.pwrite(self._fd, image, 0)
+        except OSError as exc:
+            self._unlock()
+            self._close()
+            self._damaged(
+                "unusable",
+                f"state file {self.path} cannot be written ({exc.strerror or exc}); this process keeps "
+                f"the breaker in memory and retries every {DAMAGE_RETRY_S:g} s",
+            )
+            self._unusable_until = self._store._clock() + DAMAGE_RETRY_S
+
+    def _valid(self, image: bytes) -> bool:
+        return (
+            len(image) == FILE_SIZE
+            and image[:_CRC_OFFSET] == self._header_prefix
+            and _CRC.unpack_from(image, _CRC_OFFSET)[0] == zlib.crc32(memoryview(image)[_NAME_OFFSET:])
+        )
+
+    def _damaged(self, kind: str, message: str) -> None:
+        self._store.damage[kind] += 1
+        self._store._report(f"breaker '{self.name}': {message}")
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _end(self) -> None:
+        self._rec = self._image = None
+        try:
+            self._unlock()
+        finally:
+            self._thread_lock.release()
 
 
-def _read_once(path: str) -> BreakerRecord | None:
+def _pack_record(image: bytearray, rec: BreakerRecord) -> None:
+    # The CRC goes last, so a process killed mid-write leaves a mismatch.
+    image[_RING_OFFSET:_CLAIM_OFFSET] = rec.ring
+    _BODY.pack_into(image, _BODY_OFFSET, *_body_values(rec))
+    _CRC.pack_into(image, _CRC_OFFSET, zlib.crc32(memoryview(image)[_NAME_OFFSET:]))
+
+
+def _record_of(image: bytes) -> BreakerRecord:
+    return BreakerRecord(*_BODY.unpack_from(image, _BODY_OFFSET), bytearray(image[_RING_OFFSET:_CLAIM_OFFSET]))
+
+
+def _state_name(image: bytes) -> str:
+    return State(_record_of(image).state).name
+
+
+def _read_once_image(path: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except OSError:
         return None
     try:
         if os.fstat(fd).st_size != FILE_SIZE:
             return None
         fcntl.lockf(fd, fcntl.LOCK_SH)  # a consistent image, not a half-written one
         try:
-            image = os.pread(fd, FILE_SIZE, 0)
+            return os.pread(fd, FILE_SIZE, 0)
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN)
+    except OSError:
+        return None
     finally:
         os.close(fd)
-    return _decode(image)
+
+
+def _read_once(path: str) -> BreakerRecord | None:
+    image = _read_once_image(path)
+    return _decode(image) if image is not None else None
+
+
+def read_claim(directory: str | os.PathLike[str], name: str) -> dict | None:
+    """The claim on breaker `name` ({"model", "settings"}), or None."""
+    image = _read_once_image(SharedFileStore(directory).path_for(name))
+    return _decode_claim(image[_CLAIM_OFFSET:]) if image is not None and _is_valid(image) else None
 
 
 def _initial_image(name: str) -> bytes:
@@ -378,8 +668,7 @@ def _is_valid(image: bytes) -> bool:
 def _decode(image: bytes) -> BreakerRecord | None:
     if not _is_valid(image):
         return None
-    values = _BODY.unpack_from(image, _BODY_OFFSET)
-    return BreakerRecord(*values, bytearray(image[_RING_OFFSET:FILE_SIZE]))
+    return _record_of(image)
 
 
 def _name_from_header(head: bytes) -> str | None:
