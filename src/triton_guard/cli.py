@@ -15,19 +15,29 @@ EXIT_USAGE = 2
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from triton_guard.server import LocalServer, Ports, ServerError, serve_forever
+    from triton_guard.server import LocalServer, Ports, ServerError, is_loopback, serve_forever
 
+    prog = "triton-guard serve"
+    if args.chaos and not is_loopback(args.host) and not args.allow_remote_chaos:
+        print(
+            f"{prog}: error: --chaos lets any client break models: it binds loopback only; "
+            f"--host {args.host} needs --allow-remote-chaos as well",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     server = LocalServer(
         model_repository=Path(args.model_repository),
         ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
         backends_source=Path(args.backends) if args.backends else None,
         model_config_name="gpu" if args.gpu else None,
         chaos=args.chaos,
+        host=args.host,
+        exit_timeout_s=args.exit_timeout,
     )
     try:
         return serve_forever(server)
     except ServerError as exc:
-        print(f"triton-guard serve: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -141,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triton-guard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run Triton with the guarded pipeline in the foreground")
+    serve = sub.add_parser(
+        "serve",
+        help="run Triton with the guarded pipeline in the foreground",
+        description=(
+            f"The {', '.join(defaults.RESTRICTED_APIS)} APIs need the header '{defaults.API_KEY_HEADER}: KEY' "
+            f"on HTTP and gRPC; KEY comes from ${defaults.API_KEY_ENV}, or the file named by "
+            f"${defaults.API_KEY_FILE_ENV}, or is generated for the run."
+        ),
+    )
     serve.add_argument("--model-repository", default="model_repository", help="default: %(default)s")
     serve.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
     serve.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
@@ -157,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--chaos",
         action="store_true",
         help="allow fault injection (`triton-guard chaos`): serves the 'chaos' model, arms the models' hooks",
+    )
+    serve.add_argument(
+        "--host",
+        default=defaults.SERVE_HOST,
+        help="bind address of HTTP, gRPC and metrics (default: %(default)s, this host only; the image uses 0.0.0.0)",
+    )
+    serve.add_argument(
+        "--allow-remote-chaos",
+        action="store_true",
+        help="let --chaos bind a non-loopback --host (anyone who reaches it can break models)",
+    )
+    serve.add_argument(
+        "--exit-timeout",
+        type=float,
+        default=defaults.SERVER_STOP_TIMEOUT_S,
+        help="seconds a stop waits for requests in flight before what is left is killed (default: %(default)s)",
     )
     serve.set_defaults(func=_serve)
 

@@ -11,7 +11,17 @@ GRPC_PORT = 8001
 METRICS_PORT = 8002
 DEFAULT_URL = "localhost:8001"  # probe / status / chaos talk gRPC
 SERVER_READY_TIMEOUT_S = 120.0  # serve: give up if models are not loaded by then
-SERVER_STOP_TIMEOUT_S = 30.0  # serve: SIGTERM -> wait this long -> SIGKILL
+SERVER_STOP_TIMEOUT_S = 30.0  # serve: Triton's --exit-timeout-secs; SIGKILL of what is left soon after
+SERVER_KILL_GRACE_S = 3.0  # after the exit timeout: unloading time before the group is SIGKILLed
+# Local runs bind loopback only: nothing off the host reaches an unauthenticated
+# inference port by accident. The image (Dockerfile) binds all interfaces.
+SERVE_HOST = "127.0.0.1"
+# Triton's restricted APIs (serve): these need the key header on HTTP and gRPC.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+API_KEY_HEADER = "triton-guard-key"  # lowercase: gRPC metadata keys are
+API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes Secret)
+API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
+SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
 # --- Guard (ARCHITECTURE.md section 4; values from the incident write-up) --
 TIMEOUT_MS = 10_000  # hard deadline on every upstream call
@@ -34,6 +44,10 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 # Triton 24.10 never restarts a dead Python stub: the guard that sees one
 # reloads the upstream (explicit model control), at most once per recovery period.
 HEAL_DEAD_UPSTREAM = True
+# Healing goes through Triton's HTTP repository API, from a thread beside the request path.
+HEAL_HTTP_TIMEOUT_S = 60.0  # one reload request; a model load can take this long
+# Non-finite values (NaN, inf) in an upstream's floating-point outputs fail the call.
+CHECK_FINITE = True
 
 # --- Shared breaker state (src/triton_guard/guard/shared_state.py) ----------------
 # One breaker state per server, shared by every guard stub process.

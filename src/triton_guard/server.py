@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import ipaddress
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -163,6 +165,128 @@ def set_chaos_mode(env: dict[str, str], chaos_dir: Path | None) -> dict[str, str
     return env
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this host can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """(key, where it came from) for Triton's restricted APIs.
+
+    $TRITON_GUARD_API_KEY, else the file named by $TRITON_GUARD_API_KEY_FILE
+    (a mounted Kubernetes Secret), else a new random key for this run.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(defaults.API_KEY_ENV):
+        return env[defaults.API_KEY_ENV].strip(), f"${defaults.API_KEY_ENV}"
+    path = env.get(defaults.API_KEY_FILE_ENV)
+    if path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ServerError(f"cannot read the API key file {path} (${defaults.API_KEY_FILE_ENV}): {exc.strerror}") from None
+        if not key:
+            raise ServerError(f"the API key file {path} (${defaults.API_KEY_FILE_ENV}) is empty")
+        return key, path
+    return secrets.token_urlsafe(32), "generated"
+
+
+def check_api_key(key: str) -> str:
+    # The key travels on Triton's command line as "<apis>:<header>=<key>" and in a header.
+    if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}", key):
+        raise ServerError("the API key must be 16 to 256 characters of A-Z a-z 0-9 . _ ~ + / -")
+    return key
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """Triton 2.51 flags that put the admin APIs behind `<API_KEY_HEADER>: key` on HTTP and gRPC."""
+    apis = ",".join(defaults.RESTRICTED_APIS)
+    rule = f"{apis}:{defaults.API_KEY_HEADER}={key}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+
+SHM_DIR = Path("/dev/shm")
+_SHM_NAME = re.compile(rf"^({re.escape(defaults.SHM_PREFIX)}\d+_\d+_)")
+
+
+def _mentioned_in_live_processes(needles: set[str]) -> set[str]:
+    """Which of `needles` appear in the command line of a live process (tritonserver, its stubs)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            found.update(n for n in needles if n in argv)
+    return found
+
+
+def remove_shm(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove the Python backend's shared-memory segments named `prefix`*; returns their names."""
+    removed = []
+    try:
+        entries = list(shm_dir.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            try:
+                entry.unlink()
+                removed.append(entry.name)
+            except OSError:
+                pass
+    return removed
+
+
+def remove_stale_shm(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Segments of triton-guard servers no live process uses any more (crash, SIGKILL)."""
+    try:
+        prefixes = {m.group(1) for e in shm_dir.iterdir() if (m := _SHM_NAME.match(e.name))}
+    except OSError:
+        return []
+    stale = prefixes - _mentioned_in_live_processes(prefixes)
+    return [name for prefix in sorted(stale) for name in remove_shm(prefix, shm_dir)]
+
+
+# Runs beside tritonserver in a session of its own; serve holds its stdin. When
+# serve ends, however it ends (SIGKILL included), stdin reaches EOF: the watchdog
+# then kills what is left of the server's process group (only if that group
+# is still this server: its leader's command line carries the shm prefix) and
+# removes the server's shared memory and work directory.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+pgid, prefix, workdir, shm = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+sys.stdin.buffer.read()
+def ours():
+    try:
+        return prefix.encode() in open(f"/proc/{pgid}/cmdline", "rb").read()
+    except OSError:
+        return False
+if ours():
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+    for _ in range(100):
+        if not ours():
+            break
+        time.sleep(0.05)
+for name in os.listdir(shm):
+    if name.startswith(prefix):
+        try:
+            os.unlink(os.path.join(shm, name))
+        except OSError:
+            pass
+shutil.rmtree(workdir, ignore_errors=True)
+"""
+
+
 def check_ports_free(ports: Ports, host: str = "0.0.0.0") -> None:
     for name, port in ports.named().items():
         with socket.socket() as s:
@@ -222,12 +346,29 @@ class LocalServer:
     log: IO[str] | None = None  # where server output goes; None: this process's stdout
     env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
     chaos: bool = False  # fault injection: the `chaos` model and the models' chaos hooks
+    host: str = defaults.SERVE_HOST  # bind address of HTTP, gRPC and metrics
+    # Restricted APIs (defaults.RESTRICTED_APIS) need this key; None: resolve_api_key().
+    api_key: str | None = None
+    exit_timeout_s: float = defaults.SERVER_STOP_TIMEOUT_S  # Triton's --exit-timeout-secs
 
     process: subprocess.Popen | None = field(default=None, init=False)
     _workdir: Path | None = field(default=None, init=False)
     _recent_errors: deque = field(default_factory=lambda: deque(maxlen=20), init=False)
     _load_failures: list = field(default_factory=list, init=False)
     _pump: threading.Thread | None = field(default=None, init=False)
+    _watchdog: subprocess.Popen | None = field(default=None, init=False)
+    api_key_source: str = field(default="", init=False)
+    removed_stale_shm: list = field(default_factory=list, init=False)
+
+    @property
+    def shm_prefix(self) -> str:
+        """The Python backend's /dev/shm names of this server (unique per serve process and gRPC port)."""
+        return f"{defaults.SHM_PREFIX}{os.getpid()}_{self.ports.grpc}_"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header the restricted APIs need (tritonclient's `headers=`)."""
+        return {defaults.API_KEY_HEADER: self.api_key} if self.api_key else {}
 
     def command(self, backend_dir: Path) -> list[str]:
         cmd = [
@@ -237,13 +378,19 @@ class LocalServer:
             f"--http-port={self.ports.http}",
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--exit-timeout-secs={max(1, round(self.exit_timeout_s))}",
             # explicit + load all: everything starts loaded, and a broken
             # model can be reloaded in place (the pod heals without a restart).
             "--model-control-mode=explicit",
             "--load-model=*",
             # Two servers on one host must not share Python-backend shm names.
-            f"--backend-config=python,shm-region-prefix-name=triton_guard_{os.getpid()}_{self.ports.grpc}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        if self.api_key:
+            cmd.extend(restricted_api_args(self.api_key))
         if self.chaos:
             cmd.append(f"--model-repository={CHAOS_REPOSITORY}")
         if self.model_config_name:
@@ -262,21 +409,44 @@ class LocalServer:
         return self._workdir / "state" if self._workdir else None
 
     @property
+    def connect_host(self) -> str:
+        """Where a client on this host reaches the server."""
+        return "localhost" if self.host in ("0.0.0.0", "::") or is_loopback(self.host) else self.host
+
+    @property
     def http_url(self) -> str:
-        return f"localhost:{self.ports.http}"
+        return f"{self.connect_host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.ports.grpc}"
+        return f"{self.connect_host}:{self.ports.grpc}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.ports.metrics}/metrics"
+        return f"http://{self.connect_host}:{self.ports.metrics}/metrics"
+
+    @property
+    def api_key_file(self) -> Path | None:
+        """A generated key is written here (mode 0600) for the tools of this run."""
+        return self._workdir / "api-key" if self._workdir and self.api_key_source == "generated" else None
 
     def start(self, ready_timeout_s: float = defaults.SERVER_READY_TIMEOUT_S) -> None:
         check_model_repository(self.model_repository)
-        check_ports_free(self.ports)
+        check_ports_free(self.ports, self.host)
+        if self.api_key is None:
+            self.api_key, self.api_key_source = resolve_api_key()
+        else:
+            self.api_key_source = self.api_key_source or "given"
+        check_api_key(self.api_key)
+        for arg in self.extra_args:  # the last --exit-timeout-secs wins in Triton: wait for that one
+            if arg.startswith("--exit-timeout-secs="):
+                self.exit_timeout_s = float(arg.split("=", 1)[1])
+        self.removed_stale_shm = remove_stale_shm()
         self._workdir = Path(tempfile.mkdtemp(prefix="triton-guard-"))
+        if self.api_key_file is not None:
+            fd = os.open(self.api_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.api_key + "\n")
         backend_dir = os.environ.get(ENV_BACKEND_DIR)
         if backend_dir is None:
             source = self.backends_source or BACKENDS_DIR
@@ -285,8 +455,11 @@ class LocalServer:
         # Breaker state shared by this server's stubs; removed with the workdir.
         env[defaults.STATE_DIR_ENV] = str(self.state_dir)
         # The canary reads the server's own metrics and metadata.
-        env[defaults.HTTP_URL_ENV] = f"http://localhost:{self.ports.http}"
+        env[defaults.HTTP_URL_ENV] = f"http://{self.http_url}"
         env[defaults.METRICS_URL_ENV] = self.metrics_url
+        # The guards heal a dead upstream through the repository API: they need the key.
+        env[defaults.API_KEY_ENV] = self.api_key
+        env.pop(defaults.API_KEY_FILE_ENV, None)
         env.update(self.env)
         set_chaos_mode(env, self.chaos_dir)
         self.process = subprocess.Popen(
@@ -297,6 +470,12 @@ class LocalServer:
             bufsize=1,
             env=env,
             start_new_session=True,  # own process group: stubs die with it
+        )
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.process.pid), self.shm_prefix, str(self._workdir), str(SHM_DIR)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # not in a group a signal to serve's group reaches
         )
         self._pump = threading.Thread(target=self._pump_output, daemon=True)
         self._pump.start()
@@ -320,7 +499,7 @@ class LocalServer:
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        url = f"http://localhost:{self.ports.http}/v2/health/ready"
+        url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._pump.join(timeout=5)
@@ -343,8 +522,16 @@ class LocalServer:
         code = self.process.returncode if self.process else None
         return f"tritonserver exited with status {code}"
 
-    def stop(self, timeout_s: float = defaults.SERVER_STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the server (it unloads models and stops stubs), then clean the group."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the server (it unloads models and stops stubs), then clean the group.
+
+        Triton waits up to its exit timeout for requests in flight (a hung
+        model's never finish), then unloads; what is left after the exit
+        timeout plus SERVER_KILL_GRACE_S is SIGKILLed. Shared memory of the
+        server's prefix is removed whatever state its processes died in.
+        """
+        if timeout_s is None:
+            timeout_s = self.exit_timeout_s + defaults.SERVER_KILL_GRACE_S
         proc = self.process
         if proc is not None:
             if proc.poll() is None:
@@ -361,6 +548,15 @@ class LocalServer:
             proc.wait()
             if self._pump is not None:
                 self._pump.join(timeout=5)
+            _wait_group_gone(proc.pid)
+            remove_shm(self.shm_prefix)
+        if self._watchdog is not None:
+            self._watchdog.stdin.close()  # nothing left for it to do but remove what is already gone
+            try:
+                self._watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+            self._watchdog = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -381,6 +577,17 @@ class LocalServer:
         self.stop()
 
 
+def _wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
+    """Until no process of the group is left (SIGKILLed stubs take a moment to go)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
 def _print_now(line: str) -> None:
     # stdout is block-buffered when it is a pipe (docker logs, systemd, `| tee`):
     # without a flush the "ready" line would wait for Triton's next log line.
@@ -397,11 +604,20 @@ def serve_forever(server: LocalServer, announce: Callable[[str], None] = _print_
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
+        if server.removed_stale_shm:
+            announce(f"triton-guard: removed {len(server.removed_stale_shm)} stale shared-memory segment(s) of crashed servers")
+        host = server.connect_host
         announce(
             "triton-guard: ready "
-            f"HTTP http://localhost:{server.ports.http}  "
-            f"gRPC localhost:{server.ports.grpc}  "
-            f"metrics {server.metrics_url}"
+            f"HTTP http://{host}:{server.ports.http}  "
+            f"gRPC {host}:{server.ports.grpc}  "
+            f"metrics http://{host}:{server.ports.metrics}/metrics"
+        )
+        announce(
+            f"triton-guard: {', '.join(defaults.RESTRICTED_APIS)} APIs need header "
+            f"'{defaults.API_KEY_HEADER}' (key: {server.api_key_source}"
+            + (f", written to {server.api_key_file}" if server.api_key_file else "")
+            + ")"
         )
         while not stop_requested.is_set():
             if server.process.poll() is not None:

@@ -6,6 +6,7 @@ import filecmp
 import os
 import signal
 import socket
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -19,10 +20,17 @@ from triton_guard.server import (
     ServerError,
     build_backend_dir,
     check_model_repository,
+    check_api_key,
     check_ports_free,
+    is_loopback,
+    remove_shm,
+    remove_stale_shm,
+    resolve_api_key,
+    restricted_api_args,
     serve_forever,
     server_environment,
 )
+from triton_guard import defaults
 
 PYTRITON = srv._pytriton_root()
 DIST = PYTRITON / "tritonserver" if PYTRITON else None
@@ -317,6 +325,10 @@ class StandInServer:
     def __init__(self, on_start=None, stop_code: int | None = -signal.SIGTERM, exited: int | None = None) -> None:
         self.ports = Ports(1, 2, 3)
         self.metrics_url = "http://localhost:3/metrics"
+        self.connect_host = "localhost"
+        self.api_key_source = "generated"
+        self.api_key_file = "/run/key"
+        self.removed_stale_shm = []
         self.process = _Process(exited)
         self.on_start = on_start
         self.stop_code = stop_code
@@ -369,3 +381,77 @@ def test_load_failure_message_keeps_only_the_first_line_of_an_escaped_traceback(
     )
     assert srv.load_failure(line) == "model 'broken' failed to load: Internal: RuntimeError: weights not found"
     assert srv.load_failure('I1127 "successfully loaded \'broken\'"') is None
+
+
+# --- closed by default: restricted APIs, bind address -------------------------------------
+
+
+def test_restricted_apis_take_the_key_on_http_and_grpc():
+    args = restricted_api_args("k" * 20)
+    rule = f"model-repository,shared-memory,trace,logging:{defaults.API_KEY_HEADER}={'k' * 20}"
+    assert args == [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+    # inference, health and metadata stay open: clients, the probe and status use them
+    assert not {"inference", "health", "metadata"} & set(defaults.RESTRICTED_APIS)
+
+
+def test_api_key_from_environment_file_or_generated(tmp_path):
+    assert resolve_api_key({defaults.API_KEY_ENV: " secret-from-env-123 \n"}) == ("secret-from-env-123", f"${defaults.API_KEY_ENV}")
+    key_file = tmp_path / "key"
+    key_file.write_text("secret-from-a-file-456\n")
+    assert resolve_api_key({defaults.API_KEY_FILE_ENV: str(key_file)}) == ("secret-from-a-file-456", str(key_file))
+    first, source = resolve_api_key({})
+    assert source == "generated" and first != resolve_api_key({})[0] and check_api_key(first) == first
+    key_file.write_text("\n")
+    with pytest.raises(ServerError, match="is empty"):
+        resolve_api_key({defaults.API_KEY_FILE_ENV: str(key_file)})
+    with pytest.raises(ServerError, match="cannot read"):
+        resolve_api_key({defaults.API_KEY_FILE_ENV: str(tmp_path / "absent")})
+
+
+@pytest.mark.parametrize("bad", ["short", "has space in it......", "a:b=c-and-more-chars", "x" * 257])
+def test_api_key_that_would_break_the_flag_is_refused(bad):
+    with pytest.raises(ServerError, match="API key"):
+        check_api_key(bad)
+
+
+def test_command_binds_the_host_and_restricts_with_the_key(tmp_path):
+    server = LocalServer(tmp_path, ports=Ports(1, 2, 3), host="10.1.2.3", api_key="k" * 20, exit_timeout_s=7)
+    cmd = server.command(tmp_path)
+    for flag in ("--http-address=10.1.2.3", "--grpc-address=10.1.2.3", "--metrics-address=10.1.2.3", "--exit-timeout-secs=7"):
+        assert flag in cmd
+    assert [a for a in cmd if "restricted" in a] == restricted_api_args("k" * 20)
+    assert server.grpc_url == "10.1.2.3:2" and server.admin_headers == {defaults.API_KEY_HEADER: "k" * 20}
+    assert LocalServer(tmp_path).host == "127.0.0.1" and LocalServer(tmp_path, host="0.0.0.0").http_url.startswith("localhost:")
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("localhost", True),
+                                           ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("example.com", False)])
+def test_loopback_addresses(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_serve_refuses_chaos_on_a_non_loopback_host_unless_told(capsys):
+    from triton_guard.cli import main
+
+    assert main(["serve", "--chaos", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote-chaos" in capsys.readouterr().err
+
+
+# --- no debris -----------------------------------------------------------------------------
+
+
+def test_stale_shm_of_dead_servers_goes_and_a_live_servers_stays(tmp_path):
+    live_prefix, dead_prefix = f"{defaults.SHM_PREFIX}999991_1_", f"{defaults.SHM_PREFIX}999992_1_"
+    for name in (f"{live_prefix}a", f"{live_prefix}b", f"{dead_prefix}a", f"{dead_prefix}b", "someone_else"):
+        (tmp_path / name).write_bytes(b"x")
+    # A process whose command line carries the prefix, as tritonserver and its stubs do.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"shm-region-prefix-name={live_prefix}"])
+    try:
+        removed = remove_stale_shm(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(removed) == [f"{dead_prefix}a", f"{dead_prefix}b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_else", f"{live_prefix}a", f"{live_prefix}b"]
+    assert sorted(remove_shm(live_prefix, tmp_path)) == [f"{live_prefix}a", f"{live_prefix}b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_else"]

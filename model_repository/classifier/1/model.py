@@ -55,8 +55,9 @@ class TritonPythonModel:
     def _execute_with_chaos(self, requests):
         fault = self.chaos.before()  # blocks on hang, sleeps on slow
         if fault is not None and fault.kind is FaultKind.ERROR:
-            error = pb_utils.TritonError(self.chaos.error_message)
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+            # One TritonError per response: Triton frees each response's error,
+            # so one object shared by a batch crashed tritonserver (SIGSEGV).
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(self.chaos.error_message)) for _ in requests]
         net = self.net
         if fault is not None and fault.kind is FaultKind.DRIFT:
             net = self._drifted_net(fault)

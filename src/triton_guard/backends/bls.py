@@ -25,10 +25,9 @@ breaker per server (a small shared-memory file, see shared_state.py).
 
 from __future__ import annotations
 
-import fcntl
 import os
+import re
 import threading
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -40,11 +39,21 @@ from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard.core import Code, Guard, GuardResult
 from triton_guard.guard.config import ConfigError, GuardConfig
-from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
+from triton_guard.guard.finite import non_finite_output
+from triton_guard.guard.healer import SideHealer
+from triton_guard.guard.shared_state import SharedFileStore, breaker_settings, default_state_dir
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
 # Guard parameters beyond GuardConfig's thresholds.
-EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
+EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream", "check_finite"})
+_INSTANCE_SUFFIX = re.compile(r"_\d+(_\d+)?$")  # <model>_<group>_<n>
+
+
+def _flag(parameters: Mapping[str, str], name: str, default: bool) -> bool:
+    value = parameters.get(name, str(default)).strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
+    return value == "true"
 
 
 class GuardedUpstream:
@@ -62,7 +71,11 @@ class GuardedUpstream:
         self.upstream = upstream
         self.called = False  # set by the first infer: metrics publish from then on
         self.config = GuardConfig.from_parameters(parameters)
-        self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))
+        # One breaker, one configuration: a guard of another model with other settings fails its load here.
+        self.store = SharedFileStore(default_state_dir(), report=pb_utils.Logger.log_warn)
+        self.model_name = _INSTANCE_SUFFIX.sub("", instance_name) or f"guard of {upstream}"
+        self.store.claim(upstream, self.model_name, breaker_settings(self.config))
+        self.breaker = CircuitBreaker(upstream, self.config, self.store)
         self.metrics_buffer = gm.MetricsBuffer()
         self.guard = Guard(
             upstream,
@@ -77,10 +90,17 @@ class GuardedUpstream:
             Code.INVALID_ARG: pb_utils.TritonError.INVALID_ARG,
             Code.INTERNAL: pb_utils.TritonError.INTERNAL,
         }
-        heal = parameters.get("heal_dead_upstream", str(defaults.HEAL_DEAD_UPSTREAM)).strip().lower()
-        if heal not in ("true", "false"):
-            raise ConfigError(f"heal_dead_upstream={heal!r} is invalid: expected true or false")
-        self._healer = _Healer(upstream, self.config.recovery_ms / 1000) if heal == "true" else None
+        self._check_finite = _flag(parameters, "check_finite", defaults.CHECK_FINITE)
+        self._healer = None
+        if _flag(parameters, "heal_dead_upstream", defaults.HEAL_DEAD_UPSTREAM):
+            self._healer = SideHealer(
+                upstream,
+                http_url=os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}"),
+                api_key=os.environ.get(defaults.API_KEY_ENV),
+                min_interval_s=self.config.recovery_ms / 1000,
+                state_dir=default_state_dir(),
+                log=pb_utils.Logger.log_warn,
+            )
         self._publisher = _MetricsPublisher(self, instance_name or upstream)
         self._publisher.start()
 
@@ -106,9 +126,14 @@ class GuardedUpstream:
                 message = response.error().message()
                 # Seen here too when the guard gave up on this call long ago.
                 if self._healer is not None and is_stub_dead(message):
-                    self._healer.request()
+                    self._healer.request()  # a thread beside this call: returns at once
                 return message
-            return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
+            outputs = {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
+            if self._check_finite:
+                problem = non_finite_output(outputs)
+                if problem is not None:
+                    return problem  # classified as Failure.NON_FINITE
+            return outputs
 
         # A string answer is the upstream's error message (BLS reports errors in the response).
         return self.guard.call(
@@ -142,6 +167,7 @@ class _MetricsPublisher(threading.Thread):
             "bucket": kinds(f"{gm.CALL_SECONDS}_bucket", "Upstream calls no slower than le seconds", kinds.COUNTER),
             "sum": kinds(f"{gm.CALL_SECONDS}_sum", "Seconds spent in upstream calls", kinds.COUNTER),
             "count": kinds(f"{gm.CALL_SECONDS}_count", "Upstream calls timed", kinds.COUNTER),
+            "damage": kinds(gm.STATE_DAMAGE, "Breaker state file damage found and repaired, by kind", kinds.COUNTER),
         }
         self.state = self.families["state"].Metric(labels=self.labels)
         self.inflight = self.families["inflight"].Metric(labels={**self.labels, "instance": instance_name})
@@ -150,6 +176,7 @@ class _MetricsPublisher(threading.Thread):
         self.seconds_sum = self.families["sum"].Metric(labels=self.labels)
         self.seconds_count = self.families["count"].Metric(labels=self.labels)
         self._counters: dict = {}
+        self._damage_published: dict[str, int] = {}
 
     def _counter(self, family: str, label: str, value: str):
         key = (family, value)
@@ -174,6 +201,11 @@ class _MetricsPublisher(threading.Thread):
             self._counter("failures", "reason", reason).increment(n)
         for state, n in delta.transitions.items():
             self._counter("transitions", "to", state).increment(n)
+        for kind, total in list(self._upstream.store.damage.items()):
+            n = total - self._damage_published.get(kind, 0)
+            if n:
+                self._counter("damage", "kind", kind).increment(n)
+                self._damage_published[kind] = total
         if delta.call_seconds:  # a bounded number of round trips, however busy the guard
             for bucket, n in zip(self.buckets, gm.cumulative_bucket_counts(delta.call_seconds)):
                 if n:
@@ -186,48 +218,3 @@ class _MetricsPublisher(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
-
-
-class _Healer:
-    """Reloads an upstream whose Python stub died: the pod heals without a restart.
-
-    Triton 24.10 never restarts a dead stub; its model stays READY while every
-    request fails "Stub process ... is not healthy". Unloading and loading the
-    model (the server runs with --model-control-mode=explicit) starts a new
-    stub. Every guard instance of the server may see the death; a file lock
-    and a shared time stamp make one of them reload, at most once per
-    `min_interval_s` (the breaker's recovery period).
-    """
-
-    def __init__(self, upstream: str, min_interval_s: float) -> None:
-        self.upstream = upstream
-        self.min_interval_s = min_interval_s
-        self._state_dir = default_state_dir()
-        self._stamp = f"heal-{upstream}.json"
-        self._busy = threading.Lock()
-
-    def request(self) -> None:
-        if self._busy.acquire(blocking=False):  # one reload thread per process at most
-            threading.Thread(target=self._heal, name=f"heal-{self.upstream}", daemon=True).start()
-
-    def _heal(self) -> None:
-        try:
-            os.makedirs(self._state_dir, exist_ok=True)
-            with open(os.path.join(self._state_dir, f"{self._stamp}.lock"), "w") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return  # another guard instance is reloading it now
-                last = read_json_state(self._state_dir, self._stamp) or {}
-                now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
-                if now - last.get("at", -1e18) < self.min_interval_s:
-                    return
-                write_json_state(self._state_dir, self._stamp, {"at": now, "pid": os.getpid()})
-                pb_utils.Logger.log_warn(f"guard: upstream '{self.upstream}' has a dead stub; reloading it")
-                pb_utils.unload_model(self.upstream)
-                pb_utils.load_model(self.upstream)
-                pb_utils.Logger.log_info(f"guard: upstream '{self.upstream}' reloaded")
-        except Exception as exc:  # the breaker keeps failing fast; the next death tries again
-            pb_utils.Logger.log_error(f"guard: reloading '{self.upstream}' failed: {exc}")
-        finally:
-            self._busy.release()

@@ -47,6 +47,7 @@ _FAILURE_CODES = {
     Failure.TIMEOUT: Code.UNAVAILABLE,
     Failure.OVERLOADED: Code.UNAVAILABLE,
     Failure.STUB_DEAD: Code.UNAVAILABLE,
+    Failure.NON_FINITE: Code.INTERNAL,  # the upstream answered garbage
     Failure.UPSTREAM_ERROR: Code.INTERNAL,
 }
 

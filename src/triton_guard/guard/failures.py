@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import re
 
+from triton_guard.guard.finite import NON_FINITE_PHRASE
+
 
 class Failure(enum.Enum):
     """Why an upstream call did not give a good answer."""
@@ -19,6 +21,7 @@ class Failure(enum.Enum):
     TIMEOUT = "timeout"  # no answer within timeout_ms (or the queue deadline expired)
     OVERLOADED = "overloaded"  # bulkhead full, or the upstream's queue is full
     STUB_DEAD = "stub_dead"  # the upstream's Python stub process died
+    NON_FINITE = "non_finite"  # answered, but a floating-point output held NaN or inf (finite.py)
     UPSTREAM_ERROR = "upstream_error"  # anything else the upstream returned
 
     @property
@@ -43,6 +46,7 @@ _CLIENT_ERROR_PATTERNS = (
 _STUB_DEAD = re.compile(r"Stub process .* is not healthy", re.IGNORECASE)
 _QUEUE_FULL = re.compile(r"Exceeds maximum queue size", re.IGNORECASE)
 _QUEUE_TIMEOUT = re.compile(r"Request timeout expired", re.IGNORECASE)
+_NON_FINITE = re.compile(r"^output '[^']*' holds \d+ " + re.escape(NON_FINITE_PHRASE))
 
 
 def is_stub_dead(message: str) -> bool:
@@ -71,6 +75,8 @@ class FailureClassifier:
             return Failure.OVERLOADED
         if _QUEUE_TIMEOUT.search(message):
             return Failure.TIMEOUT
+        if _NON_FINITE.search(message):
+            return Failure.NON_FINITE
         if self._client_error.search(message):
             return Failure.CLIENT_ERROR
         return Failure.UPSTREAM_ERROR

@@ -21,6 +21,7 @@ TRANSITIONS = "triton_guard_breaker_transitions_total"
 REJECTIONS = "triton_guard_rejections_total"
 FAILURES = "triton_guard_upstream_failures_total"
 INFLIGHT = "triton_guard_inflight_calls"
+STATE_DAMAGE = "triton_guard_state_damage_total"  # breaker-file damage events, by kind (shared_state.py)
 # A Prometheus histogram written as its three counter series (_bucket{le},
 # _sum, _count): pb_utils' own HISTOGRAM takes one stub-to-server round trip
 # per observation, and replaying hundreds a second from the publisher thread

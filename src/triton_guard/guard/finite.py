@@ -1,0 +1,32 @@
+"""Non-finite values in an upstream's floating-point outputs are a failure, not an answer.
+
+A model that returns NaN (or inf) probabilities answers HTTP 200 with
+garbage: argmax of NaN is 0, so clients get a confident wrong label. The
+guard checks every floating-point output of a successful call and fails the
+call naming the output. Used by both placements (backends/bls.py and the
+in-process guard); plain numpy, no Triton import.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+# FailureClassifier recognises this phrase (failures.py).
+NON_FINITE_PHRASE = "non-finite value(s)"
+
+
+def non_finite_output(outputs: Mapping[str, np.ndarray]) -> str | None:
+    """A one-line error for the first floating-point output holding NaN or inf, else None."""
+    for name, array in outputs.items():
+        if array.dtype.kind != "f" or array.size == 0:
+            continue
+        # One pass, no temporary: a sum is finite only if every element is
+        # (NaN and inf propagate); a non-finite sum may be a mere overflow.
+        if np.isfinite(array.sum()):
+            continue
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            return f"output '{name}' holds {bad} {NON_FINITE_PHRASE} (NaN or inf) of {array.size}"
+    return None
