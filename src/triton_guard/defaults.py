@@ -11,8 +11,8 @@ GRPC_PORT = 8001
 METRICS_PORT = 8002
 DEFAULT_URL = "localhost:8001"  # probe / status / chaos talk gRPC
 SERVER_READY_TIMEOUT_S = 120.0  # serve: give up if models are not loaded by then
-SERVER_STOP_TIMEOUT_S = 30.0  # serve: Triton's --exit-timeout-secs; SIGKILL of what is left soon after
-SERVER_KILL_GRACE_S = 3.0  # after the exit timeout: unloading time before the group is SIGKILLed
+SERVER_STOP_TIMEOUT_S = 30.0  # serve --exit-timeout: a stop takes at most this long, hung models or not
+SERVER_KILL_GRACE_S = 3.0  # of it, kept for unloading after Triton stops waiting for requests in flight
 # Local runs bind loopback only: nothing off the host reaches an unauthenticated
 # inference port by accident. The image (Dockerfile) binds all interfaces.
 SERVE_HOST = "127.0.0.1"

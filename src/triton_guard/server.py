@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -260,8 +261,8 @@ def remove_stale_shm(shm_dir: Path = SHM_DIR) -> list[str]:
 # is still this server: its leader's command line carries the shm prefix) and
 # removes the server's shared memory and work directory.
 _WATCHDOG = """
-import os, shutil, signal, sys, time
-pgid, prefix, workdir, shm = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+import json, os, shutil, signal, sys, time
+pgid, prefix, workdir, shm = json.loads(os.environ.pop("TRITON_GUARD_WATCHDOG"))
 sys.stdin.buffer.read()
 def ours():
     try:
@@ -361,6 +362,16 @@ class LocalServer:
     removed_stale_shm: list = field(default_factory=list, init=False)
 
     @property
+    def kill_grace_s(self) -> float:
+        """The end of exit_timeout_s kept for unloading; after it, what is left is SIGKILLed."""
+        return min(defaults.SERVER_KILL_GRACE_S, self.exit_timeout_s / 2)
+
+    @property
+    def drain_s(self) -> int:
+        """Triton's --exit-timeout-secs: how long it waits for requests in flight (a hung model's never end)."""
+        return max(1, int(self.exit_timeout_s - self.kill_grace_s))
+
+    @property
     def shm_prefix(self) -> str:
         """The Python backend's /dev/shm names of this server (unique per serve process and gRPC port)."""
         return f"{defaults.SHM_PREFIX}{os.getpid()}_{self.ports.grpc}_"
@@ -381,7 +392,7 @@ class LocalServer:
             f"--http-address={self.host}",
             f"--grpc-address={self.host}",
             f"--metrics-address={self.host}",
-            f"--exit-timeout-secs={max(1, round(self.exit_timeout_s))}",
+            f"--exit-timeout-secs={self.drain_s}",
             # explicit + load all: everything starts loaded, and a broken
             # model can be reloaded in place (the pod heals without a restart).
             "--model-control-mode=explicit",
@@ -438,9 +449,10 @@ class LocalServer:
         else:
             self.api_key_source = self.api_key_source or "given"
         check_api_key(self.api_key)
-        for arg in self.extra_args:  # the last --exit-timeout-secs wins in Triton: wait for that one
+        for arg in self.extra_args:  # Triton's own flag, given last, wins: stop() waits for that one too
             if arg.startswith("--exit-timeout-secs="):
-                self.exit_timeout_s = float(arg.split("=", 1)[1])
+                drain = float(arg.split("=", 1)[1])
+                self.exit_timeout_s = drain + min(defaults.SERVER_KILL_GRACE_S, drain)
         self.removed_stale_shm = remove_stale_shm()
         self._workdir = Path(tempfile.mkdtemp(prefix="triton-guard-"))
         if self.api_key_file is not None:
@@ -471,8 +483,11 @@ class LocalServer:
             env=env,
             start_new_session=True,  # own process group: stubs die with it
         )
+        # Its task in the environment, not argv: only tritonserver and its stubs carry the prefix in theirs.
+        watch = json.dumps([self.process.pid, self.shm_prefix, str(self._workdir), str(SHM_DIR)])
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(self.process.pid), self.shm_prefix, str(self._workdir), str(SHM_DIR)],
+            [sys.executable, "-c", _WATCHDOG],
+            env={**os.environ, "TRITON_GUARD_WATCHDOG": watch},
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # not in a group a signal to serve's group reaches
@@ -525,13 +540,13 @@ class LocalServer:
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM the server (it unloads models and stops stubs), then clean the group.
 
-        Triton waits up to its exit timeout for requests in flight (a hung
-        model's never finish), then unloads; what is left after the exit
-        timeout plus SERVER_KILL_GRACE_S is SIGKILLed. Shared memory of the
-        server's prefix is removed whatever state its processes died in.
+        Triton waits drain_s for requests in flight (a hung model's never
+        finish), then unloads; what is left at exit_timeout_s is SIGKILLed,
+        so a stop takes at most exit_timeout_s (plus reaping). Shared memory
+        of the server's prefix is removed whatever state its processes died in.
         """
         if timeout_s is None:
-            timeout_s = self.exit_timeout_s + defaults.SERVER_KILL_GRACE_S
+            timeout_s = self.exit_timeout_s
         proc = self.process
         if proc is not None:
             if proc.poll() is None:
@@ -577,14 +592,23 @@ class LocalServer:
         self.stop()
 
 
+def _group_alive(pgid: int) -> bool:
+    """A process of the group still runs (zombies excluded: they hold nothing but a pid)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
 def _wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
     """Until no process of the group is left (SIGKILLed stubs take a moment to go)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
+    while time.monotonic() < deadline and _group_alive(pgid):
         time.sleep(0.05)
 
 

@@ -416,8 +416,9 @@ def test_api_key_that_would_break_the_flag_is_refused(bad):
 
 def test_command_binds_the_host_and_restricts_with_the_key(tmp_path):
     server = LocalServer(tmp_path, ports=Ports(1, 2, 3), host="10.1.2.3", api_key="k" * 20, exit_timeout_s=7)
+    assert server.drain_s == 4 and LocalServer(tmp_path, exit_timeout_s=3).drain_s == 1
     cmd = server.command(tmp_path)
-    for flag in ("--http-address=10.1.2.3", "--grpc-address=10.1.2.3", "--metrics-address=10.1.2.3", "--exit-timeout-secs=7"):
+    for flag in ("--http-address=10.1.2.3", "--grpc-address=10.1.2.3", "--metrics-address=10.1.2.3", "--exit-timeout-secs=4"):
         assert flag in cmd
     assert [a for a in cmd if "restricted" in a] == restricted_api_args("k" * 20)
     assert server.grpc_url == "10.1.2.3:2" and server.admin_headers == {defaults.API_KEY_HEADER: "k" * 20}

@@ -458,7 +458,7 @@ class _BreakerFile:
                     # (the old file was deleted): the record that saw more transitions wins.
                     image = self._good
                     os.pwrite(self._fd, image, 0)
-                    self._damaged("missing", f"state file {self.path} was replaced by a newer, emptier one; restored")
+                    self._damaged("replaced", f"state file {self.path} was replaced; the breaker that saw more transitions restored")
                 self._good = image
                 return bytearray(image)
             kind = self._damage_kind(image, moved)
@@ -513,9 +513,9 @@ class _BreakerFile:
             return "missing" if moved else "truncated"
         if len(image) >= 6 and image[:4] == MAGIC and image[4:6] != self._header_prefix[4:6]:
             return None  # another layout version: a new breaker
-        if len(image) != FILE_SIZE:
-            return "truncated"
-        return "replaced" if moved and image[:_CRC_OFFSET] != self._header_prefix else "corrupt"
+        if moved:
+            return "replaced"
+        return "truncated" if len(image) != FILE_SIZE else "corrupt"
 
     def _rebuilt(self, now: float, fresh: bool) -> bytearray:
         """A valid image: a new breaker, or the last good copy by the rule in the module docstring."""
