@@ -39,5 +39,10 @@ EXPOSE 8000 8001 8002
 USER 1000:1000
 
 # No HEALTHCHECK: Kubernetes probes Triton's /v2/health endpoints directly.
+# All interfaces: the pod's ports are reached from outside the container
+# (a local `triton-guard serve` binds 127.0.0.1). The model-repository,
+# shared-memory, trace and logging APIs need the key header; the key comes
+# from $TRITON_GUARD_API_KEY_FILE (the Deployment mounts a Secret there) or
+# $TRITON_GUARD_API_KEY, else one is generated per run (README "Security").
 ENTRYPOINT ["triton-guard", "serve"]
-CMD ["--model-repository", "/opt/triton-guard/model_repository", "--gpu"]
+CMD ["--model-repository", "/opt/triton-guard/model_repository", "--gpu", "--host", "0.0.0.0"]

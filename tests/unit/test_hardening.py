@@ -114,3 +114,26 @@ def test_an_unreachable_server_is_a_logged_failure_not_an_exception(tmp_path):
     h = SideHealer("classifier", http_url="http://localhost:1", api_key=None, min_interval_s=1, state_dir=str(tmp_path),
                    post=refuse, log=said.append)
     assert h.heal() == "failed" and "ConnectionRefusedError" in said[-1]
+
+
+# --- the image and the manifests take the key from a Secret -------------------------------------
+
+
+def test_image_binds_all_interfaces_and_the_deployment_mounts_the_key_from_a_secret():
+    import json as _json
+    import re as _re
+    from pathlib import Path as _Path
+
+    import yaml
+
+    root = _Path(__file__).resolve().parents[2]
+    cmd = [_json.loads(line.split(None, 1)[1]) for line in (root / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    assert cmd[-1][cmd[-1].index("--host") + 1] == "0.0.0.0"
+    deployment = yaml.safe_load((root / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    key_file = {e["name"]: e["value"] for e in container["env"]}[defaults.API_KEY_FILE_ENV]
+    mount = next(m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] and mount["readOnly"] is True
+    assert _re.fullmatch(r"[\w.-]+", key_file.rsplit("/", 1)[1])
