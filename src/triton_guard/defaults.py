@@ -18,7 +18,9 @@ SERVER_KILL_GRACE_S = 3.0  # of it, kept for unloading after Triton stops waitin
 SERVE_HOST = "127.0.0.1"
 # Triton's restricted APIs (serve): these need the key header on HTTP and gRPC.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
-API_KEY_HEADER = "triton-guard-key"  # lowercase: gRPC metadata keys are
+API_KEY_HEADER = "triton-guard-key"  # the HTTP header; lowercase: gRPC metadata keys are
+# Triton 2.51 expects the gRPC metadata key with this prefix.
+GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
 API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes Secret)
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names

@@ -378,8 +378,13 @@ class LocalServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """The header the restricted APIs need (tritonclient's `headers=`)."""
+        """The header the restricted HTTP APIs need (tritonclient.http's `headers=`)."""
         return {defaults.API_KEY_HEADER: self.api_key} if self.api_key else {}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The same for gRPC (tritonclient.grpc's `headers=`): Triton prefixes the key there."""
+        return {defaults.GRPC_API_KEY_HEADER: self.api_key} if self.api_key else {}
 
     def command(self, backend_dir: Path) -> list[str]:
         cmd = [

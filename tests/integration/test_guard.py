@@ -278,7 +278,7 @@ def test_bad_guard_parameter_fails_the_load_and_changes_nothing(server):
     config = client.get_model_config("faulty_guard", as_json=True)["config"]
     config["parameters"]["failure_threshold"] = {"string_value": "zero"}
     with pytest.raises(InferenceServerException) as info:
-        client.load_model("faulty_guard", config=json.dumps(config))
+        client.load_model("faulty_guard", config=json.dumps(config), headers=server.grpc_admin_headers)
     assert "failure_threshold" in info.value.message()
     assert client.is_model_ready("faulty_guard")
     assert call(server, "faulty_guard")[0]

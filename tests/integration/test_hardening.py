@@ -180,7 +180,7 @@ def test_unauthenticated_unload_and_shm_registration_are_refused_while_inference
         assert "restricted" in info.value.message()
     assert client.is_model_ready(TARGET)
     # With the key the same APIs answer (what the healer and the project's tools do).
-    assert client.get_model_repository_index(headers=calm.admin_headers) is not None
+    assert client.get_model_repository_index(headers=calm.grpc_admin_headers) is not None
     status, _ = post(f"{http}/v2/repository/index", {}, calm.admin_headers)
     assert status == 200
     ok, result, _ = infer(calm, "pipeline", images[0])
@@ -318,6 +318,21 @@ def test_immutable_state_file_crashes_nothing(calm, images):
     assert guard_stubs(calm) == stubs
     assert sum(ok for ok, _, _ in results[-20:]) == 20
     assert log_lines(calm, "cannot be written") or log_lines(calm, "is unusable")
+
+
+# --- issue 10 point 5: one breaker, one configuration ------------------------------------------------
+
+
+def test_a_guard_of_the_same_upstream_with_other_settings_fails_its_load_naming_both(calm, images):
+    client = grpcclient.InferenceServerClient(calm.grpc_url)
+    config = client.get_model_config("preprocess_guarded", as_json=True)["config"]
+    config["parameters"]["failure_threshold"] = {"string_value": str(FAILURE_THRESHOLD + 2)}
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("preprocess_guarded", config=json.dumps(config), headers=calm.grpc_admin_headers)
+    message = info.value.message()
+    assert "'preprocess_guarded'" in message and "'classifier_guard'" in message
+    assert f"failure_threshold={FAILURE_THRESHOLD + 2} here, {FAILURE_THRESHOLD} there" in message
+    assert client.is_model_ready("preprocess_guarded") and healthy(calm, images[0])  # the old one still serves
 
 
 # --- 4. healing does not stall requests -------------------------------------------------------------

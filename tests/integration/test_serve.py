@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
@@ -324,3 +325,85 @@ def test_model_that_fails_to_load_is_named_with_its_reason(tmp_path):
     assert "failed to load 'broken'" in stdout  # Triton's own log went to stdout, as it does when serving
     # Nothing of that server is left running.
     assert mentioning(f"triton_guard_{proc.pid}_{ports.grpc}_") == {}
+
+
+# --- no debris: SIGTERM during a hang, SIGKILL of serve itself ---------------------------------
+
+
+def _start_chaos_serve(tmp_path, ports, exit_timeout_s):
+    proc = subprocess.Popen(
+        serve_command(MODEL_REPOSITORY, ports, "--chaos", "--exit-timeout", str(exit_timeout_s)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=user_env(),
+    )
+    out = Output(proc.stdout)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not http_ready(ports.http):
+        assert time.monotonic() < deadline, f"not ready in {READY_TIMEOUT_S} s:\n{out.text()[-3000:]}"
+        assert proc.poll() is None, out.text()[-3000:]
+        time.sleep(0.2)
+    return proc, out
+
+
+def _hang_the_classifier(triton_pid: int, grpc_port: int, requests: int = 4) -> None:
+    chaos_dir = Path(environ(triton_pid)["TRITON_GUARD_CHAOS_DIR"])
+    (chaos_dir / "classifier.json").write_text('{"kind": "hang"}')
+
+    def hung() -> None:
+        client = grpcclient.InferenceServerClient(f"localhost:{grpc_port}")
+        image = grpcclient.InferInput("IMAGE", [1, 8, 8], "UINT8")
+        image.set_data_from_numpy(np.zeros((1, 8, 8), np.uint8))
+        try:
+            client.infer("pipeline_unguarded", [image], client_timeout=120)
+        except Exception:
+            pass  # the server went away under it: expected
+
+    for _ in range(requests):
+        threading.Thread(target=hung, daemon=True).start()
+    time.sleep(1.0)  # the requests are in the hung classifier now
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stop_during_a_hang_leaves_no_process_and_no_shared_memory(tmp_path, signum):
+    stale = Path("/dev/shm") / "triton_guard_999999999_1_left-by-a-crash"
+    stale.write_bytes(b"x")  # a prefix no live process uses: removed at start
+    ports = Ports.free()
+    exit_timeout_s = 4
+    proc, out = _start_chaos_serve(tmp_path, ports, exit_timeout_s)
+    triton_pid = None
+    try:
+        assert not stale.exists(), "stale segment of a crashed server left at start"
+        shm_prefix = f"triton_guard_{proc.pid}_{ports.grpc}_"
+        triton_pid = tritonserver_child(proc.pid)
+        workdir = Path(environ(triton_pid)[STATE_DIR_ENV]).parent
+        running, segments = mentioning(shm_prefix), [p for p in Path("/dev/shm").iterdir() if p.name.startswith(shm_prefix)]
+        assert len(running) >= 5 and segments, (running, segments)  # the counts below prove something
+        _hang_the_classifier(triton_pid, ports.grpc)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        if signum == signal.SIGTERM:
+            proc.wait(timeout=exit_timeout_s + 10)
+            took = time.monotonic() - sent
+            # serve's exit timeout bounds the stop (plus reaping): was Triton's 30 s, then an unbounded hung stub.
+            assert took <= exit_timeout_s + 1.5, took
+        else:
+            proc.wait(timeout=10)
+        wait_until_gone = time.monotonic() + 5
+        while (mentioning(shm_prefix) or workdir.exists()) and time.monotonic() < wait_until_gone:
+            time.sleep(0.1)
+        print(f"{signal.Signals(signum).name}: before {len(running)} processes, {len(segments)} segments; "
+              f"after {len(mentioning(shm_prefix))} processes, "
+              f"{len([p for p in Path('/dev/shm').iterdir() if p.name.startswith(shm_prefix)])} segments")
+        assert mentioning(shm_prefix) == {}
+        assert [p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(shm_prefix)] == []
+        assert not workdir.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if triton_pid and in_group(triton_pid):
+            os.killpg(triton_pid, signal.SIGKILL)
+        (tmp_path / "serve.log").write_text(out.text())

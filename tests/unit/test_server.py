@@ -422,6 +422,7 @@ def test_command_binds_the_host_and_restricts_with_the_key(tmp_path):
         assert flag in cmd
     assert [a for a in cmd if "restricted" in a] == restricted_api_args("k" * 20)
     assert server.grpc_url == "10.1.2.3:2" and server.admin_headers == {defaults.API_KEY_HEADER: "k" * 20}
+    assert server.grpc_admin_headers == {f"triton-grpc-protocol-{defaults.API_KEY_HEADER}": "k" * 20}
     assert LocalServer(tmp_path).host == "127.0.0.1" and LocalServer(tmp_path, host="0.0.0.0").http_url.startswith("localhost:")
 
 

@@ -344,10 +344,21 @@ def test_second_guard_with_other_settings_is_refused_naming_both_and_the_differe
     with pytest.raises(SettingsConflict) as info:
         SharedFileStore(tmp_path).claim("classifier", "pipeline_inline", breaker_settings(other))
     message = str(info.value)
-    assert "'pipeline_inline'" in message and "'classifier_guard'" in message
+    assert "'pipeline_inline'" in message and "'classifier_guard'" in message and "'preprocess_guarded'" in message
     assert "window_size=10 here, 20 there" in message and "minimum_calls=5 here, 10 there" in message
     assert "failure_threshold" not in message
-    store.claim("classifier", "classifier_guard", breaker_settings(other))  # a reload of the same model
+    # A reload of one of two claimers with new settings is refused too: they would differ silently.
+    with pytest.raises(SettingsConflict):
+        store.claim("classifier", "classifier_guard", breaker_settings(other))
+
+
+def test_the_only_claimer_may_change_its_settings(tmp_path):
+    store = SharedFileStore(tmp_path)
+    store.claim(NAME, "guard_a", breaker_settings(GuardConfig()))
+    store.claim(NAME, "guard_a", breaker_settings(GuardConfig(failure_threshold=2)))  # reloaded
+    assert read_claim(tmp_path, NAME) == {"models": ["guard_a"], "settings": breaker_settings(GuardConfig(failure_threshold=2))}
+    with pytest.raises(SettingsConflict, match="'guard_b' and guard model\\(s\\) 'guard_a'"):
+        store.claim(NAME, "guard_b", breaker_settings(GuardConfig()))
 
 
 def test_claim_survives_a_rebuilt_file_and_other_processes_see_it(tmp_path):
@@ -355,11 +366,12 @@ def test_claim_survives_a_rebuilt_file_and_other_processes_see_it(tmp_path):
     store.claim(NAME, "guard_a", breaker_settings(GuardConfig()))
     os.truncate(store.path_for(NAME), 0)
     CircuitBreaker(NAME, GuardConfig(), store).acquire()
-    assert read_claim(tmp_path, NAME) == {"model": "guard_a", "settings": breaker_settings(GuardConfig())}
+    assert read_claim(tmp_path, NAME) == {"models": ["guard_a"], "settings": breaker_settings(GuardConfig())}
     memory = MemoryStore()
     memory.claim(NAME, "guard_a", {"timeout_ms": 1})
+    memory.claim(NAME, "guard_b", {"timeout_ms": 1})
     with pytest.raises(SettingsConflict):
-        memory.claim(NAME, "guard_b", {"timeout_ms": 2})
+        memory.claim(NAME, "guard_c", {"timeout_ms": 2})
 
 
 def test_failed_transaction_writes_nothing(tmp_path):

@@ -21,7 +21,7 @@ File layout (little-endian, FILE_SIZE = 2432 bytes with WINDOW_SIZE_MAX=1024):
   272   112  record body, see _BODY_FIELDS (6 x u64, 3 x f64, 9 x u32, 4 pad)
   384  1024  window ring, one byte per call (bit 0 failed, bit 1 slow)
  1408     8  settings fingerprint (u64; 0: no guard claimed the breaker yet)
- 1416  1016  the claim: JSON {"model": guard model, "settings": {...}}, zero padded
+ 1416  1016  the claim: JSON {"models": [guard models], "settings": {...}}, zero padded
 
 The file is read and written with pread/pwrite, never mmap'ed: a file
 truncated under a mapping would kill the process with SIGBUS.
@@ -42,10 +42,10 @@ event is reported once (`report`, stderr by default) and counted in
 
 Claims. The guard models of one upstream share its breaker, so they must
 share its settings: `claim()` stamps the breaker with the guard's model name,
-its breaker settings and their fingerprint; a guard of another model with
-other settings gets SettingsConflict, naming both models and every
-differing setting (instead of one guard resetting the other's window). A
-claim by the same model (a reload with new settings) replaces the old one.
+its breaker settings and their fingerprint; a guard with other settings gets
+SettingsConflict, naming the models that claimed it and every differing
+setting (instead of one guard resetting the other's window). A model that is
+the breaker's only claimer may change its settings (a reload).
 
 Locking: `fcntl.lockf` on the whole file for the length of one transaction
 (microseconds; never across an upstream call). The kernel drops the lock when
@@ -154,7 +154,7 @@ class MemoryStore:
             problem = _conflict(name, model, settings, self._claims.get(name))
             if problem:
                 raise SettingsConflict(problem)
-            self._claims[name] = {"model": model, "settings": dict(settings)}
+            self._claims[name] = _merged_claim(self._claims.get(name), model, settings)
 
 
 class _MemoryTransaction:
@@ -204,11 +204,17 @@ def settings_fingerprint(settings: Mapping[str, object]) -> int:
     return int.from_bytes(digest[:8], "little") or 1  # 0 means "not claimed"
 
 
-def _encode_claim(model: str, settings: Mapping[str, object]) -> bytes:
-    doc = json.dumps({"model": model, "settings": dict(settings)}, sort_keys=True, separators=(",", ":")).encode()
+def _merged_claim(claim: dict | None, model: str, settings: Mapping[str, object]) -> dict:
+    """The claim once `model` joined it with `settings` (checked by _conflict first)."""
+    models = [] if claim is None or claim.get("settings") != dict(settings) else list(claim.get("models", []))
+    return {"models": sorted({*models, model}), "settings": dict(settings)}
+
+
+def _encode_claim(claim: dict) -> bytes:
+    doc = json.dumps(claim, sort_keys=True, separators=(",", ":")).encode()
     if len(doc) > CLAIM_SIZE - _FINGERPRINT.size:
-        raise ConfigError(f"guard model name {model!r} is too long for the breaker file's claim")
-    return _FINGERPRINT.pack(settings_fingerprint(settings)) + doc.ljust(CLAIM_SIZE - _FINGERPRINT.size, b"\0")
+        raise ConfigError(f"too many guard models ({', '.join(claim['models'])}) for one breaker's claim")
+    return _FINGERPRINT.pack(settings_fingerprint(claim["settings"])) + doc.ljust(CLAIM_SIZE - _FINGERPRINT.size, b"\0")
 
 
 def _decode_claim(region: bytes) -> dict | None:
@@ -221,10 +227,13 @@ def _decode_claim(region: bytes) -> dict | None:
 
 
 def _conflict(name: str, model: str, settings: Mapping[str, object], claim: dict | None) -> str | None:
-    """Why `model` may not share breaker `name`, or None."""
-    if claim is None or claim.get("model") == model:  # unclaimed, or this model reloaded
+    """Why `model` may not share breaker `name` with `settings`, or None."""
+    if claim is None:
         return None
     theirs = claim.get("settings") or {}
+    others = [m for m in claim.get("models", []) if m != model]
+    if not others:  # unclaimed, or only this model (a reload with new settings)
+        return None
     differing = [
         f"{key}={settings.get(key)!r} here, {theirs.get(key)!r} there"
         for key in sorted(set(settings) | set(theirs))
@@ -233,8 +242,8 @@ def _conflict(name: str, model: str, settings: Mapping[str, object], claim: dict
     if not differing:
         return None
     return (
-        f"guard model '{model}' and guard model '{claim.get('model')}' share the breaker of upstream "
-        f"'{name}' but their settings differ: {'; '.join(differing)}. "
+        f"guard model '{model}' and guard model(s) {', '.join(repr(m) for m in others)} share the breaker of "
+        f"upstream '{name}' but their settings differ: {'; '.join(differing)}. "
         "Give every guard of one upstream the same breaker settings"
     )
 
@@ -412,16 +421,17 @@ class _BreakerFile:
             self._end()
 
     def claim(self, model: str, settings: Mapping[str, object]) -> None:
-        region = _encode_claim(model, settings)
         with self._thread_lock:
             try:
                 image = self._begin()
-                problem = _conflict(self.name, model, settings, _decode_claim(image[_CLAIM_OFFSET:]))
+                current = _decode_claim(image[_CLAIM_OFFSET:])
+                problem = _conflict(self.name, model, settings, current)
                 if problem:
                     raise SettingsConflict(problem)
+                region = _encode_claim(_merged_claim(current, model, settings))
                 self._claim = region
-                if image[_CLAIM_OFFSET : _CLAIM_OFFSET + _FINGERPRINT.size] != region[: _FINGERPRINT.size]:
-                    image[_CLAIM_OFFSET:] = region  # the first claim of these settings stays
+                if bytes(image[_CLAIM_OFFSET:]) != region:
+                    image[_CLAIM_OFFSET:] = region
                     _pack_record(image, _record_of(image))
                     self._write(image)
             finally:
@@ -636,7 +646,7 @@ def _read_once(path: str) -> BreakerRecord | None:
 
 
 def read_claim(directory: str | os.PathLike[str], name: str) -> dict | None:
-    """The claim on breaker `name` ({"model", "settings"}), or None."""
+    """The claim on breaker `name` ({"models", "settings"}), or None."""
     image = _read_once_image(SharedFileStore(directory).path_for(name))
     return _decode_claim(image[_CLAIM_OFFSET:]) if image is not None and _is_valid(image) else None
 
