@@ -152,6 +152,35 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stub_python_overlay(target: Path, pythonpath: str) -> Path:
+    """A venv for the Python backend's stubs with `pythonpath` before this interpreter's packages.
+
+    The stub's embedded interpreter ignores PYTHONPATH (measured: a stub
+    started with PYTHONPATH=<checkout>/src imported the venv's editable
+    install instead) but takes its site-packages from the python3 first on
+    PATH. So the caller's PYTHONPATH (a checkout under test) reaches the
+    stubs through a .pth file of this overlay, whose bin/ goes first on PATH;
+    the caller's own site-packages follow. Returns the overlay's bin/.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    bin_dir = target / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "python3", f"python{version}"):
+        (bin_dir / name).symlink_to(base)
+    (target / "pyvenv.cfg").write_text(
+        f"home = {base.parent}\ninclude-system-site-packages = false\nversion = {sys.version.split()[0]}\n"
+    )
+    site_dir = target / "lib" / f"python{version}" / "site-packages"
+    site_dir.mkdir(parents=True)
+    import site
+
+    lines = [os.path.abspath(p) for p in pythonpath.split(os.pathsep) if p]
+    lines += [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages()]
+    (site_dir / "00-triton-guard-pythonpath.pth").write_text("\n".join(lines) + "\n")
+    return bin_dir
+
+
 def set_chaos_mode(env: dict[str, str], chaos_dir: Path | None) -> dict[str, str]:
     """Point the models' chaos hooks at `chaos_dir`, or, with None, make sure none starts.
 
@@ -469,6 +498,9 @@ class LocalServer:
             source = self.backends_source or BACKENDS_DIR
             backend_dir = str(build_backend_dir(self._workdir / "backends", source))
         env = server_environment()
+        if env.get("PYTHONPATH"):  # what the caller runs is what the stubs import
+            overlay = stub_python_overlay(self._workdir / "stub-python", env["PYTHONPATH"])
+            env["PATH"] = f"{overlay}{os.pathsep}{env['PATH']}"
         # Breaker state shared by this server's stubs; removed with the workdir.
         env[defaults.STATE_DIR_ENV] = str(self.state_dir)
         # The canary reads the server's own metrics and metadata.

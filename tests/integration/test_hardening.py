@@ -247,7 +247,10 @@ def _corrupt(path: Path) -> None:
 
 
 def _remove_directory(path: Path) -> None:
-    shutil.rmtree(path.parent)
+    # Moved away first: the guards recreate files in it faster than rmtree empties it.
+    gone = path.parent.with_name(path.parent.name + ".removed")
+    os.rename(path.parent, gone)
+    shutil.rmtree(gone)
 
 
 DAMAGE = {

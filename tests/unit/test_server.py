@@ -457,3 +457,23 @@ def test_stale_shm_of_dead_servers_goes_and_a_live_servers_stays(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_else", f"{live_prefix}a", f"{live_prefix}b"]
     assert sorted(remove_shm(live_prefix, tmp_path)) == [f"{live_prefix}a", f"{live_prefix}b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_else"]
+
+
+def test_stub_overlay_puts_the_callers_pythonpath_before_its_packages(tmp_path):
+    import site
+
+    bin_dir = srv.stub_python_overlay(tmp_path / "overlay", f"/checkout/src{os.pathsep}{os.pathsep}relative")
+    assert (bin_dir / "python3").resolve() == Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    assert (tmp_path / "overlay" / "pyvenv.cfg").read_text().startswith("home = ")
+    (pth,) = (tmp_path / "overlay").glob("lib/python*/site-packages/*.pth")
+    lines = pth.read_text().splitlines()
+    assert lines[:2] == ["/checkout/src", os.path.abspath("relative")]
+    assert lines[2:] == [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages()]
+    # An interpreter started from the overlay imports from the caller's path first.
+    checkout = tmp_path / "checkout"
+    (checkout / "marker_pkg").mkdir(parents=True)
+    (checkout / "marker_pkg" / "__init__.py").write_text("")
+    overlay2 = srv.stub_python_overlay(tmp_path / "overlay2", str(checkout))
+    out = subprocess.run([str(overlay2 / "python3"), "-c", "import marker_pkg, sys; print(marker_pkg.__file__)"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin"}, timeout=60)
+    assert out.stdout.strip() == str(checkout / "marker_pkg" / "__init__.py"), out.stderr
