@@ -137,3 +137,18 @@ def test_image_binds_all_interfaces_and_the_deployment_mounts_the_key_from_a_sec
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] and mount["readOnly"] is True
     assert _re.fullmatch(r"[\w.-]+", key_file.rsplit("/", 1)[1])
+
+
+def test_the_interval_counts_from_the_end_of_a_long_reload(tmp_path):
+    now = [1000.0]
+    triton = FakeTriton()
+
+    def slow_post(*args):
+        now[0] += 60  # the reload took a minute, twice the interval
+        return triton.post(*args)
+
+    h = SideHealer("classifier", http_url="http://x", api_key=None, min_interval_s=30.0, state_dir=str(tmp_path),
+                   post=slow_post, clock=lambda: now[0], log=lambda _: None)
+    assert h.heal() == "reloaded"
+    now[0] += 10  # a call abandoned during the reload reports the old stub's death now
+    assert h.heal() == "skipped"

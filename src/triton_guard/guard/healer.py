@@ -104,6 +104,9 @@ class SideHealer:
                 write_json_state(self._state_dir, self._stamp, {"at": now, "pid": os.getpid()})
                 self._log(f"guard: upstream '{self.upstream}' has a dead stub; reloading it through {self.url}")
                 status, text = self._post(self.url, b"{}", self.headers, self._timeout_s)
+                # The interval counts from the end too: calls abandoned during a long reload
+                # report the old stub's death after it, and must not reload the new one.
+                write_json_state(self._state_dir, self._stamp, {"at": self._clock(), "pid": os.getpid()})
         except Exception as exc:  # the breaker keeps failing fast; the next death tries again
             self._log(f"guard: reloading '{self.upstream}' failed: {type(exc).__name__}: {exc}")
             return "failed"
