@@ -309,15 +309,15 @@ class SharedFileStore:
         self._clock = clock
         self._report = report
         self.damage: collections.Counter[str] = collections.Counter()
+        self._files: dict[str, _BreakerFile] = {}
 
     def path_for(self, name: str) -> str:
         return os.path.join(self.directory, breaker_filename(name))
 
     def transaction(self, name: str) -> _BreakerFile:
-        path = self.path_for(name)
-        breaker_file = _open_files.get(path)
+        breaker_file = self._files.get(name)
         if breaker_file is None:
-            breaker_file = _open_breaker_file(path, name, self)
+            breaker_file = self._files[name] = _open_breaker_file(self.path_for(name), name, self)
         return breaker_file
 
     def claim(self, name: str, model: str, settings: Mapping[str, object]) -> None:
