@@ -100,11 +100,17 @@ def test_slow_adds_about_slow_ms(chaotic, images):
     assert 0.15 < slowed - clean < 0.40, (clean, slowed)
 
 
-def test_nan_outputs_reach_the_client(chaotic, images):
+def test_nan_outputs_are_stopped_by_the_guard_and_reach_an_unguarded_client(chaotic, images):
     done = chaos(chaotic.grpc_url, "nan")
     assert done.returncode == 0, done.stderr
-    ok, (labels, probs), _ = call(chaotic, images)
-    assert ok and probs.shape == (len(images), 10) and np.isnan(probs).all()
+    ok, error, _ = call(chaotic, images)  # through the guard: a failure naming the output, not an answer
+    assert not ok and error.status() == "StatusCode.INTERNAL"
+    assert f"output 'PROBS' holds {len(images) * 10} non-finite value(s)" in error.message()
+    client = grpcclient.InferenceServerClient(chaotic.grpc_url)
+    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    image.set_data_from_numpy(images)
+    probs = client.infer("pipeline_unguarded", [image], client_timeout=10).as_numpy("PROBS")
+    assert probs.shape == (len(images), 10) and np.isnan(probs).all()  # the fault itself works
 
 
 def test_drift_changes_the_numbers_not_most_labels(chaotic, images):
