@@ -19,6 +19,16 @@ FAILURE_THRESHOLD = 5  # consecutive failures that open the breaker
 RECOVERY_MS = 30_000  # OPEN -> HALF_OPEN after this long
 HALF_OPEN_MAX_CALLS = 1  # trial calls admitted in HALF_OPEN
 MAX_INFLIGHT = 8  # bulkhead: upstream calls at once, per guard instance
+# Active recovery: while OPEN, one probe at a time (one row of the last good
+# call's inputs) at most this often; a good answer ends OPEN early (HALF_OPEN).
+# 0 turns it off: then only RECOVERY_MS ends OPEN.
+PROBE_INTERVAL_MS = 1_000
+# The probe's input is refreshed from a successful call at most this often.
+PROBE_SAMPLE_REFRESH_S = 10.0
+# A guard instance that started an execute within this long of ending the
+# previous one was busy all along: a request without an arrival stamp
+# arrived no earlier than that previous execute began (guard/core.py).
+QUEUE_IDLE_GAP_S = 0.1
 # Failure-rate and slow-call trips over a count-based sliding window
 # (resilience4j's model): they catch a flapping upstream that never produces
 # `failure_threshold` failures in a row.
