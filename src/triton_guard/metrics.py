@@ -151,7 +151,7 @@ REJECTIONS = _declare(
 UPSTREAM_FAILURES = _declare(
     Metric(
         "triton_guard_upstream_failures_total",
-        "Upstream calls that failed, by reason",
+        "Requests whose upstream call failed (one per request it carried), by reason",
         Kind.COUNTER,
         Publisher.GUARD,
         {"model": ANY, "reason": tuple(f.value for f in Failure)},
