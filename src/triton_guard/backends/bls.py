@@ -119,7 +119,9 @@ class GuardedUpstream:
         Its deadline starts now (the library placement cannot see a queue wait before its execute).
         """
         self.called = True
-        return self.guard.call(lambda timeout_s: self._bls(inputs, output_names, timeout_s), _error_of, requests=requests)
+        return self.guard.call(
+            lambda timeout_s: self._bls(inputs, output_names, timeout_s), _error_of, requests=requests
+        )
 
     def infer_requests(
         self,

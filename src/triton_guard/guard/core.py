@@ -169,7 +169,7 @@ class Guard:
         requests: int = 1,
         deadline_s: float | None = None,
     ) -> GuardResult[T]:
-        """Run `upstream_call(timeout_s)`, one call carrying `requests` requests, under the breaker, bulkhead and deadline.
+        """Run `upstream_call(timeout_s)` under the breaker, bulkhead and deadline: one call for `requests` requests.
 
         `error_of(answer)` returns the error message carried by an answer
         (BLS reports errors inside the response), or None. `deadline_s`
@@ -206,10 +206,8 @@ class Guard:
             parts = self._answer_expired(expired, now, arrivals, earliest)
             live = [i for i, deadline in enumerate(deadlines) if deadline > now]
             if len(live) > 1 and batch:
-                together = tuple(live)
-                result = self._call(
-                    lambda t: upstream_call(together, t), error_of, len(live), min(deadlines[i] for i in live), split=True
-                )
+                together, deadline = tuple(live), min(deadlines[i] for i in live)
+                result = self._call(lambda t: upstream_call(together, t), error_of, len(live), deadline, split=True)
                 if result is not None:
                     parts.append(Part(tuple(live), result))
                     live = []
