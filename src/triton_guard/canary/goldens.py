@@ -203,7 +203,7 @@ class GoldenCase:
                 for device, e in sorted(self.expected.items())
             },
         }
-        return json.dumps(body, indent=1)
+        return _dumps_with_flat_data(body)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "GoldenCase":
@@ -248,6 +248,31 @@ class GoldenCase:
         except OSError as exc:
             raise GoldenError(f"{path}: {exc.strerror}") from None
         return cls.from_json(text, str(path))
+
+
+def _dumps_with_flat_data(body: dict) -> str:
+    """Indented JSON with each tensor's shape and data on one line (a reviewable diff, not 1 number a line)."""
+    flat: list[str] = []
+
+    def placeholders(value):
+        if isinstance(value, dict):
+            return {k: (_token(flat, v) if k in ("data", "shape") else placeholders(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [placeholders(v) for v in value]
+        return value
+
+    text = json.dumps(placeholders(body), indent=1)
+    for index, compact in enumerate(flat):
+        text = text.replace(json.dumps(_TOKEN.format(index)), compact, 1)
+    return text
+
+
+_TOKEN = "\x00tensor {}\x00"  # NUL never occurs in names, so a token cannot collide with them
+
+
+def _token(flat: list[str], value) -> str:
+    flat.append(json.dumps(value, separators=(", ", ": ")))
+    return _TOKEN.format(len(flat) - 1)
 
 
 def case_path(model_dir: Path, case: str) -> Path:
