@@ -55,7 +55,7 @@ def datatype_of(array: np.ndarray) -> str:
     """Triton's datatype name (BYTES for object or text arrays)."""
     if array.dtype.kind in "OSU":
         return "BYTES"
-    name = np_to_triton_dtype(array.dtype)
+    name = np_to_triton_dtype(array.dtype.newbyteorder("="))
     if name is None:
         raise GoldenError(f"numpy dtype {array.dtype} has no Triton datatype")
     return name
