@@ -806,3 +806,40 @@ def test_goldens_are_looked_for_in_the_listed_repositories_then_the_canarys_own(
     assert repositories_from_environment(env, own / "canary") == [mine.resolve(), own.resolve()]
     assert repositories_from_environment({}, own / "canary") == [own.resolve()]
     assert repositories_from_environment({defaults.MODEL_REPOSITORIES_ENV: str(own)}, own / "canary") == [own.resolve()]
+
+
+# --- the default canary that `serve` adds ----------------------------------------------
+
+import tomllib  # noqa: E402
+
+from triton_guard.model_config import read_config  # noqa: E402
+from triton_guard.server import CANARY_REPOSITORY, PACKAGE_DIR, LocalServer  # noqa: E402
+
+
+def _repositories(cmd):
+    return [a.split("=", 1)[1] for a in cmd if a.startswith("--model-repository=")]
+
+
+def test_serve_adds_the_default_canary_only_to_a_repository_without_one(tmp_path):
+    assert _repositories(LocalServer(model_repository=tmp_path).command(tmp_path)) == [
+        str(tmp_path.resolve()), str(CANARY_REPOSITORY)]
+    (tmp_path / "canary").mkdir()
+    (tmp_path / "canary" / "config.pbtxt").write_text('name: "canary"\n')
+    assert _repositories(LocalServer(model_repository=tmp_path).command(tmp_path)) == [str(tmp_path.resolve())]
+
+
+def test_the_default_canary_is_a_canary_model_with_default_thresholds():
+    config = read_config(CANARY_REPOSITORY / "canary" / "config.pbtxt")
+    assert (config.name, config.backend) == ("canary", "canary")
+    assert {o.name for o in config.output} == {"READY", "REPORT"}
+    assert dict(config.parameters) == {}  # the defaults of triton_guard.defaults
+    assert (CANARY_REPOSITORY / "canary" / "1").is_dir()
+
+
+def test_the_default_canary_is_package_data():
+    patterns = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = patterns["tool"]["setuptools"]["package-data"]["triton_guard"]
+    shipped = {p.relative_to(PACKAGE_DIR) for pattern in patterns for p in PACKAGE_DIR.glob(pattern)}
+    for path in CANARY_REPOSITORY.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert path.relative_to(PACKAGE_DIR) in shipped, path
