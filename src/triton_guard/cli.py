@@ -282,10 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument(
         "--device-class", choices=("auto", "cpu", "gpu"), default="auto",
-        help="whose expectations these are (default: gpu when the server reports GPU memory)",
+        help="whose expectations these are (default: the one the server's canary reports)",
     )
     record.add_argument(
-        "--metrics-url", help=f"the server's /metrics, to tell cpu from gpu (default: http://HOST:{defaults.METRICS_PORT}/metrics)"
+        "--metrics-url", help="tell cpu from gpu by the GPU gauges on this /metrics instead of asking the canary"
     )
     record.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default: %(default)s)")
     record.set_defaults(func=_goldens_record)

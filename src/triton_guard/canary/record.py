@@ -3,9 +3,10 @@
 Asks a running server twice (gRPC), refuses answers that differ between the
 two calls, and writes `<repository>/<model>/goldens/<case>.golden.json`
 (triton_guard.canary.goldens) beside the model, where the canary finds it on
-its next run. The server's device class (gpu when Triton reports GPU memory
-on /metrics, else cpu) decides which expectations are written; the others in
-an existing file with the same inputs are kept.
+its next run. The server's device class decides which expectations are
+written (the others in an existing file with the same inputs are kept): the
+one the server's canary reports, or, given --metrics-url or with no canary,
+gpu when Triton reports GPU memory on /metrics, else cpu.
 """
 
 from __future__ import annotations
@@ -72,7 +73,14 @@ def metrics_url_for(grpc_url: str, port: int = defaults.METRICS_PORT) -> str:
     return f"http://{host}:{port}/metrics"
 
 
-def server_device_class(metrics_url: str, timeout_s: float) -> str:
+def server_device_class(url: str, metrics_url: str | None, timeout_s: float) -> str:
+    if metrics_url is None:
+        from triton_guard.canary.probe import ModelHealthValidator
+
+        report = ModelHealthValidator(url, timeout_s).check().report
+        if report is not None and report.device_class in ("cpu", "gpu"):
+            return report.device_class
+        metrics_url = metrics_url_for(url)
     try:
         samples = promtext.fetch(metrics_url, timeout_s)
     except Exception as exc:
@@ -176,7 +184,7 @@ def record(
         raise RecordUsage(
             f"{model_dir / CONFIG_FILE} not found: pass the repository the server loads '{model}' from (--model-repository)")
     if device_class == "auto":
-        device_class = server_device_class(metrics_url or metrics_url_for(url), timeout_s)
+        device_class = server_device_class(url, metrics_url, timeout_s)
     path = case_path(model_dir, case_name)
     try:
         existing = GoldenCase.load(path) if path.exists() else None
