@@ -16,13 +16,14 @@ import urllib.parse
 from typing import Any
 
 from triton_guard import defaults, promtext
-from triton_guard.guard import metrics as guard_metrics
+from triton_guard import metrics as catalogue
+from triton_guard.guard.breaker import State
 from triton_guard.canary.probe import Health, ModelHealthValidator
 
 MIB = 1024 * 1024
 
 
-BREAKER_STATES = {0: "CLOSED", 1: "OPEN", 2: "HALF_OPEN"}  # triton_guard_breaker_state's values
+BREAKER_STATES = {s.value: s.name for s in State}  # triton_guard_breaker_state's values
 
 
 def metrics_url_for(grpc_url: str, reported: str | None = None) -> str:
@@ -49,15 +50,15 @@ def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
         model = s.labels.get("model")
         if model is None:
             continue
-        if s.name == guard_metrics.FAILURES:
+        if s.name == catalogue.UPSTREAM_FAILURES.name:
             entry(model)["failures"][s.labels["reason"]] = s.value
-        elif s.name == guard_metrics.REJECTIONS:
+        elif s.name == catalogue.REJECTIONS.name:
             entry(model)["rejections"][s.labels["reason"]] = s.value
-        elif s.name == guard_metrics.INFLIGHT:
+        elif s.name == catalogue.INFLIGHT_CALLS.name:
             entry(model)["inflight"] += s.value
-        elif s.name == guard_metrics.TRANSITIONS:
+        elif s.name == catalogue.BREAKER_TRANSITIONS.name:
             entry(model)["transitions"][s.labels["to"]] = s.value
-        elif s.name == guard_metrics.BREAKER_STATE:
+        elif s.name == catalogue.BREAKER_STATE.name:
             entry(model)["state"] = BREAKER_STATES.get(int(s.value), str(s.value))
     return models
 
@@ -125,8 +126,8 @@ def render(status: dict[str, Any]) -> str:
             f"window: {b.get('failure_rate', 0):.0%} failed, {b.get('slow_call_rate', 0):.0%} slow"
         )
         lines.append(
-            f"  {'':<18} failures: {_counts(g['failures'], ('timeout', 'upstream_error', 'stub_dead', 'overloaded', 'client_error'))}"
-            f"   rejected: {_counts(g['rejections'], ('open', 'half_open_full', 'overloaded', 'deadline'))}"
+            f"  {'':<18} failures: {_counts(g['failures'], catalogue.UPSTREAM_FAILURES.allowed('reason'))}"
+            f"   rejected: {_counts(g['rejections'], catalogue.REJECTIONS.allowed('reason'))}"
         )
     if status.get("metrics_error"):
         lines.append(f"  (guard counters unavailable: {status['metrics_error']})")

@@ -5,14 +5,15 @@ from __future__ import annotations
 from triton_guard import promtext, status
 from triton_guard.canary.checks import CanaryReport, CheckResult
 from triton_guard.canary.probe import Health, HealthResult
-from triton_guard.guard import metrics as guard_metrics
+from triton_guard import metrics as catalogue
 
+STATE, FAILURES = catalogue.BREAKER_STATE.name, catalogue.UPSTREAM_FAILURES.name
 GAUGES = f"""\
-# TYPE {guard_metrics.BREAKER_STATE} gauge
-{guard_metrics.BREAKER_STATE}{{model="add_sub"}} 1
-{guard_metrics.BREAKER_STATE}{{model="tokenize"}} 0
-# TYPE {guard_metrics.FAILURES} counter
-{guard_metrics.FAILURES}{{model="add_sub",reason="timeout"}} 5
+# TYPE {STATE} gauge
+{STATE}{{model="add_sub"}} 1
+{STATE}{{model="tokenize"}} 0
+# TYPE {FAILURES} counter
+{FAILURES}{{model="add_sub",reason="timeout"}} 5
 """
 
 

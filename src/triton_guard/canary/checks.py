@@ -225,6 +225,12 @@ def golden_check_name(model: str) -> str:
     return f"{GOLDEN}:{model}"
 
 
+def metric_labels(check_name: str) -> dict[str, str]:
+    """triton_guard_canary_check_ok's labels: golden:add_sub -> check golden, model add_sub; else no model."""
+    check, _, model = check_name.partition(":")
+    return {"check": check, "model": model}
+
+
 def check_golden(model: str, comparisons: list[CaseComparison] | None, error: str | None = None) -> CheckResult:
     """One model's golden cases: every case must give its recorded outputs."""
     name = golden_check_name(model)
