@@ -286,6 +286,11 @@ def test_trend_without_enough_samples_passes_while_collecting():
     assert result.value == {"samples": 3}
 
 
+def test_trend_while_collecting_says_how_long_the_samples_span():
+    result = check_trend(None, 900.0, samples=50, min_samples=10, min_span_s=60.0, span_s=49.2)
+    assert result.reason == "collecting samples (50 of at least 10, 49 s of at least 60 s)"
+
+
 def test_trend_reaching_the_floor_within_the_horizon_fails():
     trend = Trend(samples=12, slope_bytes_per_s=-2 * MIB, seconds_to_floor=300.0)
     result = check_trend(trend, 900.0, samples=12, min_samples=10)

@@ -66,6 +66,8 @@ def test_bytes_are_text_when_utf8_and_base64_otherwise():
     assert tensor["data"][2] == {"base64": "/wBiaW5hcnk="}
     _, back = tensor_from_json(json.loads(json.dumps(tensor)), "test")
     assert back.tolist() == array.tolist()
+    text = _case({"T": array}).to_json()
+    assert '"h\u00e9"' in text and r'"h\u00e9"' not in text  # text stays readable in the file
 
 
 def test_the_inputs_of_a_case_are_a_kserve_request_body():

@@ -269,11 +269,16 @@ def check_headroom(reading: MemoryReading | None, floor: int, error: str | None 
     )
 
 
-def check_trend(trend: Trend | None, horizon_s: float, samples: int, min_samples: int, min_span_s: float = 0.0) -> CheckResult:
+def check_trend(
+    trend: Trend | None, horizon_s: float, samples: int, min_samples: int, min_span_s: float = 0.0,
+    span_s: float | None = None,
+) -> CheckResult:
+    """`span_s`: how long the samples collected so far span (said while there is no verdict yet)."""
     if trend is None:
+        spanning = f"{span_s:.0f} s of at least {min_span_s:.0f} s" if span_s is not None else f"spanning {min_span_s:.0f} s"
         return CheckResult(
             "leak_trend", True, {"samples": samples}, {"horizon_s": horizon_s},
-            f"collecting samples ({samples} of at least {min_samples}, spanning {min_span_s:.0f} s)",
+            f"collecting samples ({samples} of at least {min_samples}, {spanning})",
         )
     ok = trend.seconds_to_floor >= horizon_s
     mb = 1024 * 1024

@@ -244,7 +244,7 @@ class GoldenCase:
     @classmethod
     def load(cls, path: Path) -> "GoldenCase":
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise GoldenError(f"{path}: {exc.strerror}") from None
         return cls.from_json(text, str(path))
@@ -261,7 +261,7 @@ def _dumps_with_flat_data(body: dict) -> str:
             return [placeholders(v) for v in value]
         return value
 
-    text = json.dumps(placeholders(body), indent=1)
+    text = json.dumps(placeholders(body), indent=1, ensure_ascii=False)
     for index, compact in enumerate(flat):
         text = text.replace(json.dumps(_TOKEN.format(index)), compact, 1)
     return text
@@ -271,7 +271,7 @@ _TOKEN = "\x00tensor {}\x00"  # NUL never occurs in names, so a token cannot col
 
 
 def _token(flat: list[str], value) -> str:
-    flat.append(json.dumps(value, separators=(", ", ": ")))
+    flat.append(json.dumps(value, separators=(", ", ": "), ensure_ascii=False))
     return _TOKEN.format(len(flat) - 1)
 
 

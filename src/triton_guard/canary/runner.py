@@ -223,11 +223,11 @@ class Canary:
         if reading is not None:
             floor = memory.floor_bytes(reading.total_bytes, config.headroom_floor_fraction, config.headroom_floor_mb)
             with self._facts_lock:
-                trend, n = self.trend.trend(floor), len(self.trend)
+                trend, n, span_s = self.trend.trend(floor), len(self.trend), self.trend.span_s
             trend_snapshot = (floor, trend)
             checks.append(verdicts.check_headroom(reading, floor))
             checks.append(verdicts.check_trend(
-                trend, config.trend_horizon_s, n, config.trend_min_samples, config.trend_min_span_s))
+                trend, config.trend_horizon_s, n, config.trend_min_samples, config.trend_min_span_s, span_s))
         else:
             checks.append(verdicts.check_headroom(None, 0, memory_error))
             checks.append(verdicts.not_run("leak_trend", memory_error or "no memory reading"))
