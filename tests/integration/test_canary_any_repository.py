@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, running_server
+from triton_guard import metrics as catalogue
+from triton_guard import promtext
 from triton_guard.canary.goldens import GOLDEN_SUFFIX, GoldenCase
 from triton_guard.server import Ports
 
@@ -104,6 +106,10 @@ def test_goldens_recorded_with_the_cli_are_checked_from_the_next_probe(server, r
         assert checks[f"golden:{model}"]["ok"], checks[f"golden:{model}"]
         assert checks[f"golden:{model}"]["reason"].endswith("bit-exact")
     assert "golden" not in checks
+    check_ok = {(s.labels["check"], s.labels["model"]): s.value
+                for s in promtext.fetch(server.metrics_url, 5) if s.name == catalogue.CANARY_CHECK_OK.name}
+    assert {check_ok[("golden", m)] for m in MODELS} == {1.0}
+    assert check_ok[("liveness", "")] == 1.0
 
 
 def test_a_wrong_answer_makes_the_probe_not_ready_naming_that_models_golden(server, repository):
