@@ -301,3 +301,33 @@ def test_demo_golden_probs_are_distributions_agreeing_with_labels(demo):
     np.testing.assert_allclose(probs.astype(np.float64).sum(axis=1), np.ones(10), rtol=0, atol=1e-5)
     assert (probs >= 0).all()
     np.testing.assert_array_equal(probs.argmax(axis=1), demo.expected["cpu"].outputs["LABEL"].value.ravel())
+
+
+# --- the recorder's checks before it asks a server (triton_guard.canary.record) ---------
+
+from triton_guard import cli  # noqa: E402
+from triton_guard.canary.record import RecordUsage, _as_declared, record  # noqa: E402
+
+
+def test_an_npz_of_float64_for_an_fp32_input_is_sent_as_fp32_but_nothing_is_cast_across_kinds():
+    assert _as_declared("X", np.array([0.1, 0.2]), "FP32").dtype == np.float32
+    assert _as_declared("N", np.array([1, 2]), "INT32").dtype == np.int32
+    assert _as_declared("X", np.array([1.5]), "INT32").dtype == np.float64  # Triton says what is wrong
+    assert _as_declared("T", np.array([b"a"], object), "BYTES").dtype == object
+
+
+def test_a_bad_case_name_or_inputs_file_is_a_usage_error_before_any_server_is_asked(tmp_path):
+    good = tmp_path / "x.json"
+    good.write_text(json.dumps({"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}))
+    with pytest.raises(RecordUsage, match="case name 'a b'"):
+        record("localhost:1", "m", good, tmp_path, case_name="a b")
+    with pytest.raises(RecordUsage, match="missing.json"):
+        record("localhost:1", "m", tmp_path / "missing.json", tmp_path)
+
+
+@pytest.mark.parametrize("tolerance", ["abc", "Y=-1", "inf", "Y="])
+def test_a_bad_tolerance_is_refused_in_one_line_with_exit_2(tolerance, capsys):
+    code = cli.main(["goldens", "record", "--model", "m", "--inputs", "x.json", "--tolerance", tolerance])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"triton-guard goldens record: error: --tolerance {tolerance!r}: expected [OUTPUT=]NUMBER >= 0"]
