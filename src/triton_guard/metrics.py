@@ -188,10 +188,10 @@ CANARY_READY = _declare(
 CANARY_CHECK_OK = _declare(
     Metric(
         "triton_guard_canary_check_ok",
-        "1 when the canary check passed, by check",
+        "1 when the canary check passed, by check (golden: one per model with goldens, by model)",
         Kind.GAUGE,
         Publisher.CANARY,
-        {"check": CANARY_CHECKS},
+        {"check": CANARY_CHECKS, "model": ANY},  # model: empty but for golden checks
     )
 )
 MEMORY_FREE_BYTES = _declare(
