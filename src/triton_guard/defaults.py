@@ -19,6 +19,9 @@ FAILURE_THRESHOLD = 5  # consecutive failures that open the breaker
 RECOVERY_MS = 30_000  # OPEN -> HALF_OPEN after this long
 HALF_OPEN_MAX_CALLS = 1  # trial calls admitted in HALF_OPEN
 MAX_INFLIGHT = 8  # bulkhead: upstream calls at once, per guard instance
+# Instances of a guard that `triton-guard guard` writes: one blocked on a hung
+# upstream call leaves the other free to answer (and fail fast once OPEN).
+GUARD_INSTANCE_COUNT = 2
 # Failure-rate and slow-call trips over a count-based sliding window
 # (resilience4j's model): they catch a flapping upstream that never produces
 # `failure_threshold` failures in a row.

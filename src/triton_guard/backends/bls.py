@@ -39,12 +39,10 @@ from triton_guard.guard import metrics as gm
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard.core import Code, Guard, GuardResult
-from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.guard.config import ConfigError, validate_parameters
 from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
-# Guard parameters beyond GuardConfig's thresholds.
-EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
 
 
 class GuardedUpstream:
@@ -56,12 +54,10 @@ class GuardedUpstream:
     """
 
     def __init__(self, upstream: str, *, instance_name: str = "", **parameters: str) -> None:
-        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
-        if unknown:
-            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
         self.upstream = upstream
         self.called = False  # set by the first infer: metrics publish from then on
-        self.config = GuardConfig.from_parameters(parameters)
+        # The same checks `triton-guard guard` makes before it writes a config.
+        self.config = validate_parameters(parameters)
         self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))
         self.metrics_buffer = gm.MetricsBuffer()
         self.guard = Guard(

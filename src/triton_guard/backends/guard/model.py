@@ -20,6 +20,7 @@ from triton_guard.guard.batching import split_like
 from triton_guard.backends.bls import GuardedUpstream
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.config import ConfigError
+from triton_guard.model_config import ModelConfigError, check_guard_interface
 
 
 class TritonPythonModel:
@@ -32,6 +33,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"guard model '{name}': parameter 'upstream_model' is required (the name of the model to guard)"
             )
+        try:  # a guard that would fail every call with a shape error fails its load instead
+            unchecked = check_guard_interface(args["model_repository"], args["model_config"], upstream)
+        except ModelConfigError as exc:
+            raise pb_utils.TritonModelException(f"guard model '{name}': {exc}") from None
+        if unchecked:
+            pb_utils.Logger.log_warn(f"guard model '{name}': {unchecked}")
         try:
             self.upstream = GuardedUpstream(upstream, instance_name=args["model_instance_name"], **params)
         except (ConfigError, ValueError) as exc:  # a bad client_error_pattern is a re.error (ValueError)
