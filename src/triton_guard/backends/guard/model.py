@@ -10,9 +10,17 @@ between Triton and that logic.
 """
 
 import json
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+# Import the triton_guard this file ships in: Triton's embedded Python ignores
+# PYTHONPATH, so a checkout's backend would otherwise run the venv's package.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+if _PACKAGE_ROOT not in sys.path:
+    sys.path.insert(0, _PACKAGE_ROOT)
+
+import numpy as np  # noqa: E402  (after the path fix above, as the imports below)
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
