@@ -35,8 +35,55 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
         raise ModelConfigError(f"{path}: not a valid model config: {exc}") from None
 
 
+# Printed first, in this order, so a person reads what the model is before its details.
+_LEADING_FIELDS = ("name", "platform", "backend", "max_batch_size")
+
+
+def _entries(config: model_config_pb2.ModelConfig, field, value):
+    """One ModelConfig per entry of a set field (each tensor, each parameter...), holding only it."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        for key in sorted(value):
+            one = model_config_pb2.ModelConfig()
+            getattr(one, field.name)[key].CopyFrom(value[key])
+            yield one
+    elif field.label == field.LABEL_REPEATED:
+        for entry in value:
+            one = model_config_pb2.ModelConfig()
+            if field.message_type is None:
+                getattr(one, field.name).append(entry)
+            else:
+                getattr(one, field.name).add().CopyFrom(entry)
+            yield one
+    else:
+        one = model_config_pb2.ModelConfig()
+        if field.message_type is None:
+            setattr(one, field.name, value)
+        else:
+            getattr(one, field.name).CopyFrom(value)
+        yield one
+
+
 def config_text(config: model_config_pb2.ModelConfig) -> str:
-    return text_format.MessageToString(config)
+    """Protobuf text format with one line per entry (each tensor, each parameter...), as people write it.
+
+    max_batch_size is always written: 0 (unbatched) is what a reader needs to see.
+    """
+    fields = {field.name: (field, value) for field, value in config.ListFields()}
+    fields.setdefault("max_batch_size", None)
+    order = [n for n in _LEADING_FIELDS if n in fields] + [n for n in fields if n not in _LEADING_FIELDS]
+    lines = []
+    for name in order:
+        field, value = fields[name] if fields[name] else (None, None)
+        if field is None:
+            lines.append(f"{name}: 0")
+            continue
+        if name == "ensemble_scheduling" and list(value.ListFields()) == [(value.DESCRIPTOR.fields_by_name["step"], value.step)]:
+            # An ensemble reads as its steps: one line each.
+            steps = [text_format.MessageToString(step, as_one_line=True) for step in value.step]
+            lines.extend(["ensemble_scheduling {", *(f"  step {{ {step} }}" for step in steps), "}"])
+            continue
+        lines.extend(text_format.MessageToString(one, as_one_line=True) for one in _entries(config, field, value))
+    return "\n".join(lines) + "\n"
 
 
 def write_config(path: Path, config: model_config_pb2.ModelConfig, header: str = "") -> None:

@@ -26,6 +26,7 @@ from triton_guard.model_config import (
     interface_mismatch,
     parameters,
     read_config,
+    write_config,
 )
 from triton_guard_demo.repository import MODEL_REPOSITORY
 from tritonclient.grpc import model_config_pb2
@@ -409,3 +410,27 @@ def test_the_demos_guard_matches_its_upstream(guard_name):
     guard = read_config(MODEL_REPOSITORY / guard_name / CONFIG_FILE)
     upstream = parameters(guard)["upstream_model"]
     assert check_guard_interface(MODEL_REPOSITORY / guard_name, as_json(guard), upstream) is None
+
+
+# --- config_text: what the command writes reads back as the same config ------------------------
+
+
+REPOSITORY_CONFIGS = sorted(
+    [*MODEL_REPOSITORY.glob("*/config.pbtxt"), *MODEL_REPOSITORY.glob("*/configs/*.pbtxt"),
+     *(FOREIGN.parent).glob("*/*/config.pbtxt")]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("path", REPOSITORY_CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
+def test_config_text_parses_back_to_the_same_config(path, tmp_path):
+    config = read_config(path)
+    write_config(tmp_path / CONFIG_FILE, config)
+    assert read_config(tmp_path / CONFIG_FILE) == config
+    assert "max_batch_size: " in (tmp_path / CONFIG_FILE).read_text()  # 0 written too
+
+
+def test_config_text_writes_one_line_per_tensor(repo):
+    write_guard(repo, "add_sub", {})
+    lines = (repo / "add_sub_guard" / CONFIG_FILE).read_text().splitlines()
+    assert [line.split(" {", 1)[0] for line in lines if line.startswith(("input", "output"))] == ["input"] * 2 + ["output"] * 2
+    assert "max_batch_size: 0" in lines
