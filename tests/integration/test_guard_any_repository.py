@@ -189,20 +189,33 @@ def test_the_command_refuses_an_existing_guard_with_one_line(repo):
 
 
 def test_in_process_guard_answers_and_times_out_a_hang(client, repo, fault):
-    """`--in-process` on scale: its own config becomes backend "guard"; reloaded in place."""
-    run = guard_cli("scale", "--model-repository", str(repo), "--in-process", "--param", f"timeout_ms={TIMEOUT_MS}")
+    """`--in-process` on a Python model: its own config becomes backend "guard", loaded as such.
+
+    A copy of add_sub (add_sub itself is already behind add_sub_guard, whose
+    breaker is named after it) with the same FAULT file hook.
+    """
+    shutil.copytree(repo / "add_sub", repo / "add_sub_in_process")
+    config = read_config(repo / "add_sub_in_process" / CONFIG_FILE)
+    config.name = "add_sub_in_process"
+    write_config(repo / "add_sub_in_process" / CONFIG_FILE, config)
+    run = guard_cli(
+        "add_sub_in_process", "--model-repository", str(repo), "--in-process", "--param", f"timeout_ms={TIMEOUT_MS}"
+    )
     assert run.returncode == 0, run.stderr
-    assert read_config(repo / "scale" / CONFIG_FILE).backend == "guard"
+    assert read_config(repo / "add_sub_in_process" / CONFIG_FILE).backend == "guard"
     try:
-        client.load_model("scale")
+        client.load_model("add_sub_in_process")
     except InferenceServerException as exc:
         if "upstream_model" in exc.message():
             pytest.skip(f"this guard backend has no in-process placement yet: {exc.message()}")
         raise
-    x = np.arange(4, dtype=np.float32)
-    result, _ = infer(client, "scale", [fp32("X", x)])
-    np.testing.assert_array_equal(result.as_numpy("Y"), 2 * x)
-    fault("scale", "hang")
-    error, seconds = infer(client, "scale", [fp32("X", x)])
+    rng = np.random.default_rng(4)
+    a, b, inputs = add_sub_inputs(rng)
+    result, _ = infer(client, "add_sub_in_process", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    fault("add_sub_in_process", "hang")
+    error, seconds = infer(client, "add_sub_in_process", inputs)
     assert isinstance(error, InferenceServerException), "a hung in-process model answered"
     assert str(error.status()) == "StatusCode.UNAVAILABLE" and seconds <= ANSWER_BY_S
+    assert f"timeout_ms={TIMEOUT_MS}" in error.message()

@@ -41,7 +41,8 @@ from triton_guard.guard import metrics as gm
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard.core import Code, Guard, GuardResult
-from triton_guard.guard.config import ConfigError, validate_parameters
+# EXTRA_PARAMETERS stays importable from here (the in-process placement reads it).
+from triton_guard.guard.config import EXTRA_PARAMETERS, ConfigError, validate_parameters  # noqa: F401
 from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
