@@ -14,11 +14,23 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+# `serve` with no --model-repository serves ./model_repository (the checkout's demo) when there is one.
+DEFAULT_MODEL_REPOSITORY = Path("model_repository")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from triton_guard.server import LocalServer, Ports, ServerError, serve_forever
 
+    repository = Path(args.model_repository) if args.model_repository else DEFAULT_MODEL_REPOSITORY
+    if args.model_repository is None and not repository.is_dir():
+        print(
+            f"triton-guard serve: error: no model repository: pass --model-repository DIR "
+            f"(there is no ./{DEFAULT_MODEL_REPOSITORY} in {Path.cwd()})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     server = LocalServer(
-        model_repository=Path(args.model_repository),
+        model_repository=repository,
         ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
         backends_source=Path(args.backends) if args.backends else None,
         model_config_name="gpu" if args.gpu else None,
@@ -167,6 +179,24 @@ def _goldens_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _guard(args: argparse.Namespace) -> int:
+    from triton_guard.guard_writer import GuardRefused, parse_params, write_guard, write_in_process
+
+    try:
+        params = parse_params(args.param)
+        if args.in_process:
+            if args.ensemble:
+                raise GuardRefused("--ensemble with --in-process: clients keep calling the model itself, nothing to reroute")
+            written = write_in_process(Path(args.model_repository), args.model, params)
+        else:
+            written = write_guard(Path(args.model_repository), args.model, params, ensemble=args.ensemble)
+    except GuardRefused as exc:
+        print(f"triton-guard guard: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(written.lines()))
+    return EXIT_OK
+
+
 def _backend_dir(args: argparse.Namespace) -> int:
     from triton_guard.server import BACKENDS_DIR
 
@@ -179,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run Triton with the guarded pipeline in the foreground")
-    serve.add_argument("--model-repository", default="model_repository", help="default: %(default)s")
+    serve.add_argument(
+        "--model-repository", help=f"the models to serve (default: ./{DEFAULT_MODEL_REPOSITORY}, if there is one)"
+    )
     serve.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
     serve.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
     serve.add_argument("--metrics-port", type=int, default=defaults.METRICS_PORT)
@@ -289,6 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default: %(default)s)")
     record.set_defaults(func=_goldens_record)
+
+    guard = sub.add_parser(
+        "guard",
+        help="add a guard for MODEL to a model repository (exit 0 written, 1 refused: nothing written)",
+    )
+    guard.add_argument("model", metavar="MODEL", help="the model to guard (a folder of the repository)")
+    guard.add_argument("--model-repository", required=True, metavar="DIR", help="the repository MODEL is in")
+    guard.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="a guard parameter (README \"Guard parameters\"), e.g. timeout_ms=2000; repeat for more",
+    )
+    guard.add_argument(
+        "--ensemble", metavar="NAME", help="also reroute the steps of ensemble NAME that call MODEL through the guard"
+    )
+    guard.add_argument(
+        "--in-process", action="store_true",
+        help="guard a Python MODEL inside its own process: its config becomes backend \"guard\" (no second model)",
+    )
+    guard.set_defaults(func=_guard)
 
     backend_dir = sub.add_parser(
         "backend-dir",

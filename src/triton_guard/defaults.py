@@ -29,6 +29,9 @@ PROBE_SAMPLE_REFRESH_S = 10.0
 # previous one was busy all along: a request without an arrival stamp
 # arrived no earlier than that previous execute began (guard/core.py).
 QUEUE_IDLE_GAP_S = 0.1
+# Instances of a guard that `triton-guard guard` writes: one blocked on a hung
+# upstream call leaves the other free to answer (and fail fast once OPEN).
+GUARD_INSTANCE_COUNT = 2
 # Failure-rate and slow-call trips over a count-based sliding window
 # (resilience4j's model): they catch a flapping upstream that never produces
 # `failure_threshold` failures in a row.

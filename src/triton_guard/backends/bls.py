@@ -48,13 +48,12 @@ from triton_guard.guard.batching import split_like
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard.core import Code, Guard, GuardResult
-from triton_guard.guard.config import ConfigError, GuardConfig
+# EXTRA_PARAMETERS stays importable from here (the in-process placement reads it).
+from triton_guard.guard.config import EXTRA_PARAMETERS, ConfigError, validate_parameters  # noqa: F401
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock
 from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
-# Guard parameters beyond GuardConfig's thresholds.
-EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
 
 
 class GuardedUpstream:
@@ -68,12 +67,10 @@ class GuardedUpstream:
     def __init__(
         self, upstream: str, *, instance_name: str = "", upstream_batches: bool = False, **parameters: str
     ) -> None:
-        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
-        if unknown:
-            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
         self.upstream = upstream
         self.called = False  # set by the first infer: metrics publish from then on
-        self.config = GuardConfig.from_parameters(parameters)
+        # The same checks `triton-guard guard` makes before it writes a config.
+        self.config = validate_parameters(parameters)
         self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))
         self.metrics_buffer = gm.MetricsBuffer()
         self.guard = Guard(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from triton_guard import defaults
+from triton_guard.guard.failures import FailureClassifier
 
 # Counters in the shared state file are 32-bit; keep every integer setting
 # well inside that so no arithmetic on it can overflow the layout.
@@ -129,3 +131,29 @@ def _parse(name: str, raw: Any, kind: type, what: str) -> Any:
         return kind(raw.strip())
     except ValueError:
         raise _reject(name, raw, what) from None
+
+
+# Guard parameters beyond GuardConfig's thresholds (consumed by backends/bls.py).
+EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
+
+
+def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
+    """Every check of a guard's parameters, as the backend makes it at load and `triton-guard guard` before writing.
+
+    `params` are config.pbtxt `parameters` without `upstream_model` (the
+    caller's). Raises ConfigError naming the first unknown or bad parameter.
+    """
+    unknown = sorted(set(params) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
+    if unknown:
+        known = sorted(GuardConfig.parameter_names() | EXTRA_PARAMETERS)
+        raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {known}")
+    config = GuardConfig.from_parameters(params)
+    pattern = params.get("client_error_pattern")
+    try:
+        FailureClassifier(pattern)
+    except re.error as exc:
+        raise _reject("client_error_pattern", pattern, f"a Python regular expression ({exc})") from None
+    heal = str(params.get("heal_dead_upstream", str(defaults.HEAL_DEAD_UPSTREAM))).strip().lower()
+    if heal not in ("true", "false"):
+        raise _reject("heal_dead_upstream", heal, "true or false")
+    return config

@@ -11,12 +11,21 @@ that logic.
 """
 
 import json
+import sys
+from pathlib import Path
 
-import triton_python_backend_utils as pb_utils
+# Import the triton_guard this file ships in: Triton's embedded Python ignores
+# PYTHONPATH, so a checkout's backend would otherwise run the venv's package.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+if _PACKAGE_ROOT not in sys.path:
+    sys.path.insert(0, _PACKAGE_ROOT)
+
+import triton_python_backend_utils as pb_utils  # noqa: E402  (after the path fix above, as the imports below)
 
 from triton_guard import defaults
 from triton_guard.backends.bls import GuardedUpstream
 from triton_guard.guard.config import ConfigError
+from triton_guard.model_config import ModelConfigError, check_guard_interface
 
 
 class TritonPythonModel:
@@ -29,6 +38,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"guard model '{name}': parameter 'upstream_model' is required (the name of the model to guard)"
             )
+        try:  # a guard that would fail every call with a shape error fails its load instead
+            unchecked = check_guard_interface(args["model_repository"], args["model_config"], upstream)
+        except ModelConfigError as exc:
+            raise pb_utils.TritonModelException(f"guard model '{name}': {exc}") from None
+        if unchecked:
+            pb_utils.Logger.log_warn(f"guard model '{name}': {unchecked}")
         try:
             self.upstream = GuardedUpstream(
                 upstream,
