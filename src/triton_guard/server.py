@@ -44,6 +44,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 BACKENDS_DIR = PACKAGE_DIR / "backends"
 # The `chaos` control model, served as a second repository only with chaos=True.
 CHAOS_REPOSITORY = PACKAGE_DIR / "chaos" / "repository"
+# The default `canary` model, served as a second repository when DIR has none.
+CANARY_REPOSITORY = PACKAGE_DIR / "canary" / "repository"
 
 # Triton log lines worth repeating when start-up fails.
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*?)\"?$")
@@ -438,6 +440,8 @@ class LocalServer:
             cmd.extend(restricted_api_args(self.api_key))
         if self.chaos:
             cmd.append(f"--model-repository={CHAOS_REPOSITORY}")
+        if not (self.model_repository / defaults.CANARY_MODEL / "config.pbtxt").exists():
+            cmd.append(f"--model-repository={CANARY_REPOSITORY}")
         if self.model_config_name:
             cmd.append(f"--model-config-name={self.model_config_name}")
         cmd.extend(self.extra_args)
@@ -509,6 +513,8 @@ class LocalServer:
         # The guards heal a dead upstream through the repository API: they need the key.
         env[defaults.API_KEY_ENV] = self.api_key
         env.pop(defaults.API_KEY_FILE_ENV, None)
+        # ... and checks the goldens of this repository's models.
+        env[defaults.MODEL_REPOSITORIES_ENV] = str(self.model_repository.resolve())
         env.update(self.env)
         set_chaos_mode(env, self.chaos_dir)
         self.process = subprocess.Popen(

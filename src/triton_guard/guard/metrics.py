@@ -11,24 +11,17 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from triton_guard import metrics as catalogue
 from triton_guard.guard.breaker import Transition
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.core import GuardEvents
 
-# Metric names on Triton's /metrics (documented in README.md).
-BREAKER_STATE = "triton_guard_breaker_state"
-TRANSITIONS = "triton_guard_breaker_transitions_total"
-REJECTIONS = "triton_guard_rejections_total"
-FAILURES = "triton_guard_upstream_failures_total"
-INFLIGHT = "triton_guard_inflight_calls"
-STATE_DAMAGE = "triton_guard_state_damage_total"  # breaker-file damage events, by kind (shared_state.py)
-# A Prometheus histogram written as its three counter series (_bucket{le},
+# Names, help, labels and buckets: triton_guard.metrics (the catalogue).
+# The latency histogram is written as its three counter series (_bucket{le},
 # _sum, _count): pb_utils' own HISTOGRAM takes one stub-to-server round trip
 # per observation, and replaying hundreds a second from the publisher thread
-# stalled the guard's requests by up to 500 ms. PromQL's histogram_quantile
-# reads these series exactly as it reads a native histogram.
-CALL_SECONDS = "triton_guard_upstream_call_seconds"
-CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# stalled the guard's requests by up to 500 ms.
+CALL_SECONDS_BUCKETS = catalogue.UPSTREAM_CALL_SECONDS.buckets
 
 
 def cumulative_bucket_counts(seconds: list[float], buckets=CALL_SECONDS_BUCKETS) -> list[int]:
@@ -44,8 +37,8 @@ def cumulative_bucket_counts(seconds: list[float], buckets=CALL_SECONDS_BUCKETS)
 
 @dataclass
 class MetricsDelta:
-    rejections: Counter = field(default_factory=Counter)  # reason -> count
-    failures: Counter = field(default_factory=Counter)  # Failure.value -> count
+    rejections: Counter = field(default_factory=Counter)  # reason -> requests
+    failures: Counter = field(default_factory=Counter)  # Failure.value -> requests
     transitions: Counter = field(default_factory=Counter)  # to-state name -> count
     call_seconds: list = field(default_factory=list)
 
@@ -55,16 +48,16 @@ class MetricsBuffer(GuardEvents):
         self._lock = threading.Lock()
         self._delta = MetricsDelta()
 
-    def rejected(self, reason: str) -> None:
+    def rejected(self, reason: str, requests: int = 1) -> None:
         with self._lock:
-            self._delta.rejections[reason] += 1
+            self._delta.rejections[reason] += requests
 
-    def completed(self, duration_s: float | None, failure: Failure | None) -> None:
+    def completed(self, duration_s: float | None, failure: Failure | None, requests: int = 1) -> None:
         with self._lock:
             if duration_s is not None:  # a bulkhead refusal made no upstream call to time
                 self._delta.call_seconds.append(duration_s)
-            if failure is not None:
-                self._delta.failures[failure.value] += 1
+            if failure is not None and requests:
+                self._delta.failures[failure.value] += requests
 
     def transitioned(self, transition: Transition) -> None:
         with self._lock:
