@@ -222,8 +222,8 @@ def write_guard(
         written.call.append("  " + _curl(guard_name, config))
     written.call.append(
         "a running server loads it on restart, or now: "
-        f"curl -s -X POST localhost:{defaults.HTTP_PORT}/v2/repository/models/{guard_name}/load"
-        + (f" && curl -s -X POST localhost:{defaults.HTTP_PORT}/v2/repository/models/{ensemble}/load" if ensemble else "")
+        f"curl -s -H '{defaults.API_KEY_HEADER}: $TRITON_GUARD_API_KEY' -X POST localhost:{defaults.HTTP_PORT}/v2/repository/models/{guard_name}/load"
+        + (f" && curl -s -H '{defaults.API_KEY_HEADER}: $TRITON_GUARD_API_KEY' -X POST localhost:{defaults.HTTP_PORT}/v2/repository/models/{ensemble}/load" if ensemble else "")
     )
     return written
 
@@ -260,6 +260,6 @@ def write_in_process(repository: Path, model: str, params: Mapping[str, str]) ->
     )
     written.call.append(
         "a running server picks it up on restart, or now: "
-        f"curl -s -X POST localhost:{defaults.HTTP_PORT}/v2/repository/models/{model}/load"
+        f"curl -s -H '{defaults.API_KEY_HEADER}: $TRITON_GUARD_API_KEY' -X POST localhost:{defaults.HTTP_PORT}/v2/repository/models/{model}/load"
     )
     return written

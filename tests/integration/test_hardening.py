@@ -32,7 +32,9 @@ from triton_guard import defaults
 from triton_guard.chaos.faults import ChaosControl, Fault
 from triton_guard.guard.breaker import CircuitBreaker, State
 from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.metrics import STATE_DAMAGE
+from triton_guard.metrics import STATE_DAMAGE as _STATE_DAMAGE
+
+STATE_DAMAGE = _STATE_DAMAGE.name
 from triton_guard.guard.shared_state import FILE_SIZE, SharedFileStore, _is_valid
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 

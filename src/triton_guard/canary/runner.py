@@ -80,7 +80,11 @@ class HttpServer:
     def _http(self, path: str, timeout_s: float, body: bytes | None = None):
         if not self.http_url:
             raise RuntimeError(f"no HTTP URL (set {defaults.HTTP_URL_ENV})")
-        with urllib.request.urlopen(f"{self.http_url}{path}", data=body, timeout=timeout_s) as response:
+        # The repository index is a restricted API under `triton-guard serve` (README "Security").
+        key = os.environ.get(defaults.API_KEY_ENV)
+        headers = {defaults.API_KEY_HEADER: key} if key else {}
+        request = urllib.request.Request(f"{self.http_url}{path}", data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, response.read()
 
     def model_states(self, timeout_s: float) -> dict[str, tuple[str, str]]:

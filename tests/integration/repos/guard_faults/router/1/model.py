@@ -9,7 +9,14 @@ class TritonPythonModel:
     def initialize(self, args):
         # More hung calls than asyncio's default executor has threads (6 on 2 cores).
         limits = {"timeout_ms": "300", "max_inflight": "10", "failure_threshold": "100", "minimum_calls": "20"}
-        self.upstreams = {name: GuardedUpstream(name, **limits) for name in ("stuck", "healthy")}
+        # `healthy` is guarded by healthy_guard too: one breaker, so healthy_guard's settings
+        # (max_inflight is per instance and may differ).
+        shared = {"timeout_ms": "300", "max_inflight": "10"}
+        name = args["model_instance_name"]
+        self.upstreams = {
+            "stuck": GuardedUpstream("stuck", instance_name=name, **limits),
+            "healthy": GuardedUpstream("healthy", instance_name=name, **shared),
+        }
 
     def execute(self, requests):
         responses = []
