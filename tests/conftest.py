@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import time
 from pathlib import Path
 
 import pytest
 
+from triton_guard import defaults
 from triton_guard.model_config import set_parameters  # noqa: F401  (tests import it from here)
 from triton_guard.server import LocalServer, Ports
 from triton_guard_demo.repository import MODEL_REPOSITORY, fast_model_repository  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# One key for the session's servers (`serve` restricts its admin APIs): every
+# LocalServer takes it from the environment, and so do the CLI processes tests start.
+os.environ.setdefault(defaults.API_KEY_ENV, f"triton-guard-tests-{secrets.token_hex(12)}")
 
 
 def wait_until(predicate, timeout_s: float, what: str):

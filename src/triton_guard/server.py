@@ -228,6 +228,18 @@ def resolve_api_key(environ: dict[str, str] | None = None) -> tuple[str, str]:
     return secrets.token_urlsafe(32), "generated"
 
 
+def admin_headers_from_environment(grpc: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The key header for a restricted API, from $TRITON_GUARD_API_KEY or its file; {} when neither is set.
+
+    For the project's tools (goldens record, tests) that call a restricted API of a running server.
+    """
+    env = os.environ if environ is None else environ
+    if not env.get(defaults.API_KEY_ENV) and not env.get(defaults.API_KEY_FILE_ENV):
+        return {}
+    key, _ = resolve_api_key(env)
+    return {defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER: key}
+
+
 def check_api_key(key: str) -> str:
     # The key travels on Triton's command line as "<apis>:<header>=<key>" and in a header.
     if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}", key):

@@ -20,6 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from triton_guard.server import admin_headers_from_environment
 from tests.conftest import running_server
 from triton_guard.model_config import CONFIG_FILE, read_config, write_config
 
@@ -175,7 +176,7 @@ def test_a_guard_that_does_not_match_its_upstream_fails_its_load_naming_the_tens
     config.input[0].dims[:] = [3]  # scale takes [4]
     write_config(path, config)
     with pytest.raises(InferenceServerException) as failed:
-        client.load_model("scale_guard")
+        client.load_model("scale_guard", headers=admin_headers_from_environment(grpc=True))
     assert "input 'X' is TYPE_FP32 [3]" in failed.value.message() and "scale" in failed.value.message()
     assert client.is_server_live() and client.is_model_ready("add_sub_guard")
 
@@ -204,7 +205,7 @@ def test_in_process_guard_answers_and_times_out_a_hang(client, repo, fault):
     assert run.returncode == 0, run.stderr
     assert read_config(repo / "add_sub_in_process" / CONFIG_FILE).backend == "guard"
     try:
-        client.load_model("add_sub_in_process")
+        client.load_model("add_sub_in_process", headers=admin_headers_from_environment(grpc=True))
     except InferenceServerException as exc:
         if "upstream_model" in exc.message():
             pytest.skip(f"this guard backend has no in-process placement yet: {exc.message()}")

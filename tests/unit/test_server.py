@@ -477,3 +477,14 @@ def test_stub_overlay_puts_the_callers_pythonpath_before_its_packages(tmp_path):
     out = subprocess.run([str(overlay2 / "python3"), "-c", "import marker_pkg, sys; print(marker_pkg.__file__)"],
                          capture_output=True, text=True, env={"PATH": "/usr/bin"}, timeout=60)
     assert out.stdout.strip() == str(checkout / "marker_pkg" / "__init__.py"), out.stderr
+
+
+def test_tools_take_the_key_header_from_the_environment(tmp_path):
+    assert srv.admin_headers_from_environment(grpc=True, environ={}) == {}
+    env = {defaults.API_KEY_ENV: "a-key-of-sixteen-or-more"}
+    assert srv.admin_headers_from_environment(grpc=False, environ=env) == {defaults.API_KEY_HEADER: "a-key-of-sixteen-or-more"}
+    assert srv.admin_headers_from_environment(grpc=True, environ=env) == {defaults.GRPC_API_KEY_HEADER: "a-key-of-sixteen-or-more"}
+    (tmp_path / "key").write_text("from-the-secret-file-1\n")
+    assert srv.admin_headers_from_environment(grpc=False, environ={defaults.API_KEY_FILE_ENV: str(tmp_path / "key")}) == {
+        defaults.API_KEY_HEADER: "from-the-secret-file-1"
+    }

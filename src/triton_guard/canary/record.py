@@ -140,6 +140,8 @@ def record(
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    from triton_guard.server import admin_headers_from_environment
+
     case_name = case_name or Path(inputs_file).name.split(".")[0]
     if not _CASE_NAME.match(case_name):
         raise RecordUsage(f"case name {case_name!r}: use letters, digits, '_', '-' and '.' (--name)")
@@ -155,7 +157,10 @@ def record(
         except InferenceServerException as exc:
             raise RecordUsage(f"server at {url} unreachable: {exc.message()}") from None
         try:
-            known = {m.name: m.state for m in client.get_model_repository_index(client_timeout=timeout_s).models}
+            # A restricted API under `triton-guard serve`: the key from the environment (README "Security").
+            headers = admin_headers_from_environment(grpc=True)
+            index = client.get_model_repository_index(headers=headers, client_timeout=timeout_s)
+            known = {m.name: m.state for m in index.models}
             if model not in known:
                 raise RecordRefused(f"the server at {url} has no model '{model}' (it has: {', '.join(sorted(known))})")
             if not client.is_model_ready(model, client_timeout=timeout_s):
