@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from triton_guard import defaults
 from triton_guard.guard.failures import Failure, FailureClassifier
 from triton_guard.guard.finite import non_finite_output
-from triton_guard.guard.healer import SideHealer
+from triton_guard.guard.healer import RELOAD_PARAMETER, SideHealer
 
 # --- non-finite outputs ----------------------------------------------------------------------
 
@@ -54,6 +55,8 @@ class FakeTriton:
         self.release.set()
 
     def post(self, url, body, headers, timeout_s):
+        if body is None:  # GET of the model's config
+            return 200, '{"name": "classifier", "backend": "python"}'
         self.calls.append((url, body, dict(headers), timeout_s))
         self.release.wait(10)
         return self.status, self.body
@@ -71,7 +74,10 @@ def test_heal_loads_only_that_model_with_the_key(tmp_path):
     assert healer(tmp_path, triton).heal() == "reloaded"
     (url, body, headers, timeout_s), = triton.calls
     assert url == "http://localhost:8000/v2/repository/models/classifier/load"
-    assert body == b"{}" and headers == {defaults.API_KEY_HEADER: "k" * 20}
+    # Its own config plus a stamp as an override: Triton then reloads even a model whose files did not change.
+    config = json.loads(json.loads(body)["parameters"]["config"])
+    assert config == {"name": "classifier", "backend": "python", "parameters": {RELOAD_PARAMETER: {"string_value": "1000.000000"}}}
+    assert headers == {defaults.API_KEY_HEADER: "k" * 20}
     assert timeout_s == defaults.HEAL_HTTP_TIMEOUT_S
 
 

@@ -2,8 +2,9 @@
 
 Triton 2.51 never restarts a dead Python stub: its model stays READY while
 every request fails "Stub process ... is not healthy". A load request for
-the model through Triton's HTTP repository API (the server runs with
---model-control-mode=explicit) reloads only that model and starts a new stub.
+the model, with its own current config as an override, through Triton's
+HTTP repository API (the server runs with --model-control-mode=explicit)
+reloads only that model and starts a new stub.
 
 The request runs in a thread of its own and is a plain HTTP call, so no
 stub's request path waits for it (pb_utils.load_model held the calling
@@ -32,12 +33,17 @@ from typing import Callable, Mapping
 from triton_guard import defaults
 from triton_guard.guard.shared_state import read_json_state, write_json_state
 
-# post(url, body, headers, timeout_s) -> (HTTP status, body text)
+# post(url, body or None for a GET, headers, timeout_s) -> (HTTP status, body text)
+# Added to the upstream's config by a reload: a model that refuses unknown parameters cannot be healed.
+RELOAD_PARAMETER = "triton_guard_reloaded_at"
 Post = Callable[[str, bytes, Mapping[str, str], float], "tuple[int, str]"]
 
 
-def http_post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json", **headers})
+def http_post(url: str, body: bytes | None, headers: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
+    """POST `body` to `url` (a GET when body is None): (HTTP status, body text)."""
+    request = urllib.request.Request(
+        url, data=body, method="GET" if body is None else "POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, response.read().decode(errors="replace")
@@ -62,7 +68,9 @@ class SideHealer:
         timeout_s: float = defaults.HEAL_HTTP_TIMEOUT_S,
     ) -> None:
         self.upstream = upstream
-        self.url = f"{http_url.rstrip('/')}/v2/repository/models/{urllib.parse.quote(upstream, safe='')}/load"
+        quoted = urllib.parse.quote(upstream, safe="")
+        self.url = f"{http_url.rstrip('/')}/v2/repository/models/{quoted}/load"
+        self.config_url = f"{http_url.rstrip('/')}/v2/models/{quoted}/config"
         self.headers = {defaults.API_KEY_HEADER: api_key} if api_key else {}
         self.min_interval_s = min_interval_s
         self._state_dir = state_dir
@@ -103,7 +111,15 @@ class SideHealer:
                     return "skipped"
                 write_json_state(self._state_dir, self._stamp, {"at": now, "pid": os.getpid()})
                 self._log(f"guard: upstream '{self.upstream}' has a dead stub; reloading it through {self.url}")
-                status, text = self._post(self.url, b"{}", self.headers, self._timeout_s)
+                # A load of a loaded model reloads it only if its files or its config
+                # changed (measured: a plain load, or its own config as an override, was
+                # a no-op), so the override is its config plus a RELOAD_PARAMETER stamp.
+                status, text = self._post(self.config_url, None, self.headers, self._timeout_s)
+                if status == 200:
+                    config = json.loads(text)
+                    config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": f"{now:.6f}"}
+                    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+                    status, text = self._post(self.url, body, self.headers, self._timeout_s)
                 # The interval counts from the end too: calls abandoned during a long reload
                 # report the old stub's death after it, and must not reload the new one.
                 write_json_state(self._state_dir, self._stamp, {"at": self._clock(), "pid": os.getpid()})
