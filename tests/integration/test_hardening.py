@@ -286,9 +286,13 @@ def test_damaged_state_file_under_load_crashes_nothing_and_every_guard_converges
     assert sum(ok for ok, _, _ in results[-20:]) == 20, "traffic flows again"
     with open(path, "rb") as f:
         assert _is_valid(f.read()) and os.path.getsize(path) == FILE_SIZE
-    # Logged once (by whichever guard found it first) and counted.
-    assert len(log_lines(calm, f"was {kind.split('-')[0]};")) == logged_before + 1
-    wait_until(lambda: damage_metric(calm, kind.split("-")[0]) >= before_metric + 1, 5, "the damage metric counts it")
+    # Logged once (by whichever guard found it first) and counted. A truncation or corruption
+    # done in place can be overwritten by a write already in flight before any guard reads it
+    # (the lock is advisory): then nothing was lost and nothing is reported.
+    logged = len(log_lines(calm, f"was {kind.split('-')[0]};")) - logged_before
+    assert logged == 1 if kind in ("missing", "missing-dir", "replaced") else logged <= 1, logged
+    if logged:
+        wait_until(lambda: damage_metric(calm, kind.split("-")[0]) >= before_metric + 1, 5, "the damage metric counts it")
 
 
 def test_corrupting_an_open_breaker_never_closes_it(calm, images):
