@@ -1,6 +1,7 @@
 """Preprocess, then call the classifier behind the guard, in one step."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -14,13 +15,15 @@ class TritonPythonModel:
     def initialize(self, args):
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         upstream = params.pop("upstream_model")
-        self.classifier = GuardedUpstream(upstream, instance_name=args["model_instance_name"], **params)
+        self.classifier = GuardedUpstream(
+            upstream, instance_name=args["model_instance_name"], repository=Path(args["model_repository"]).parent, **params)
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy() for r in requests]
         result = self.classifier.infer({"PIXELS": normalize(np.concatenate(images))}, ["PROBS"])
         if not result.ok:
             return [self.classifier.error_response(result) for _ in requests]
+        self.classifier.observe(result.value, requests)  # output drift monitor: a copy into its window
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor("PROBS", rows)])
             for rows in split_like(result.value["PROBS"], images)

@@ -35,11 +35,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
+from triton_guard.backends.drift_tap import DriftTap
 from triton_guard.guard import metrics as gm
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard.core import Code, Guard, GuardResult
-from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.guard.config import DRIFT_PARAMETERS, ConfigError, GuardConfig
 from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
@@ -55,8 +56,8 @@ class GuardedUpstream:
     value raises ConfigError naming the parameter.
     """
 
-    def __init__(self, upstream: str, *, instance_name: str = "", **parameters: str) -> None:
-        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
+    def __init__(self, upstream: str, *, instance_name: str = "", repository=None, **parameters: str) -> None:
+        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS - DRIFT_PARAMETERS)
         if unknown:
             raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
         self.upstream = upstream
@@ -81,6 +82,8 @@ class GuardedUpstream:
         if heal not in ("true", "false"):
             raise ConfigError(f"heal_dead_upstream={heal!r} is invalid: expected true or false")
         self._healer = _Healer(upstream, self.config.recovery_ms / 1000) if heal == "true" else None
+        # Output drift monitoring (drift_* parameters; `repository` resolves a relative drift_reference).
+        self.drift = DriftTap.from_parameters(upstream, parameters, repository)
         self._publisher = _MetricsPublisher(self, instance_name or upstream)
         self._publisher.start()
 
@@ -115,11 +118,21 @@ class GuardedUpstream:
             upstream_call, error_of=lambda answer: answer if isinstance(answer, str) else None, budget_s=budget_s
         )
 
+    def observe(self, outputs: Mapping[str, np.ndarray], requests: Sequence) -> None:
+        """After a successful call: the drift monitor's copy of the answers (no-op when not configured).
+
+        `requests`: the Triton requests the outputs answer, in row order (probe requests are left out).
+        """
+        if self.drift is not None:
+            self.drift.observe(outputs, requests)
+
     def error_response(self, result: GuardResult):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(result.message, self._error_codes[result.code]))
 
     def close(self) -> None:
         self._publisher.stop()
+        if self.drift is not None:
+            self.drift.close()
         self.guard.close()
 
 

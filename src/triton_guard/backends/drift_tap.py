@@ -1,74 +1,153 @@
-"""The drift monitor inside Triton: fed by a pipeline step, scored beside it.
+"""The drift monitor inside Triton: fed where a guard sees its upstream's answers.
 
-Import only inside a Triton Python model. The step that sees the pipeline's
-PROBS (postprocess) calls `observe` per batch (ring-buffer copies, no
-statistics); a thread scores the window every DRIFT_EVALUATE_S, publishes
-gauges on Triton's /metrics and writes the scores to the server's state
-directory, where the canary reads them.
+Import only inside a Triton Python model. A guard whose parameters name a
+`drift_output` builds one `DriftTap` (triton_guard.backends.bls does, for
+both placements); after each successful upstream call it hands the tap the
+outputs and the requests they answer: ONE call per batch, which copies the
+monitored output's rows into the model's shared window (rows of requests
+that carry the probe parameter, as the canary's golden requests do, are
+left out). A thread scores the window every DRIFT_EVALUATE_S, writes the
+model's state (triton_guard.drift.state) and publishes the gauges with a
+`model` label.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
+from typing import Mapping, Sequence
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.drift.monitor import DriftMonitor, DriftScores, Reference
-from triton_guard.guard.shared_state import default_state_dir, write_json_state
+from triton_guard.drift import state as drift_state
+from triton_guard.drift.monitor import DriftMonitor, ReferenceError, is_probe_parameters, load_reference
+from triton_guard.drift.ring import RowRing
+from triton_guard.drift.scorer import Scorer, write_off_state
+from triton_guard.guard.config import ConfigError, DriftConfig
+from triton_guard.guard.shared_state import default_state_dir
 
 SCORE_GAUGE = "triton_guard_drift_score"
 FILL_GAUGE = "triton_guard_drift_window_fill"
 ALARM_GAUGE = "triton_guard_drift_alarm"
 
 
-class TritonDriftMonitor:
-    def __init__(self, reference_path: Path, window_size: int = defaults.DRIFT_WINDOW) -> None:
-        self.monitor = DriftMonitor(Reference.load(reference_path), window_size)
+def is_probe(request) -> bool:
+    """True for a request that carries the probe parameter (the canary's golden requests)."""
+    return is_probe_parameters(request.parameters())  # JSON text; "{}" for almost every request
+
+
+class DriftTap:
+    @classmethod
+    def from_parameters(cls, upstream: str, params: Mapping[str, str], repository: Path | None) -> "DriftTap | None":
+        """The tap the guard parameters ask for; None when they name no drift_output.
+
+        A bad parameter raises ConfigError (the guard's load fails naming it). A
+        reference that is missing or does not fit leaves the monitor off, says
+        so in the model's drift state (the canary reports it) and lets answers flow.
+        """
+        config = DriftConfig.from_parameters(upstream, params)
+        if config is None:
+            return None
+        path = Path(config.reference)
+        if not path.is_absolute():
+            if repository is None:
+                raise ConfigError(f"drift_reference={config.reference!r} is relative: give an absolute path "
+                                  "(a library placement has no repository root to resolve it against)")
+            path = Path(repository) / path
+        return cls(upstream, config, path)
+
+    def __init__(self, model: str, config: DriftConfig, reference_path: Path) -> None:
+        self.model = model
+        self.config = config
+        self.error: str | None = None
         self._state_dir = default_state_dir()
-        gauge = pb_utils.MetricFamily.GAUGE
-        # Families must outlive their metrics: keep them on self.
-        self._families = {
-            "score": pb_utils.MetricFamily(SCORE_GAUGE, "Drift statistic of the output window, by statistic", gauge),
-            "fill": pb_utils.MetricFamily(FILL_GAUGE, "Fraction of the drift window filled", gauge),
-            "alarm": pb_utils.MetricFamily(ALARM_GAUGE, "1 while the output distribution has drifted", gauge),
-        }
-        self._scores = {
-            name: self._families["score"].Metric(labels={"statistic": name})
-            for name in ("chi2_p", "ks_p", "psi_entropy")
-        }
-        self._fill = self._families["fill"].Metric(labels={})
-        self._alarm = self._families["alarm"].Metric(labels={})
-        # Nothing is published before the first answer: no stub-to-server call
-        # from this thread while the model may still be starting up.
-        self._last_total = 0
+        self._served = False  # no stub-to-server call from the thread before a request was served
+        try:
+            reference = load_reference(reference_path)
+            if config.kind is not None and reference.kind != config.kind:
+                raise ReferenceError(f"drift_kind={config.kind!r} but {reference_path} is a '{reference.kind}' reference")
+            document = json.loads(reference_path.read_text())
+        except ReferenceError as exc:
+            self.error = f"{exc} (record one: triton-guard drift record --model {model} --output {config.output} ...)"
+            pb_utils.Logger.log_warn(f"drift monitor of '{model}' off: {self.error}")
+            write_off_state(self._state_dir, model, config.output, self.error)
+            return
+        self.batched = bool(document.get("batched", True))
+        self.width = reference.row_width
+        ring_name = f"{drift_state.file_stem(model)}-{config.output}-{self.width}x{config.window}{drift_state.RING_SUFFIX}"
+        ring = RowRing.shared(os.path.join(self._state_dir, ring_name), self.width, config.window)
+        self.monitor = DriftMonitor(reference, config.window, ring)
+        self.scorer = Scorer(model, config.output, self.monitor, self._state_dir, config.thresholds())
+        self._warned_shape = False
+        self._gauges = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"drift-{model}", daemon=True)
         self._thread.start()
 
-    def observe(self, probs) -> None:
-        self.monitor.observe(probs)
+    # --- the request path: one call per successful batch ------------------------
+
+    def observe(self, outputs: Mapping[str, np.ndarray], requests: Sequence) -> None:
+        """Copy the monitored output's rows of non-probe requests into the window."""
+        if self.error is not None:
+            return
+        self._served = True
+        output = outputs.get(self.config.output)
+        if output is None or output.size % self.width:
+            self._warn_shape(output)
+            return
+        probes = [is_probe(r) for r in requests]
+        # Rows follow the requests' batch dimensions, in order (asked only for a mixed batch).
+        batch_sizes = (lambda: [r.inputs()[0].shape()[0] for r in requests]) if self.batched else None
+        if not self.monitor.observe_answers(output, probes, batch_sizes):
+            self._warn_shape(output)
+
+    def _warn_shape(self, output) -> None:
+        if not self._warned_shape:
+            self._warned_shape = True
+            shape = None if output is None else list(output.shape)
+            pb_utils.Logger.log_warn(
+                f"drift monitor of '{self.model}': output '{self.config.output}' {shape} does not fit the "
+                f"reference's rows of {self.width}: not observed")
+
+    # --- beside it -----------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.wait(defaults.DRIFT_EVALUATE_S):
-            if self.monitor.observed_total == self._last_total:
-                continue  # nothing new: the scores stand
-            self._last_total = self.monitor.observed_total
             try:
-                self.publish(self.monitor.evaluate())
+                scores = self.scorer.step()
+                if scores is not None and self._served:
+                    self._publish(scores)
             except Exception as exc:  # a bad window must not stop the monitor
-                pb_utils.Logger.log_warn(f"drift monitor: {exc}")
+                pb_utils.Logger.log_warn(f"drift monitor of '{self.model}': {exc}")
 
-    def publish(self, scores: DriftScores) -> None:
-        self._scores["chi2_p"].set(scores.chi2_p)
-        self._scores["ks_p"].set(scores.ks_p)
-        self._scores["psi_entropy"].set(scores.psi_entropy)
-        self._fill.set(scores.fill)
-        self._alarm.set(1.0 if scores.alarm else 0.0)
-        write_json_state(
-            self._state_dir, defaults.DRIFT_STATE_FILE, {**scores.to_dict(), "observed_total": self.monitor.observed_total}
-        )
+    def _publish(self, scores) -> None:
+        if self._gauges is None:
+            gauge = pb_utils.MetricFamily.GAUGE
+            labels = {"model": self.model}
+            # Families must outlive their metrics: keep them on self.
+            families = {
+                "score": pb_utils.MetricFamily(SCORE_GAUGE, "Drift statistic of the output window, by model and statistic", gauge),
+                "fill": pb_utils.MetricFamily(FILL_GAUGE, "Fraction of the model's drift window filled", gauge),
+                "alarm": pb_utils.MetricFamily(ALARM_GAUGE, "1 while the model's output distribution has drifted", gauge),
+            }
+            self._gauges = {
+                "families": families,
+                "scores": {name: families["score"].Metric(labels={**labels, "statistic": name}) for name in scores.statistics},
+                "fill": families["fill"].Metric(labels=labels),
+                "alarm": families["alarm"].Metric(labels=labels),
+            }
+        for name, value in scores.statistics.items():
+            self._gauges["scores"][name].set(float(value))
+        self._gauges["fill"].set(scores.fill)
+        self._gauges["alarm"].set(1.0 if scores.alarm else 0.0)
 
     def close(self) -> None:
+        if self.error is not None:
+            return
         self._stop.set()
+        self._thread.join(timeout=2 * defaults.DRIFT_EVALUATE_S)
+        self.scorer.close()

@@ -26,7 +26,8 @@ from triton_guard.canary import memory
 from triton_guard.guard.breaker import BreakerSnapshot
 from triton_guard.canary.goldens import GOLDENS_DIR, Golden, compare
 from triton_guard.pins import load_pins, observe_runtime
-from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state
+from triton_guard.guard.shared_state import SharedFileStore, default_state_dir
+from triton_guard.drift.state import read_states
 
 
 class TritonPythonModel:
@@ -122,7 +123,7 @@ class TritonPythonModel:
         checks.append(self._stall_check(config, samples, metrics_error))
         checks.append(canary.check_breakers(self._breakers(), config.half_open_not_ready, time.monotonic()))
         checks.append(self._pins_check(config, device_class))
-        checks.append(canary.check_drift(read_json_state(self.store.directory, defaults.DRIFT_STATE_FILE),
+        checks.append(canary.check_drift(read_states(self.store.directory), time.monotonic(),
                                          config.drift_fails_readiness))
         report = canary.CanaryReport(checks, time.monotonic() - started, device_class)
         if config == self.config:  # a probe's one-off thresholds are not the server's state
@@ -183,6 +184,7 @@ class TritonPythonModel:
             model_name=self.config.pipeline_model,
             inputs=[pb_utils.Tensor("IMAGE", golden.images)],
             requested_output_names=["LABEL", "PROBS"],
+            parameters={defaults.PROBE_PARAMETER: True},  # golden answers stay out of every drift window
         )
         response = request.exec()
         if response.has_error():

@@ -11,6 +11,7 @@ between Triton and that logic.
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -33,12 +34,19 @@ class TritonPythonModel:
                 f"guard model '{name}': parameter 'upstream_model' is required (the name of the model to guard)"
             )
         try:
-            self.upstream = GuardedUpstream(upstream, instance_name=args["model_instance_name"], **params)
+            self.upstream = GuardedUpstream(
+                upstream, instance_name=args["model_instance_name"],
+                repository=Path(args["model_repository"]).parent, **params)
         except (ConfigError, ValueError) as exc:  # a bad client_error_pattern is a re.error (ValueError)
             raise pb_utils.TritonModelException(f"guard model '{name}': {exc}") from None
         # The arrival stamp is the guard's own input; everything else goes upstream.
         self.input_names = [i["name"] for i in model_config["input"] if i["name"] != defaults.ARRIVAL_INPUT]
         self.output_names = [o["name"] for o in model_config["output"]]
+        drift = self.upstream.drift
+        if drift is not None and drift.config.output not in self.output_names:
+            self.upstream.close()
+            raise pb_utils.TritonModelException(
+                f"guard model '{name}': drift_output={drift.config.output!r} is not one of its outputs {self.output_names}")
         self.timeout_ns = self.upstream.config.timeout_ms * 1_000_000
 
     def execute(self, requests):
@@ -76,6 +84,7 @@ class TritonPythonModel:
             return [self._respond_one({n: a[i] for n, a in inputs.items()}, budget_s) for i in range(len(requests))]
         if not result.ok:
             return [self.upstream.error_response(result) for _ in requests]
+        self.upstream.observe(result.value, requests)  # output drift monitor: a copy into its window
         rows = inputs[self.input_names[0]]
         per_output = [split_like(result.value[name], rows) for name in self.output_names]
         return [
