@@ -47,7 +47,9 @@ class DriftTap:
 
         A bad parameter raises ConfigError (the guard's load fails naming it). A
         reference that is missing or does not fit leaves the monitor off, says
-        so in the model's drift state (the canary reports it) and lets answers flow.
+        so in the model's drift state (the canary reports it) and lets answers
+        flow; the tap looks for it again every DRIFT_EVALUATE_S, so a reference
+        recorded later takes effect without reloading the guard.
         """
         config = DriftConfig.from_parameters(upstream, params)
         if config is None:
@@ -63,38 +65,51 @@ class DriftTap:
     def __init__(self, model: str, config: DriftConfig, reference_path: Path) -> None:
         self.model = model
         self.config = config
+        self.reference_path = reference_path
         self.error: str | None = None
+        self.monitor: DriftMonitor | None = None  # set once the reference is loaded
+        self.scorer: Scorer | None = None
         self._state_dir = default_state_dir()
         self._served = False  # no stub-to-server call from the thread before a request was served
-        try:
-            reference = load_reference(reference_path)
-            if config.kind is not None and reference.kind != config.kind:
-                raise ReferenceError(f"drift_kind={config.kind!r} but {reference_path} is a '{reference.kind}' reference")
-            document = json.loads(reference_path.read_text())
-        except ReferenceError as exc:
-            self.error = f"{exc} (record one: triton-guard drift record --model {model} --output {config.output} ...)"
-            pb_utils.Logger.log_warn(f"drift monitor of '{model}' off: {self.error}")
-            write_off_state(self._state_dir, model, config.output, self.error)
-            return
-        self.batched = bool(document.get("batched", True))
-        self.width = reference.row_width
-        ring_name = f"{drift_state.file_stem(model)}-{config.output}-{self.width}x{config.window}{drift_state.RING_SUFFIX}"
-        ring = RowRing.shared(os.path.join(self._state_dir, ring_name), self.width, config.window)
-        self.monitor = DriftMonitor(reference, config.window, ring)
-        self.scorer = Scorer(model, config.output, self.monitor, self._state_dir, config.thresholds())
         self._warned_shape = False
         self._gauges = None
         self._stop = threading.Event()
+        self._load_reference()
         self._thread = threading.Thread(target=self._loop, name=f"drift-{model}", daemon=True)
         self._thread.start()
+
+    def _load_reference(self) -> None:
+        """Start monitoring once a usable reference exists (a new one is picked up without a reload)."""
+        try:
+            reference = load_reference(self.reference_path)
+            if self.config.kind is not None and reference.kind != self.config.kind:
+                raise ReferenceError(
+                    f"drift_kind={self.config.kind!r} but {self.reference_path} is a '{reference.kind}' reference")
+            batched = bool(json.loads(self.reference_path.read_text()).get("batched", True))
+        except ReferenceError as exc:
+            error = (f"{exc} (record one: triton-guard drift record --model {self.model} "
+                     f"--output {self.config.output} ...)")
+            if error != self.error:
+                pb_utils.Logger.log_warn(f"drift monitor of '{self.model}' off: {error}")
+            self.error = error
+            write_off_state(self._state_dir, self.model, self.config.output, error)
+            return
+        width, window = reference.row_width, self.config.window
+        ring_name = f"{drift_state.file_stem(self.model)}-{self.config.output}-{width}x{window}{drift_state.RING_SUFFIX}"
+        monitor = DriftMonitor(reference, window, RowRing.shared(os.path.join(self._state_dir, ring_name), width, window))
+        self.batched, self.width = batched, width
+        self.scorer = Scorer(self.model, self.config.output, monitor, self._state_dir, self.config.thresholds())
+        self.error = None
+        self.monitor = monitor  # last: observe() starts copying from here on
 
     # --- the request path: one call per successful batch ------------------------
 
     def observe(self, outputs: Mapping[str, np.ndarray], requests: Sequence) -> None:
         """Copy the monitored output's rows of non-probe requests into the window."""
-        if self.error is not None:
-            return
         self._served = True
+        monitor = self.monitor
+        if monitor is None:
+            return
         output = outputs.get(self.config.output)
         if output is None or output.size % self.width:
             self._warn_shape(output)
@@ -102,7 +117,7 @@ class DriftTap:
         probes = [is_probe(r) for r in requests]
         # Rows follow the requests' batch dimensions, in order (asked only for a mixed batch).
         batch_sizes = (lambda: [r.inputs()[0].shape()[0] for r in requests]) if self.batched else None
-        if not self.monitor.observe_answers(output, probes, batch_sizes):
+        if not monitor.observe_answers(output, probes, batch_sizes):
             self._warn_shape(output)
 
     def _warn_shape(self, output) -> None:
@@ -118,6 +133,9 @@ class DriftTap:
     def _loop(self) -> None:
         while not self._stop.wait(defaults.DRIFT_EVALUATE_S):
             try:
+                if self.monitor is None:
+                    self._load_reference()
+                    continue
                 scores = self.scorer.step()
                 if scores is not None and self._served:
                     self._publish(scores)
@@ -146,8 +164,7 @@ class DriftTap:
         self._gauges["alarm"].set(1.0 if scores.alarm else 0.0)
 
     def close(self) -> None:
-        if self.error is not None:
-            return
         self._stop.set()
         self._thread.join(timeout=2 * defaults.DRIFT_EVALUATE_S)
-        self.scorer.close()
+        if self.scorer is not None:
+            self.scorer.close()

@@ -3,7 +3,7 @@
 Every monitored model has one small JSON document in the server's state
 directory, `drift-<model>.json`, rewritten by its scorer every
 DRIFT_EVALUATE_S (even when nothing new arrived: the time stamp is the
-monitor's heartbeat). Readers (the canary, `triton-guard status`) judge each
+monitor's heartbeat; a monitor that is off rewrites its reason as often). Readers (the canary, `triton-guard status`) judge each
 one with `judge`: a document older than `stale_s` is a dead monitor (its
 model unloaded, its stub gone) and its last verdict no longer counts.
 
@@ -90,12 +90,12 @@ def judge(model: str, document: Mapping[str, Any], now: float,
     updated = document.get("updated_at")
     if isinstance(updated, (int, float)):
         value["age_s"] = round(max(now - updated, 0.0), 1)
-    if document.get("error"):
-        return ModelVerdict(model, "off", f"monitor off: {document['error']}", {**value, "alarm": False})
     if value["age_s"] is None or value["age_s"] > stale_s:
         age = "never updated" if value["age_s"] is None else f"silent for {value['age_s']:.0f} s"
         return ModelVerdict(model, "stale", f"monitor {age} (limit {stale_s:g} s): its last verdict is not counted",
                             {**value, "alarm": False})
+    if document.get("error"):
+        return ModelVerdict(model, "off", f"monitor off: {document['error']}", {**value, "alarm": False})
     if value["alarm"]:
         return ModelVerdict(model, "alarm", "; ".join(scores.get("reasons", [])) or "drift alarm", value)
     window = f"{value['n']}/{value['window_size']} answers"
