@@ -66,7 +66,7 @@ KNOWN_LABEL_VALUES = {
     (gm.TRANSITIONS, "to"): {s.name for s in State},
     (gm.FAILURES, "reason"): {f.value for f in Failure},
     (gm.REJECTIONS, "reason"): {"open", "half_open_full", "overloaded"},
-    ("triton_guard_drift_score", "statistic"): {"chi2_p", "ks_p", "psi_entropy"},
+    ("triton_guard_drift_score", "statistic"): {"chi2_p", "ks_p", "psi_entropy", "ks_mean_p", "ks_spread_p", "psi_mean"},
 }
 
 EXPECTED_ALERTS = {
