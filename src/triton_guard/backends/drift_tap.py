@@ -23,16 +23,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
+from triton_guard import metrics as catalogue
+from triton_guard.backends import metric_families
 from triton_guard.drift import state as drift_state
 from triton_guard.drift.monitor import DriftMonitor, ReferenceError, is_probe_parameters, load_reference
 from triton_guard.drift.ring import RowRing
 from triton_guard.drift.scorer import Scorer, write_off_state
 from triton_guard.guard.config import ConfigError, DriftConfig
 from triton_guard.guard.shared_state import default_state_dir
-
-SCORE_GAUGE = "triton_guard_drift_score"
-FILL_GAUGE = "triton_guard_drift_window_fill"
-ALARM_GAUGE = "triton_guard_drift_alarm"
 
 
 def is_probe(request) -> bool:
@@ -144,13 +142,12 @@ class DriftTap:
 
     def _publish(self, scores) -> None:
         if self._gauges is None:
-            gauge = pb_utils.MetricFamily.GAUGE
             labels = {"model": self.model}
             # Families must outlive their metrics: keep them on self.
             families = {
-                "score": pb_utils.MetricFamily(SCORE_GAUGE, "Drift statistic of the output window, by model and statistic", gauge),
-                "fill": pb_utils.MetricFamily(FILL_GAUGE, "Fraction of the model's drift window filled", gauge),
-                "alarm": pb_utils.MetricFamily(ALARM_GAUGE, "1 while the model's output distribution has drifted", gauge),
+                "score": metric_families.family(catalogue.DRIFT_SCORE),
+                "fill": metric_families.family(catalogue.DRIFT_WINDOW_FILL),
+                "alarm": metric_families.family(catalogue.DRIFT_ALARM),
             }
             self._gauges = {
                 "families": families,
