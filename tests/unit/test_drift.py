@@ -692,3 +692,78 @@ def test_cli_refuses_a_model_not_in_the_repository(tmp_path, capsys):
     assert code == 1
     assert f"refused: model 'nope' is not in {tmp_path}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# --- the Triton adapter, on a fake pb_utils ----------------------------------------------
+
+
+class _Request:
+    def __init__(self, rows: int, probe: bool = False) -> None:
+        self._params = '{"guard_probe":true}' if probe else "{}"
+        self._rows = rows
+
+    def parameters(self) -> str:
+        return self._params
+
+    def inputs(self):
+        import types
+
+        return [types.SimpleNamespace(shape=lambda: [self._rows, 64])]
+
+
+@pytest.fixture
+def tap_module(monkeypatch, tmp_path):
+    import types
+
+    fake = types.ModuleType("triton_python_backend_utils")
+    warnings = []
+    fake.Logger = types.SimpleNamespace(log_warn=warnings.append, log_info=lambda *_: None)
+    fake.MetricFamily = None  # nothing is published in these tests (no request "served" a scorer pass)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "triton_guard.backends.drift_tap", raising=False)
+    from triton_guard.backends import drift_tap
+
+    monkeypatch.setattr(drift_tap, "default_state_dir", lambda: str(tmp_path / "state"))
+    drift_tap.warnings = warnings
+    return drift_tap
+
+
+def test_tap_copies_client_rows_and_leaves_probe_rows_out(tap_module, tmp_path):
+    path = tmp_path / "PROBS.json"
+    path.write_text(json.dumps(reference_document(TWO_CLASS_REFERENCE, "clf", "PROBS", True)))
+    tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)
+    try:
+        tap.observe({"PROBS": STEADY[:3]}, [_Request(2), _Request(1, probe=True)])
+        tap.observe({"PROBS": STEADY[:4]}, [_Request(4, probe=True)])  # a golden batch alone
+        tap.observe({"PROBS": STEADY[:5]}, [_Request(5)])
+        held, total = tap.monitor.ring.snapshot()
+        assert total == 7 and tap.monitor.ring.skipped() == 5
+        np.testing.assert_allclose(held, np.concatenate([STEADY[:2], STEADY[:5]]))
+        tap.observe({"PROBS": np.zeros((2, 3))}, [_Request(2)])  # not the reference's rows of 2: refused, said once
+        tap.observe({"PROBS": np.zeros((2, 3))}, [_Request(2)])
+        assert tap.monitor.observed_total == 7
+        assert len([w for w in tap_module.warnings if "does not fit" in w]) == 1
+    finally:
+        tap.close()
+    assert not tap._thread.is_alive()  # joined at close
+
+
+def test_tap_without_reference_is_off_then_takes_one_up(tap_module, tmp_path):
+    path = tmp_path / "PROBS.json"
+    tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)
+    try:
+        tap.observe({"PROBS": STEADY[:3]}, [_Request(3)])  # answers flow, nothing observed
+        state = read_states(str(tmp_path / "state"))["clf"]
+        assert "cannot read drift reference" in state["error"] and "triton-guard drift record" in state["error"]
+        path.write_text(json.dumps(reference_document(TWO_CLASS_REFERENCE, "clf", "PROBS", True)))
+        tap._load_reference()  # what the tap's thread does every DRIFT_EVALUATE_S while off
+        tap.observe({"PROBS": STEADY[:3]}, [_Request(3)])
+        assert tap.monitor.observed_total == 3 and tap.error is None
+    finally:
+        tap.close()
+
+
+def test_tap_refuses_a_relative_reference_without_a_repository(tap_module):
+    with pytest.raises(ConfigError, match="drift_reference='clf/drift/PROBS.json' is relative"):
+        tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS"}, None)
+    assert tap_module.DriftTap.from_parameters("clf", {}, None) is None

@@ -109,7 +109,7 @@ class DriftTap:
         if monitor is None:
             return
         output = outputs.get(self.config.output)
-        if output is None or output.size % self.width:
+        if output is None or not self._fits(output):
             self._warn_shape(output)
             return
         probes = [is_probe(r) for r in requests]
@@ -117,6 +117,12 @@ class DriftTap:
         batch_sizes = (lambda: [r.inputs()[0].shape()[0] for r in requests]) if self.batched else None
         if not monitor.observe_answers(output, probes, batch_sizes):
             self._warn_shape(output)
+
+    def _fits(self, output: np.ndarray) -> bool:
+        """A batched output's rows (all but the batch dimension), or a whole unbatched answer, are the reference's size."""
+        if self.batched:
+            return output.ndim >= 1 and int(np.prod(output.shape[1:])) == self.width
+        return output.size % self.width == 0
 
     def _warn_shape(self, output) -> None:
         if not self._warned_shape:
