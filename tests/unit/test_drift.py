@@ -767,3 +767,20 @@ def test_tap_refuses_a_relative_reference_without_a_repository(tap_module):
     with pytest.raises(ConfigError, match="drift_reference='clf/drift/PROBS.json' is relative"):
         tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS"}, None)
     assert tap_module.DriftTap.from_parameters("clf", {}, None) is None
+
+
+def test_status_shows_one_drift_line_per_monitored_model(tmp_path):
+    from triton_guard.canary.checks import CanaryReport
+    from triton_guard.status import render
+
+    clock = FakeClock(10.0)
+    scored(tmp_path, "drifting", DRIFTING, clock).step()
+    scored(tmp_path, "steady", STEADY[:50], clock).step()
+    check = check_drift(read_states(str(tmp_path)), now=11.0, fails_readiness=False)
+    report = CanaryReport([check], 0.01, "cpu").to_dict()
+    text = render({"url": "localhost:8001", "at": 0.0, "health": "ready", "reasons": [], "report": report,
+                   "guards": {}, "metrics_error": None})
+    lines = [line for line in text.splitlines() if line.startswith("Drift")]
+    assert len(lines) == 2
+    assert "drifting" in lines[0] and "PROBS (probs)" in lines[0] and "window 200/200" in lines[0] and "ALARM" in lines[0]
+    assert "steady" in lines[1] and "window 50/200" in lines[1] and "FILLING" in lines[1]
