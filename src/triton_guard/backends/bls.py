@@ -61,7 +61,8 @@ class GuardedUpstream:
     def __init__(self, upstream: str, *, instance_name: str = "", repository=None, **parameters: str) -> None:
         unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS - DRIFT_PARAMETERS)
         if unknown:
-            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
+            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: "
+                              f"{sorted(GuardConfig.parameter_names() | EXTRA_PARAMETERS | DRIFT_PARAMETERS)}")
         self.upstream = upstream
         self.called = False  # set by the first infer: metrics publish from then on
         self.config = GuardConfig.from_parameters(parameters)
