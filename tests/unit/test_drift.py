@@ -718,14 +718,23 @@ def tap_module(monkeypatch, tmp_path):
     fake = types.ModuleType("triton_python_backend_utils")
     warnings = []
     fake.Logger = types.SimpleNamespace(log_warn=warnings.append, log_info=lambda *_: None)
-    fake.MetricFamily = None  # nothing is published in these tests (no request "served" a scorer pass)
+    fake.MetricFamily = types.SimpleNamespace(GAUGE="GAUGE", COUNTER="COUNTER")  # nothing is published here
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    monkeypatch.delitem(sys.modules, "triton_guard.backends.drift_tap", raising=False)
+    import triton_guard.backends as backends
+
+    # Fresh imports bound to the fake, and the real ones back afterwards (sys.modules and the package's attributes).
+    for name in ("drift_tap", "metric_families"):
+        monkeypatch.delitem(sys.modules, f"triton_guard.backends.{name}", raising=False)
+        monkeypatch.delattr(backends, name, raising=False)
     from triton_guard.backends import drift_tap
 
     monkeypatch.setattr(drift_tap, "default_state_dir", lambda: str(tmp_path / "state"))
     drift_tap.warnings = warnings
-    return drift_tap
+    yield drift_tap
+    for name in ("drift_tap", "metric_families"):  # imported under the fake: not for later tests
+        sys.modules.pop(f"triton_guard.backends.{name}", None)
+        if getattr(backends, name, None) is not None and getattr(backends, name).pb_utils is fake:
+            delattr(backends, name)
 
 
 def test_tap_copies_client_rows_and_leaves_probe_rows_out(tap_module, tmp_path):
