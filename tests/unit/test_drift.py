@@ -757,6 +757,20 @@ def test_tap_copies_client_rows_and_leaves_probe_rows_out(tap_module, tmp_path):
     assert not tap._thread.is_alive()  # joined at close
 
 
+def test_tap_per_request_answers_of_the_guard_backend(tap_module, tmp_path):
+    path = tmp_path / "PROBS.json"
+    path.write_text(json.dumps(reference_document(TWO_CLASS_REFERENCE, "clf", "PROBS", True)))
+    tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)
+    try:
+        values = [{"PROBS": STEADY[:2]}, None, {"PROBS": STEADY[2:3]}, {"PROBS": STEADY[3:7]}]  # request 1 failed
+        tap.observe_per_request(values, [_Request(2), _Request(1), _Request(1, probe=True), _Request(4)])
+        held, total = tap.monitor.ring.snapshot()
+        assert total == 6 and tap.monitor.ring.skipped() == 1
+        np.testing.assert_allclose(held, np.concatenate([STEADY[:2], STEADY[3:7]]))
+    finally:
+        tap.close()
+
+
 def test_tap_without_reference_is_off_then_takes_one_up(tap_module, tmp_path):
     path = tmp_path / "PROBS.json"
     tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)

@@ -2,8 +2,9 @@
 
 Import only inside a Triton Python model. A guard whose parameters name a
 `drift_output` builds one `DriftTap` (triton_guard.backends.bls does, for
-both placements); after each successful upstream call it hands the tap the
-outputs and the requests they answer: ONE call per batch, which copies the
+both placements); after each upstream call it hands the tap the answers and
+the requests they belong to: ONE call per batch (`observe` for one batch's
+outputs, `observe_per_request` for the guard backend's per-request results), which copies the
 monitored output's rows into the model's shared window (rows of requests
 that carry the probe parameter, as the canary's golden requests do, are
 left out). A thread scores the window every DRIFT_EVALUATE_S, writes the
@@ -117,6 +118,28 @@ class DriftTap:
         batch_sizes = (lambda: [r.inputs()[0].shape()[0] for r in requests]) if self.batched else None
         if not monitor.observe_answers(output, probes, batch_sizes):
             self._warn_shape(output)
+
+    def observe_per_request(self, values: Sequence[Mapping[str, np.ndarray] | None], requests: Sequence) -> None:
+        """`observe` for one answer per request (`values[i]`: request i's outputs, None when it failed)."""
+        self._served = True
+        monitor = self.monitor
+        if monitor is None:
+            return
+        kept, skipped = [], 0
+        for value, request in zip(values, requests):
+            array = None if value is None else value.get(self.config.output)
+            if array is None:
+                continue
+            if not self._fits(array):
+                self._warn_shape(array)
+            elif is_probe(request):
+                skipped += array.size // self.width
+            else:
+                kept.append(array.reshape(-1, self.width))
+        if kept:
+            monitor.ring.write(kept[0] if len(kept) == 1 else np.concatenate(kept))
+        if skipped:
+            monitor.ring.skip(skipped)
 
     def _fits(self, output: np.ndarray) -> bool:
         """A batched output's rows (all but the batch dimension), or a whole unbatched answer, are the reference's size."""
