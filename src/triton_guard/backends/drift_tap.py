@@ -125,26 +125,29 @@ class DriftTap:
         monitor = self.monitor
         if monitor is None:
             return
-        kept, skipped = [], 0
+        name = self.config.output
+        kept, probe_values = [], 0
         for value, request in zip(values, requests):
-            array = None if value is None else value.get(self.config.output)
+            array = None if value is None else value.get(name)
             if array is None:
                 continue
-            if not self._fits(array):
-                self._warn_shape(array)
-            elif is_probe(request):
-                skipped += array.size // self.width
+            if is_probe(request):
+                probe_values += array.size
             else:
-                kept.append(array.reshape(-1, self.width))
+                kept.append(array)
         if kept:
-            monitor.ring.write(kept[0] if len(kept) == 1 else np.concatenate(kept))
-        if skipped:
-            monitor.ring.skip(skipped)
+            rows = kept[0] if len(kept) == 1 else np.concatenate(kept)  # one copy, then one into the ring
+            if self._fits(rows):
+                monitor.ring.write(rows.reshape(-1, self.width))
+            else:
+                self._warn_shape(rows)
+        if probe_values:
+            monitor.ring.skip(probe_values // self.width)
 
     def _fits(self, output: np.ndarray) -> bool:
         """A batched output's rows (all but the batch dimension), or a whole unbatched answer, are the reference's size."""
         if self.batched:
-            return output.ndim >= 1 and int(np.prod(output.shape[1:])) == self.width
+            return output.ndim >= 1 and output.size == len(output) * self.width
         return output.size % self.width == 0
 
     def _warn_shape(self, output) -> None:
