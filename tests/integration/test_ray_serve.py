@@ -155,7 +155,7 @@ def app(triton, timings, tmp_path_factory):
         include_dashboard=False,
         object_store_memory=100 * 1024 * 1024,
         _node_ip_address=LOOPBACK,
-        _temp_dir=os.environ.get("I13_RAY_DIR") or str(tmp_path_factory.mktemp("ray")),
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
         log_to_driver=False,
     )
     port = Ports.free().http
