@@ -7,7 +7,8 @@ deploy/prometheus/triton-guard-alerts.yaml through a test overlay that only
 shortens every `for:` to 1 s (expressions, labels and annotations are the
 shipped ones). A hung classifier (`triton-guard chaos hang`) must make
 TritonGuardBreakerOpen and TritonGuardCanaryFailing fire, read through
-Prometheus' HTTP API, and clearing the fault must resolve both. How long each
+Prometheus' HTTP API, and clearing the fault must resolve both; a memory leak
+(`triton-guard chaos leak`) the same for TritonGuardMemoryHeadroomTrend. How long each
 took is printed as one JSON line (`pytest -s`).
 """
 
@@ -48,7 +49,9 @@ FOR = "1s"
 RECOVERY_MS = 8000
 FIRE_WITHIN_S = 30.0
 RESOLVE_WITHIN_S = 40.0
+QUIET_WITHIN_S = 60.0
 WATCHED = ("TritonGuardBreakerOpen", "TritonGuardCanaryFailing")
+LEAK_ALERT = "TritonGuardMemoryHeadroomTrend"
 
 
 def overlay_rules(shipped: dict, for_: str) -> dict:
@@ -75,7 +78,17 @@ def triton(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prometheus-triton")
     repository = fast_model_repository(
         tmp,
-        canary={"deadline_ms": "1500", "interval_ms": "1000"},
+        canary={
+            "deadline_ms": "1500",
+            "interval_ms": "1000",
+            # A leak trend over 10 s of samples; readiness fails only on a fast
+            # fall (floor within 60 s), the alert on the floor within 15 min.
+            "sample_interval_ms": "200",
+            "trend_window_s": "10",
+            "trend_min_samples": "8",
+            "trend_min_span_s": "2",
+            "trend_horizon_s": "60",
+        },
         timeout_ms=500,
         failure_threshold=3,
         recovery_ms=RECOVERY_MS,
@@ -247,4 +260,31 @@ def test_a_hung_model_fires_breaker_open_and_canary_failing_then_both_resolve(pr
 
     wait_until(all_resolved, RESOLVE_WITHIN_S, f"{WATCHED} resolved (so far: {resolved})")
     timings.update({f"{name}_resolved_after_clear_s": t for name, t in resolved.items()})
+    print("\nprometheus-alerts timings " + json.dumps(timings))
+
+
+def test_a_leak_fires_the_headroom_trend_alert_then_it_resolves(prometheus, triton):
+    """100 MB/s against ~20 GB free: the floor projected within minutes, far inside the rule's 900 s."""
+    timings: dict[str, float] = {}
+    # Host memory is what the canary reads on this box: it must be quiet first
+    # (other processes allocating ~25 MB/s would already look like a leak).
+    quiet_from = time.monotonic()
+    wait_until(
+        lambda: LEAK_ALERT not in prometheus.alert_states(),
+        QUIET_WITHIN_S,
+        f"{LEAK_ALERT} inactive before the leak (is something else on the machine eating memory?)",
+    )
+    timings["quiet_before_the_leak_after_s"] = round(time.monotonic() - quiet_from, 2)
+    chaos(triton, "leak", "--leak-mb-per-s", "100", "--leak-cap-mb", "1500")
+    started = time.monotonic()
+    try:
+        wait_until(lambda: prometheus.alert_states().get(LEAK_ALERT) == "firing", FIRE_WITHIN_S, f"{LEAK_ALERT} firing")
+        timings[f"{LEAK_ALERT}_fired_after_s"] = round(time.monotonic() - started, 2)
+        alert = next(a for a in prometheus.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == LEAK_ALERT)
+        assert float(alert["value"]) < 900
+    finally:
+        chaos(triton, "clear")
+    cleared = time.monotonic()
+    wait_until(lambda: LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{LEAK_ALERT} resolved")
+    timings[f"{LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
     print("\nprometheus-alerts timings " + json.dumps(timings))
