@@ -39,10 +39,13 @@ class GuardConfig:
     failure_rate_threshold: float = defaults.FAILURE_RATE_THRESHOLD
     slow_call_ms: int = defaults.SLOW_CALL_MS
     slow_call_rate_threshold: float = defaults.SLOW_CALL_RATE_THRESHOLD
+    probe_interval_ms: int = defaults.PROBE_INTERVAL_MS  # 0: no active recovery
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
             _check_positive_int(name, getattr(self, name))
+        for name in _NON_NEGATIVE_INT_FIELDS:
+            _check_int(name, getattr(self, name), 0)
         for name in _RATE_FIELDS:
             _check_rate(name, getattr(self, name))
         if self.window_size > defaults.WINDOW_SIZE_MAX:
@@ -74,7 +77,7 @@ class GuardConfig:
         owns them.
         """
         values: dict[str, Any] = {}
-        for name in _INT_FIELDS:
+        for name in _INT_FIELDS + _NON_NEGATIVE_INT_FIELDS:
             if name in params:
                 values[name] = _parse(name, params[name], int, "an integer")
         for name in _RATE_FIELDS:
@@ -96,13 +99,18 @@ _INT_FIELDS = (
     "minimum_calls",
     "slow_call_ms",
 )
+_NON_NEGATIVE_INT_FIELDS = ("probe_interval_ms",)  # 0 means "off"
 _RATE_FIELDS = ("failure_rate_threshold", "slow_call_rate_threshold")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
+    _check_int(name, value, 1)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
     # bool is an int subclass; `True` as a call count is a bug upstream.
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
-        raise _reject(name, value, f"an integer between 1 and {_INT_MAX}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _INT_MAX:
+        raise _reject(name, value, f"an integer between {low} and {_INT_MAX}")
 
 
 def _check_rate(name: str, value: Any) -> None:
