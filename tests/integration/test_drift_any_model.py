@@ -177,16 +177,18 @@ def test_foreign_models_each_get_their_own_window_verdict_and_label(server, reco
 
     def window_full():
         last["check"] = _drift_check(server)
-        return last["check"]["value"]["add_sub"]["n"] == WINDOW and last["check"]
+        value = last["check"]["value"]  # each scorer rewrites its state once a second
+        return value["add_sub"]["observed_total"] == WINDOW + 20 and value["tokenize"]["observed_total"] == 100 \
+            and last["check"]
 
     try:
-        steady = wait_until(window_full, 30, "add_sub's window full")
+        steady = wait_until(window_full, 30, "every answer in its model's window")
     except AssertionError:
-        raise AssertionError(f"add_sub's window not full: {last.get('check')}") from None
+        raise AssertionError(f"answers missing from the windows: {last.get('check')}") from None
     add_sub, tokenize = steady["value"]["add_sub"], steady["value"]["tokenize"]
-    # Two guard instances (two stub processes) fed one window: every answer counted once.
-    assert add_sub["observed_total"] == WINDOW + 20 and add_sub["status"] == "ok", add_sub
-    assert tokenize["observed_total"] == 100 and tokenize["status"] == "filling", tokenize
+    # Two guard instances (two stub processes) share one window: every answer counted once.
+    assert add_sub["n"] == WINDOW and add_sub["status"] == "ok", add_sub
+    assert tokenize["n"] == 100 and tokenize["status"] == "filling", tokenize
     assert set(add_sub["statistics"]) == {"ks_mean_p", "ks_spread_p", "psi_mean"}
 
     # Answers marked as probes never enter the window, whoever sends them.
