@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -449,6 +450,10 @@ def test_stale_shm_of_dead_servers_goes_and_a_live_servers_stays(tmp_path):
     # A process whose command line carries the prefix, as tritonserver and its stubs do.
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"shm-region-prefix-name={live_prefix}"])
     try:
+        for _ in range(200):  # until its command line is the one the scan looks for
+            if live_prefix.encode() in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
         removed = remove_stale_shm(tmp_path)
     finally:
         holder.kill()
