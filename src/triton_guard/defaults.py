@@ -45,7 +45,7 @@ WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bou
 # --- Canary (ARCHITECTURE.md section 5) ------------------------------------
 CANARY_MODEL = "canary"
 CANARY_PIPELINE = "pipeline"  # the golden inference goes through what clients call
-CANARY_MODELS = ("pipeline", "preprocess", "classifier_guard", "classifier", "postprocess")
+CANARY_MODELS = ("pipeline", "preprocess", "classifier", "postprocess")
 CANARY_DEADLINE_MS = 2_000  # one canary run, all checks; a stuck check fails, never hangs
 CANARY_INTERVAL_MS = 10_000  # full run on its own, so metrics stay fresh between probes
 CANARY_SAMPLE_INTERVAL_MS = 1_000  # memory and stall sampling for the trend
@@ -68,7 +68,7 @@ METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
 # Set only by `serve --chaos`: without it no model builds a chaos hook.
 CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
 CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode
-CHAOS_TARGET_MODEL = "classifier"  # the torch upstream: the model the incident was about
+CHAOS_TARGET_MODEL = "classifier"  # the torch model `pipeline` runs (guarded in-process): the incident's model
 CHAOS_SLOW_MS = 500  # slow, yet far inside the guard's 10 s timeout
 CHAOS_LEAK_MB_PER_S = 10.0  # a trend a memory check can see, not an instant OOM
 CHAOS_LEAK_CAP_MB = 512.0  # bounded: a forgotten leak cannot take the host down

@@ -24,8 +24,9 @@ def fast_model_repository(tmp_path: Path, canary: dict | None = None, **guard_pa
     """
     copy = tmp_path / "model_repository"
     shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    if guard_params:
-        set_parameters(copy / "classifier_guard" / CONFIG_FILE, guard_params)
+    if guard_params:  # both guards of the classifier: in-process (`pipeline`) and the guard step
+        for guard in ("classifier", "classifier_guard"):
+            set_parameters(copy / guard / CONFIG_FILE, guard_params)
     if canary:
         set_parameters(copy / "canary" / CONFIG_FILE, canary)
     return copy

@@ -21,6 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults, promtext
+from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import checks as canary
 from triton_guard.canary import memory
 from triton_guard.guard.breaker import BreakerSnapshot
@@ -186,7 +187,10 @@ class TritonPythonModel:
         )
         response = request.exec()
         if response.has_error():
-            raise RuntimeError(response.error().message())
+            message = response.error().message()
+            # A model guarded in-process cannot heal its own dead stub: the canary does.
+            heal_dead_stub(message, self.config.models, self.config.interval_ms / 1000)
+            raise RuntimeError(message)
         return (pb_utils.get_output_tensor_by_name(response, "LABEL").as_numpy(),
                 pb_utils.get_output_tensor_by_name(response, "PROBS").as_numpy())
 

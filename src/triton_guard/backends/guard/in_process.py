@@ -1,0 +1,195 @@
+"""The in-process placement: a Python model guarded inside its own stub process.
+
+A model whose config says `backend: "guard"`, has no `upstream_model`
+parameter and keeps its own `model.py` in its version directory (what
+`triton-guard guard MODEL --in-process` makes of a Python model) is served by
+this adapter: it imports that model.py under a unique module name, runs its
+`initialize` and `finalize` as the python backend would, and runs every
+`execute` on a bulkhead worker under the breaker and the hard deadline of
+triton_guard.guard.core.Guard. No BLS call, no extra stub hop.
+
+* A hung execute is abandoned at the deadline: every request of the batch
+  gets UNAVAILABLE, the worker stays counted by the bulkhead until the
+  model's execute returns, and what it returns then is dropped (a
+  non-decoupled model answers only through execute's return value, so an
+  abandoned call can never answer twice or late).
+* An exception raised by execute is a failure carrying the model's message.
+* An answer the model marks INVALID_ARG (the client's mistake) never counts
+  against the model; nor does a message matching `client_error_pattern`.
+* With the breaker OPEN, a batch costs one breaker read and the error
+  responses: the model's code is not entered.
+
+Who heals a dead stub here: the guard lives in that stub, so it cannot. The
+canary's golden inference sees "Stub process '<instance>' is not healthy"
+through the pipeline and reloads the model (heal_dead_stub below, called by
+triton_guard/backends/canary/model.py), at most once per recovery period,
+through the same shared reload stamp as the guard step's healer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+
+import triton_python_backend_utils as pb_utils
+
+from triton_guard import defaults
+from triton_guard.backends.bls import EXTRA_PARAMETERS, GuardedUpstream, _Healer
+from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.guard.failures import Failure
+
+MODEL_FILE = "model.py"
+_STUB_DEAD_INSTANCE = re.compile(r"Stub process '([^']+)' is not healthy")
+_INSTANCE_SUFFIX = re.compile(r"_\d+(?:_\d+)?$")  # <model>_<group>_<index>
+
+
+def own_model_file(args) -> str | None:
+    """The model's own model.py when the config asks for the in-process placement, else None."""
+    config = json.loads(args["model_config"])
+    if "upstream_model" in config.get("parameters", {}):
+        return None
+    path = os.path.join(args["model_repository"], args["model_version"], MODEL_FILE)
+    return path if os.path.isfile(path) else None
+
+
+def _import_model(path: str, model_name: str, version: str):
+    # A unique module name: the guard backend itself is the top-level `model`,
+    # and two guarded models in one process must not share a module.
+    safe = re.sub(r"\W", "_", f"{model_name}_{version}")
+    module_name = f"triton_guard_in_process_{safe}_{os.getpid()}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, "TritonPythonModel"):
+        raise RuntimeError(f"{path} defines no TritonPythonModel")
+    return module
+
+
+class InProcessGuard:
+    """One instance of a guarded Python model: the model's own object behind a Guard."""
+
+    def __init__(self, args, model_file: str) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        guard_params = {k: v for k, v in params.items() if k in _GUARD_PARAMETER_NAMES}
+        try:
+            # GuardedUpstream gives the breaker (shared per server, named after
+            # this model), the Guard, the metrics buffer and its publisher; its
+            # BLS `infer` is not used here.
+            self.guarded = GuardedUpstream(self.name, instance_name=args["model_instance_name"], **guard_params)
+        except (ConfigError, ValueError) as exc:
+            raise pb_utils.TritonModelException(f"guard model '{self.name}': {exc}") from None
+        self.guard = self.guarded.guard
+        self.timeout_ns = self.guarded.config.timeout_ms * 1_000_000
+        self.stamped = any(i["name"] == defaults.ARRIVAL_INPUT for i in config.get("input", []))
+        try:
+            module = _import_model(model_file, self.name, args["model_version"])
+            self.model = module.TritonPythonModel()
+            if hasattr(self.model, "initialize"):
+                self.model.initialize(args)
+        except Exception as exc:
+            self.guarded.close()
+            # The model's own message fails the load, as under the python backend.
+            raise pb_utils.TritonModelException(f"model '{self.name}' failed to initialize: {exc}") from exc
+
+    def execute(self, requests):
+        if self.stamped:
+            return self._execute_stamped(requests)
+        return self._call(requests, None)
+
+    def _execute_stamped(self, requests):
+        """Requests carrying GUARD_ARRIVED_NS: the deadline counts from pipeline arrival."""
+        now = time.monotonic_ns()
+        deadlines = [self._deadline_ns(r, now) for r in requests]
+        live = [i for i, d in enumerate(deadlines) if d > now]
+        if len(live) == len(requests):
+            return self._call(requests, (min(deadlines) - now) / 1e9)
+        responses = [self._expired((now - (d - self.timeout_ns)) / 1e6) for d in deadlines]
+        if live:
+            answers = self._call([requests[i] for i in live], (min(deadlines[i] for i in live) - now) / 1e9)
+            for i, answer in zip(live, answers):
+                responses[i] = answer
+        return responses
+
+    def _deadline_ns(self, request, now):
+        arrived = pb_utils.get_input_tensor_by_name(request, defaults.ARRIVAL_INPUT)
+        return (int(arrived.as_numpy().min()) if arrived is not None else now) + self.timeout_ns
+
+    def _expired(self, waited_ms):
+        # Waiting in Triton's queue is not the model's failure: no breaker record.
+        self.guarded.metrics_buffer.rejected("deadline")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+            f"model '{self.name}': deadline timeout_ms={self.guarded.config.timeout_ms} passed "
+            f"after {waited_ms:.0f} ms of waiting before the guard", pb_utils.TritonError.UNAVAILABLE))
+
+    def _call(self, requests, budget_s):
+        self.guarded.called = True  # the metrics publisher may talk to the server from now on
+        answered = []  # this call's own list: a late worker of an abandoned call never shares it
+
+        def run(_timeout_s):
+            responses = self.model.execute(requests)
+            answered.append(responses)
+            return responses
+
+        result = self.guard.call(run, _error_of, budget_s)
+        if result.ok:
+            return result.value
+        if result.failure is not Failure.TIMEOUT and result.rejected is None and answered:
+            # The model answered in time, with errors: its own answers (and codes) go out.
+            return answered[0]
+        return [self.guarded.error_response(result) for _ in requests]
+
+    def finalize(self) -> None:
+        try:
+            if hasattr(self.model, "finalize"):
+                self.model.finalize()
+        finally:
+            self.guarded.close()
+
+
+def _error_of(responses) -> str | None:
+    """The first error in the model's answers that is the model's fault, or None.
+
+    The model's INVALID_ARG answers are its verdict on the client's input: the
+    model worked. Other errors are classified by message (Guard's classifier),
+    so `client_error_pattern` still applies to them. When every error is
+    INVALID_ARG the batch is a success and the model's answers go out as they are.
+    """
+    for response in responses:
+        if response.has_error():
+            error = response.error()
+            if error.code() != pb_utils.TritonError.INVALID_ARG:
+                return error.message()
+    return None
+
+
+def heal_dead_stub(message: str, models, min_interval_s: float) -> str | None:
+    """Reload the model whose stub `message` says is dead, if it is one of `models`.
+
+    Called by whoever sees the message from outside the dead stub (the
+    canary's golden inference). Returns the model being reloaded, or None.
+    The reload runs on a thread, at most once per `min_interval_s` per model
+    for the whole server (the stamp is shared with the guard step's healer).
+    """
+    found = _STUB_DEAD_INSTANCE.search(message)
+    if found is None:
+        return None
+    model = _INSTANCE_SUFFIX.sub("", found.group(1))
+    if model not in models:
+        return None
+    healer = _HEALERS.get(model)
+    if healer is None:
+        healer = _HEALERS[model] = _Healer(model, min_interval_s)
+    healer.request()
+    return model
+
+
+_HEALERS: dict = {}
+# The config's other parameters are the model's own: passed to it untouched.
+_GUARD_PARAMETER_NAMES = GuardConfig.parameter_names() | EXTRA_PARAMETERS
