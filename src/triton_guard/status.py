@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from triton_guard import defaults, promtext
-from triton_guard.guard import metrics as guard_metrics
+from triton_guard import metrics as catalogue
 from triton_guard.canary.probe import Health, ModelHealthValidator
 
 MIB = 1024 * 1024
@@ -36,13 +36,13 @@ def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
         model = s.labels.get("model")
         if model is None:
             continue
-        if s.name == guard_metrics.FAILURES:
+        if s.name == catalogue.UPSTREAM_FAILURES.name:
             entry(model)["failures"][s.labels["reason"]] = s.value
-        elif s.name == guard_metrics.REJECTIONS:
+        elif s.name == catalogue.REJECTIONS.name:
             entry(model)["rejections"][s.labels["reason"]] = s.value
-        elif s.name == guard_metrics.INFLIGHT:
+        elif s.name == catalogue.INFLIGHT_CALLS.name:
             entry(model)["inflight"] += s.value
-        elif s.name == guard_metrics.TRANSITIONS:
+        elif s.name == catalogue.BREAKER_TRANSITIONS.name:
             entry(model)["transitions"][s.labels["to"]] = s.value
     return models
 
@@ -108,8 +108,8 @@ def render(status: dict[str, Any]) -> str:
             f"window: {b.get('failure_rate', 0):.0%} failed, {b.get('slow_call_rate', 0):.0%} slow"
         )
         lines.append(
-            f"  {'':<18} failures: {_counts(g['failures'], ('timeout', 'upstream_error', 'stub_dead', 'overloaded', 'client_error'))}"
-            f"   rejected: {_counts(g['rejections'], ('open', 'half_open_full', 'overloaded', 'deadline'))}"
+            f"  {'':<18} failures: {_counts(g['failures'], catalogue.UPSTREAM_FAILURES.allowed('reason'))}"
+            f"   rejected: {_counts(g['rejections'], catalogue.REJECTIONS.allowed('reason'))}"
         )
     if status.get("metrics_error"):
         lines.append(f"  (guard counters unavailable: {status['metrics_error']})")

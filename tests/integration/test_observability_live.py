@@ -27,7 +27,8 @@ from tests.unit.test_observability import (
     declared_guard_metrics,
     referenced_families,
 )
-from triton_guard.guard import metrics as gm
+from triton_guard import metrics as catalogue
+from triton_guard import promtext
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 from triton_guard.canary.probe import Health, ModelHealthValidator
 
@@ -53,7 +54,7 @@ def _exposed_families(text: str) -> set[str]:
         if names & samples:
             families.add(name)
     # The guard writes its latency histogram as three counter series (see
-    # guard_metrics.CALL_SECONDS): the family is there when all three are.
+    # triton_guard.metrics.UPSTREAM_CALL_SECONDS): the family is there when all three are.
     for histogram in HISTOGRAMS:
         if {histogram + suffix for suffix in HISTOGRAM_SUFFIXES} <= families:
             families.add(histogram)
@@ -111,11 +112,24 @@ def test_gpu_only_metrics_exist_where_triton_sees_a_gpu(live_families):
 
 def test_fault_only_metrics_are_the_guards_own(live_families):
     """Not required on a healthy server; they are the families the guard's publisher creates."""
-    assert set(FAULT_ONLY_GUARD_METRICS) == {gm.TRANSITIONS, gm.REJECTIONS, gm.FAILURES}
+    assert set(FAULT_ONLY_GUARD_METRICS) == {catalogue.BREAKER_TRANSITIONS.name, catalogue.REJECTIONS.name, catalogue.UPSTREAM_FAILURES.name}
     assert set(FAULT_ONLY_GUARD_METRICS) <= declared_guard_metrics()
     exposed, _ = live_families
     # Their siblings from the same publisher are on /metrics, so the publisher ran.
-    assert {gm.BREAKER_STATE, gm.INFLIGHT, gm.CALL_SECONDS} <= exposed
+    assert {catalogue.BREAKER_STATE.name, catalogue.INFLIGHT_CALLS.name, catalogue.UPSTREAM_CALL_SECONDS.name} <= exposed
+
+
+def test_every_triton_guard_series_is_in_the_catalogue_with_allowed_labels(live_families, pipeline_server):
+    """Nothing published outside triton_guard.metrics; no label value it does not list."""
+    samples = [s for s in promtext.parse(_scrape(pipeline_server.metrics_url)) if s.name.startswith("triton_guard_")]
+    assert samples
+    for sample in samples:
+        name = sample.name
+        if catalogue.family_of(name) is None and name.endswith("_total"):
+            name = name[: -len("_total")]  # prometheus_client's parser names every counter sample *_total
+        family = catalogue.family_of(name)
+        assert family is not None, f"{sample.name} is on /metrics but not in the catalogue"
+        family.check_labels(sample.labels, series=name)
 
 
 def test_prometheus_synthesized_series_are_not_exported(live_families):

@@ -2,7 +2,7 @@
 
 The dashboard's structure, the alert rules' structure, the PrometheusRule
 wrapper against the plain rule file, and every metric the PromQL names
-against what triton-guard's code declares. A small PromQL tokenizer finds the
+against the metrics catalogue (triton_guard.metrics), label values included. A small PromQL tokenizer finds the
 metric names; it is tested here too. tests/integration/test_observability_live.py
 checks the same names against a real server's /metrics. Where `promtool`
 (Debian package `prometheus`) is on PATH, the rules also go through
@@ -20,9 +20,7 @@ import pytest
 import yaml
 
 from tests.deploy_helpers import KUBERNETES_DIR, REPO_ROOT, load_one
-from triton_guard.guard import metrics as gm
-from triton_guard.guard.breaker import State
-from triton_guard.guard.failures import Failure
+from triton_guard import metrics as catalogue
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "triton-guard-dashboard.json"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "triton-guard-alerts.yaml"
@@ -30,16 +28,8 @@ PROMETHEUS_RULE = KUBERNETES_DIR / "prometheusrule.yaml"
 DS_VARIABLE = "DS_PROMETHEUS"
 DS_UID = "${DS_PROMETHEUS}"
 
-# Files whose string literals name the triton_guard_* metric families the server
-# publishes (the drift monitor and the canary import pb_utils, so they are read,
-# not imported).
-METRIC_SOURCES = (
-    REPO_ROOT / "src" / "triton_guard" / "guard" / "metrics.py",
-    REPO_ROOT / "src" / "triton_guard" / "backends" / "drift_tap.py",
-    REPO_ROOT / "src" / "triton_guard" / "backends" / "canary" / "model.py",
-)
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-HISTOGRAMS = frozenset({gm.CALL_SECONDS})
+HISTOGRAM_SUFFIXES = catalogue.HISTOGRAM_SUFFIXES
+HISTOGRAMS = frozenset(m.name for m in catalogue.CATALOGUE.values() if m.kind is catalogue.Kind.HISTOGRAM)
 
 # --- allow-lists (shared with the live test) ----------------------------------
 
@@ -52,21 +42,18 @@ GPU_ONLY_TRITON_METRICS = {
 PROMETHEUS_SYNTHESIZED = {
     "up": "1 while Prometheus scrapes the target, 0 when the scrape fails (TritonGuardCanaryStale)",
 }
-# Counters a guard creates on the first event of their kind: a breaker
-# transition, a rejection, a failed upstream call. A healthy server has none.
+# Families whose first series appear on the first event of their kind (a
+# breaker transition, a rejection, a failed upstream call): a healthy server has none.
 FAULT_ONLY_GUARD_METRICS = {
-    gm.TRANSITIONS: "first series at the first breaker transition",
-    gm.REJECTIONS: "first series at the first rejection (breaker open, bulkhead full)",
-    gm.FAILURES: "first series at the first failed upstream call",
+    m.name: f"first series at {m.first_series_on}" for m in catalogue.CATALOGUE.values() if m.first_series_on
 }
 
 # Label values the code can publish, for literal matchers in the PromQL.
-# Rejection reasons: breaker.Rejection ("open", "half_open_full") and the bulkhead in guard.py.
 KNOWN_LABEL_VALUES = {
-    (gm.TRANSITIONS, "to"): {s.name for s in State},
-    (gm.FAILURES, "reason"): {f.value for f in Failure},
-    (gm.REJECTIONS, "reason"): {"open", "half_open_full", "overloaded"},
-    ("triton_guard_drift_score", "statistic"): {"chi2_p", "ks_p", "psi_entropy"},
+    (m.name, label): set(values)
+    for m in catalogue.CATALOGUE.values()
+    for label, values in m.labels.items()
+    if values is not None
 }
 
 EXPECTED_ALERTS = {
@@ -216,11 +203,8 @@ def referenced_families() -> set[str]:
 
 
 def declared_guard_metrics() -> set[str]:
-    """triton_guard_* families named in the code that publishes them."""
-    names = set()
-    for path in METRIC_SOURCES:
-        names |= set(re.findall(r"[\"'](triton_guard_\w+)[\"']", path.read_text(encoding="utf-8")))
-    return names
+    """triton_guard_* families in the catalogue (the only place one is declared)."""
+    return set(catalogue.CATALOGUE)
 
 
 # --- the tokenizer ---------------------------------------------------------------
@@ -260,9 +244,9 @@ def test_promql_metric_names(expr, names):
 
 
 def test_metric_family_strips_histogram_suffixes_only_for_histograms():
-    assert metric_family("triton_guard_upstream_call_seconds_bucket") == gm.CALL_SECONDS
-    assert metric_family("triton_guard_upstream_call_seconds_count") == gm.CALL_SECONDS
-    assert metric_family("triton_guard_upstream_call_seconds_sum") == gm.CALL_SECONDS
+    assert metric_family("triton_guard_upstream_call_seconds_bucket") == catalogue.UPSTREAM_CALL_SECONDS.name
+    assert metric_family("triton_guard_upstream_call_seconds_count") == catalogue.UPSTREAM_CALL_SECONDS.name
+    assert metric_family("triton_guard_upstream_call_seconds_sum") == catalogue.UPSTREAM_CALL_SECONDS.name
     # A counter that merely ends in _count stays itself.
     assert metric_family("nv_inference_count") == "nv_inference_count"
     assert metric_family("nv_inference_exec_count") == "nv_inference_exec_count"
@@ -367,25 +351,8 @@ def test_dashboard_variables_used_are_defined(dashboard):
 @pytest.mark.parametrize(
     "family",
     sorted(
-        {
-            gm.BREAKER_STATE,
-            gm.TRANSITIONS,
-            gm.REJECTIONS,
-            gm.FAILURES,
-            gm.INFLIGHT,
-            gm.CALL_SECONDS,
-            "triton_guard_canary_ready",
-            "triton_guard_canary_check_ok",
-            "triton_guard_memory_free_bytes",
-            "triton_guard_memory_floor_bytes",
-            "triton_guard_memory_seconds_to_floor",
-            "triton_guard_drift_score",
-            "triton_guard_drift_alarm",
-            "triton_guard_drift_window_fill",
-            "nv_inference_request_success",
-            "nv_inference_request_failure",
-            "nv_inference_pending_request_count",
-        }
+        set(catalogue.CATALOGUE)
+        | {"nv_inference_request_success", "nv_inference_request_failure", "nv_inference_pending_request_count"}
     ),
 )
 def test_dashboard_shows(dashboard, family):
@@ -403,7 +370,7 @@ def test_latency_panel_has_p50_and_p99_from_the_histogram(dashboard):
     quantiles = {re.search(r"histogram_quantile\(\s*([\d.]+)", e).group(1) for e in exprs}
     assert {"0.5", "0.99"} <= quantiles
     for expr in exprs:
-        assert f"{gm.CALL_SECONDS}_bucket" in expr and "le" in re.search(r"by \(([^)]*)\)", expr).group(1)
+        assert f"{catalogue.UPSTREAM_CALL_SECONDS.name}_bucket" in expr and "le" in re.search(r"by \(([^)]*)\)", expr).group(1)
 
 
 # --- the alert rules ------------------------------------------------------------------
@@ -493,7 +460,7 @@ def test_every_metric_named_is_one_the_server_publishes():
     declared = declared_guard_metrics()
     for family in referenced_families():
         if family.startswith("triton_guard_"):
-            assert family in declared, f"{family} is not declared in {[p.name for p in METRIC_SOURCES]}"
+            assert family in declared, f"{family} is not in the catalogue (src/triton_guard/metrics.py)"
         else:
             assert family.startswith("nv_") or family in PROMETHEUS_SYNTHESIZED, family
 
@@ -505,7 +472,7 @@ def test_allow_lists_name_only_metrics_actually_used():
 
 
 def test_fault_only_metrics_are_declared_guard_metrics():
-    assert set(FAULT_ONLY_GUARD_METRICS) == {gm.TRANSITIONS, gm.REJECTIONS, gm.FAILURES}
+    assert set(FAULT_ONLY_GUARD_METRICS) == {catalogue.BREAKER_TRANSITIONS.name, catalogue.REJECTIONS.name, catalogue.UPSTREAM_FAILURES.name}
     assert set(FAULT_ONLY_GUARD_METRICS) <= declared_guard_metrics()
 
 
@@ -554,31 +521,31 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
     rules = {r["alert"]: r for r in alert_rules()}
     # 61 samples, 15 s apart: 0 .. 15 min.
     faulty = [
-        _series(gm.BREAKER_STATE, "1x60", model="classifier"),
-        _series(gm.TRANSITIONS, "0+1x60", model="classifier", to="OPEN"),  # 4 per minute
+        _series(catalogue.BREAKER_STATE.name, "1x60", model="classifier"),
+        _series(catalogue.BREAKER_TRANSITIONS.name, "0+1x60", model="classifier", to="OPEN"),  # 4 per minute
         _series("triton_guard_canary_ready", "1x20 _x40"),  # vanished after 5 min
         _series("up", "1x20 0x40"),  # scrapes failing
         _series("triton_guard_memory_seconds_to_floor", "600x60"),
         _series("triton_guard_memory_free_bytes", "100x60", source="gpu"),
         _series("triton_guard_memory_floor_bytes", "200x60"),
         _series("triton_guard_drift_alarm", "1x60"),
-        _series(gm.FAILURES, "0+1x60", model="classifier", reason="timeout"),
-        _series(gm.REJECTIONS, "0+30x60", model="classifier", reason="open"),  # 2 per second
+        _series(catalogue.UPSTREAM_FAILURES.name, "0+1x60", model="classifier", reason="timeout"),
+        _series(catalogue.REJECTIONS.name, "0+30x60", model="classifier", reason="open"),  # 2 per second
         _series("triton_guard_canary_ready", "0x60", instance="pod-b:8002"),
         _series("up", "1x60", instance="pod-b:8002"),
     ]
     healthy = [
-        _series(gm.BREAKER_STATE, "2x60", model="classifier"),  # HALF_OPEN is not OPEN
-        _series(gm.TRANSITIONS, "0x20 1x40", model="classifier", to="OPEN"),  # one opening
+        _series(catalogue.BREAKER_STATE.name, "2x60", model="classifier"),  # HALF_OPEN is not OPEN
+        _series(catalogue.BREAKER_TRANSITIONS.name, "0x20 1x40", model="classifier", to="OPEN"),  # one opening
         _series("triton_guard_canary_ready", "1x60"),
         _series("up", "1x60"),
         _series("triton_guard_memory_seconds_to_floor", " ".join(["Inf"] * 61)),  # not falling
         _series("triton_guard_memory_free_bytes", "300x60", source="gpu"),
         _series("triton_guard_memory_floor_bytes", "200x60"),
         _series("triton_guard_drift_alarm", "0x60"),
-        _series(gm.FAILURES, "0x20 1x40", model="classifier", reason="timeout"),  # one, 10 min ago
-        _series(gm.FAILURES, "0+1x60", model="classifier", reason="client_error"),
-        _series(gm.REJECTIONS, "0+6x60", model="classifier", reason="overloaded"),  # 0.4 per second
+        _series(catalogue.UPSTREAM_FAILURES.name, "0x20 1x40", model="classifier", reason="timeout"),  # one, 10 min ago
+        _series(catalogue.UPSTREAM_FAILURES.name, "0+1x60", model="classifier", reason="client_error"),
+        _series(catalogue.REJECTIONS.name, "0+6x60", model="classifier", reason="overloaded"),  # 0.4 per second
     ]
     pod_a = {"job": "triton-guard", "instance": "pod-a:8002"}
     fires = {

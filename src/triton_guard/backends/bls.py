@@ -35,6 +35,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
+from triton_guard import metrics as catalogue
+from triton_guard.backends import metric_families
 from triton_guard.guard import metrics as gm
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
@@ -131,22 +133,19 @@ class _MetricsPublisher(threading.Thread):
         self._upstream = upstream
         self._stop = threading.Event()
         self.labels = {"model": upstream.upstream}
-        kinds = pb_utils.MetricFamily
+        histogram = catalogue.UPSTREAM_CALL_SECONDS
         # Families must outlive their metrics (facts section 2): keep them on self.
         self.families = {
-            "state": kinds(gm.BREAKER_STATE, "Breaker state: 0 CLOSED, 1 OPEN, 2 HALF_OPEN", kinds.GAUGE),
-            "transitions": kinds(gm.TRANSITIONS, "Breaker transitions, by state entered", kinds.COUNTER),
-            "rejections": kinds(gm.REJECTIONS, "Requests refused without an upstream call, by reason", kinds.COUNTER),
-            "failures": kinds(gm.FAILURES, "Upstream calls that failed, by reason", kinds.COUNTER),
-            "inflight": kinds(gm.INFLIGHT, "Upstream calls not yet answered (timed-out ones included)", kinds.GAUGE),
-            "bucket": kinds(f"{gm.CALL_SECONDS}_bucket", "Upstream calls no slower than le seconds", kinds.COUNTER),
-            "sum": kinds(f"{gm.CALL_SECONDS}_sum", "Seconds spent in upstream calls", kinds.COUNTER),
-            "count": kinds(f"{gm.CALL_SECONDS}_count", "Upstream calls timed", kinds.COUNTER),
+            "state": metric_families.family(catalogue.BREAKER_STATE),
+            "transitions": metric_families.family(catalogue.BREAKER_TRANSITIONS),
+            "rejections": metric_families.family(catalogue.REJECTIONS),
+            "failures": metric_families.family(catalogue.UPSTREAM_FAILURES),
+            "inflight": metric_families.family(catalogue.INFLIGHT_CALLS),
+            **{suffix[1:]: f for suffix, f in metric_families.histogram_families(histogram).items()},
         }
         self.state = self.families["state"].Metric(labels=self.labels)
         self.inflight = self.families["inflight"].Metric(labels={**self.labels, "instance": instance_name})
-        bounds = [str(b) for b in gm.CALL_SECONDS_BUCKETS] + ["+Inf"]
-        self.buckets = [self.families["bucket"].Metric(labels={**self.labels, "le": le}) for le in bounds]
+        self.buckets = [self.families["bucket"].Metric(labels={**self.labels, "le": le}) for le in histogram.bucket_bounds]
         self.seconds_sum = self.families["sum"].Metric(labels=self.labels)
         self.seconds_count = self.families["count"].Metric(labels=self.labels)
         self._counters: dict = {}

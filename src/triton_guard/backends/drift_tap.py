@@ -15,28 +15,25 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
+from triton_guard import metrics as catalogue
+from triton_guard.backends import metric_families
 from triton_guard.drift.monitor import DriftMonitor, DriftScores, Reference
 from triton_guard.guard.shared_state import default_state_dir, write_json_state
-
-SCORE_GAUGE = "triton_guard_drift_score"
-FILL_GAUGE = "triton_guard_drift_window_fill"
-ALARM_GAUGE = "triton_guard_drift_alarm"
 
 
 class TritonDriftMonitor:
     def __init__(self, reference_path: Path, window_size: int = defaults.DRIFT_WINDOW) -> None:
         self.monitor = DriftMonitor(Reference.load(reference_path), window_size)
         self._state_dir = default_state_dir()
-        gauge = pb_utils.MetricFamily.GAUGE
         # Families must outlive their metrics: keep them on self.
         self._families = {
-            "score": pb_utils.MetricFamily(SCORE_GAUGE, "Drift statistic of the output window, by statistic", gauge),
-            "fill": pb_utils.MetricFamily(FILL_GAUGE, "Fraction of the drift window filled", gauge),
-            "alarm": pb_utils.MetricFamily(ALARM_GAUGE, "1 while the output distribution has drifted", gauge),
+            "score": metric_families.family(catalogue.DRIFT_SCORE),
+            "fill": metric_families.family(catalogue.DRIFT_WINDOW_FILL),
+            "alarm": metric_families.family(catalogue.DRIFT_ALARM),
         }
         self._scores = {
             name: self._families["score"].Metric(labels={"statistic": name})
-            for name in ("chi2_p", "ks_p", "psi_entropy")
+            for name in catalogue.DRIFT_SCORE.allowed("statistic")
         }
         self._fill = self._families["fill"].Metric(labels={})
         self._alarm = self._families["alarm"].Metric(labels={})

@@ -11,23 +11,17 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from triton_guard import metrics as catalogue
 from triton_guard.guard.breaker import Transition
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.core import GuardEvents
 
-# Metric names on Triton's /metrics (documented in README.md).
-BREAKER_STATE = "triton_guard_breaker_state"
-TRANSITIONS = "triton_guard_breaker_transitions_total"
-REJECTIONS = "triton_guard_rejections_total"
-FAILURES = "triton_guard_upstream_failures_total"
-INFLIGHT = "triton_guard_inflight_calls"
-# A Prometheus histogram written as its three counter series (_bucket{le},
+# Names, help, labels and buckets: triton_guard.metrics (the catalogue).
+# The latency histogram is written as its three counter series (_bucket{le},
 # _sum, _count): pb_utils' own HISTOGRAM takes one stub-to-server round trip
 # per observation, and replaying hundreds a second from the publisher thread
-# stalled the guard's requests by up to 500 ms. PromQL's histogram_quantile
-# reads these series exactly as it reads a native histogram.
-CALL_SECONDS = "triton_guard_upstream_call_seconds"
-CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# stalled the guard's requests by up to 500 ms.
+CALL_SECONDS_BUCKETS = catalogue.UPSTREAM_CALL_SECONDS.buckets
 
 
 def cumulative_bucket_counts(seconds: list[float], buckets=CALL_SECONDS_BUCKETS) -> list[int]:

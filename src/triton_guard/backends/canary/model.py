@@ -21,6 +21,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults, promtext
+from triton_guard import metrics as catalogue
+from triton_guard.backends import metric_families
 from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import checks as canary
 from triton_guard.canary import memory
@@ -301,14 +303,16 @@ class _CanaryMetrics:
     """The canary's verdicts on Triton's /metrics (families kept alive on self)."""
 
     def __init__(self):
-        gauge = pb_utils.MetricFamily.GAUGE
         self.families = [
-            pb_utils.MetricFamily("triton_guard_canary_ready", "1 when the last canary run found the server ready", gauge),
-            pb_utils.MetricFamily("triton_guard_canary_check_ok", "1 when the canary check passed, by check", gauge),
-            pb_utils.MetricFamily("triton_guard_memory_free_bytes", "Free memory where it binds (gpu, cgroup or host)", gauge),
-            pb_utils.MetricFamily("triton_guard_memory_floor_bytes", "The headroom floor", gauge),
-            pb_utils.MetricFamily("triton_guard_memory_seconds_to_floor", "Projected seconds until free memory reaches the floor (+Inf: not falling)", gauge),
-            pb_utils.MetricFamily("triton_guard_canary_run_seconds", "Duration of the last canary run", gauge),
+            metric_families.family(metric)
+            for metric in (
+                catalogue.CANARY_READY,
+                catalogue.CANARY_CHECK_OK,
+                catalogue.MEMORY_FREE_BYTES,
+                catalogue.MEMORY_FLOOR_BYTES,
+                catalogue.MEMORY_SECONDS_TO_FLOOR,
+                catalogue.CANARY_RUN_SECONDS,
+            )
         ]
         ready, checks, free, floor, to_floor, seconds = self.families
         self.ready = ready.Metric(labels={})

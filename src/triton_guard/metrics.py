@@ -1,0 +1,265 @@
+"""Every metric triton-guard publishes on Triton's /metrics, declared once.
+
+The publishers create their families from these entries (the guard in
+triton_guard.backends.bls, the canary backend, the drift tap, through
+triton_guard.backends.metric_families); `triton-guard status`, the dashboard
+and alert tests and the CloudWatch configuration read them. Plain Python:
+nothing here imports Triton.
+
+Adding a family is one `_declare(Metric(...))` below. A label's allowed
+values are listed where the code can only publish those (None: open-ended,
+such as model and instance names).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from triton_guard.guard.breaker import State
+from triton_guard.guard.failures import Failure
+
+
+class Kind(str, enum.Enum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    # Published as its three counter series (_bucket{le}, _sum, _count): see
+    # UPSTREAM_CALL_SECONDS. PromQL reads them exactly as a native histogram.
+    HISTOGRAM = "histogram"
+
+
+class Publisher(str, enum.Enum):
+    GUARD = "guard"  # every guard instance (triton_guard.backends.bls)
+    CANARY = "canary"  # the canary backend, on every run
+    DRIFT = "drift"  # the drift tap (triton_guard.backends.drift_tap)
+
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+ANY = None  # an open-ended label value set
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    help: str
+    kind: Kind
+    publisher: Publisher
+    labels: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    buckets: tuple[float, ...] = ()  # histograms only: upper bounds, +Inf implied
+    # None: the series exist once the publisher has run. Otherwise the event
+    # that creates the first series (a healthy server may have none).
+    first_series_on: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        if not self.name.startswith("triton_guard_"):
+            raise ValueError(f"{self.name}: triton-guard metrics are named triton_guard_*")
+        if (self.kind is Kind.HISTOGRAM) != bool(self.buckets):
+            raise ValueError(f"{self.name}: buckets go with, and only with, a histogram")
+        if "le" in self.labels:
+            raise ValueError(f"{self.name}: 'le' is the histogram's own label")
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """The sample names on /metrics: a histogram's three series, else the name."""
+        if self.kind is Kind.HISTOGRAM:
+            return tuple(self.name + suffix for suffix in HISTOGRAM_SUFFIXES)
+        return (self.name,)
+
+    @property
+    def bucket_bounds(self) -> tuple[str, ...]:
+        """The `le` values of a histogram's _bucket series, +Inf last."""
+        return tuple(str(b) for b in self.buckets) + ("+Inf",)
+
+    def histogram_series(self) -> dict[str, tuple[str, str]]:
+        """suffix ('_bucket', '_sum', '_count') -> (counter name, help) for a histogram."""
+        if self.kind is not Kind.HISTOGRAM:
+            raise ValueError(f"{self.name} is a {self.kind.value}, not a histogram")
+        return {
+            "_bucket": (self.name + "_bucket", f"{self.help}: observations no greater than le"),
+            "_sum": (self.name + "_sum", f"{self.help}: sum of the observations"),
+            "_count": (self.name + "_count", f"{self.help}: number of observations"),
+        }
+
+    def allowed(self, label: str) -> tuple[str, ...] | None:
+        return self.labels[label]
+
+    def check_labels(self, labels: Mapping[str, str], series: str | None = None) -> None:
+        """Raises ValueError unless `labels` are this family's, with allowed values.
+
+        `series` is the sample name (a histogram's _bucket series carries `le`).
+        """
+        expected = set(self.labels) | ({"le"} if series == self.name + "_bucket" else set())
+        if set(labels) != expected:
+            raise ValueError(f"{self.name}: labels {sorted(labels)}, expected {sorted(expected)}")
+        for label, value in labels.items():
+            if label == "le":
+                if value not in self.bucket_bounds:
+                    raise ValueError(f"{self.name}: le={value!r} is not one of its buckets")
+                continue
+            allowed = self.labels[label]
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"{self.name}: {label}={value!r} not in {list(allowed)}")
+
+
+_CATALOGUE: dict[str, Metric] = {}
+
+
+def _declare(metric: Metric) -> Metric:
+    taken = {n for m in _CATALOGUE.values() for n in (m.name, *m.series_names)}
+    if taken & {metric.name, *metric.series_names}:
+        raise ValueError(f"{metric.name} is declared twice")
+    _CATALOGUE[metric.name] = metric
+    return metric
+
+
+# --- the guard ---------------------------------------------------------------
+
+BREAKER_STATE = _declare(
+    Metric(
+        "triton_guard_breaker_state",
+        "Breaker state: 0 CLOSED, 1 OPEN, 2 HALF_OPEN",
+        Kind.GAUGE,
+        Publisher.GUARD,
+        {"model": ANY},
+    )
+)
+BREAKER_TRANSITIONS = _declare(
+    Metric(
+        "triton_guard_breaker_transitions_total",
+        "Breaker transitions, by state entered",
+        Kind.COUNTER,
+        Publisher.GUARD,
+        {"model": ANY, "to": tuple(s.name for s in State)},
+        first_series_on="the first breaker transition",
+    )
+)
+REJECTIONS = _declare(
+    Metric(
+        "triton_guard_rejections_total",
+        "Requests refused without an upstream call, by reason",
+        Kind.COUNTER,
+        Publisher.GUARD,
+        # open, half_open_full: the breaker; overloaded: the bulkhead; deadline:
+        # the request's deadline passed while it queued before the guard.
+        {"model": ANY, "reason": ("open", "half_open_full", "overloaded", "deadline")},
+        first_series_on="the first rejection (breaker open, bulkhead full, deadline passed)",
+    )
+)
+UPSTREAM_FAILURES = _declare(
+    Metric(
+        "triton_guard_upstream_failures_total",
+        "Upstream calls that failed, by reason",
+        Kind.COUNTER,
+        Publisher.GUARD,
+        {"model": ANY, "reason": tuple(f.value for f in Failure)},
+        first_series_on="the first failed upstream call",
+    )
+)
+INFLIGHT_CALLS = _declare(
+    Metric(
+        "triton_guard_inflight_calls",
+        "Upstream calls not yet answered (timed-out ones included)",
+        Kind.GAUGE,
+        Publisher.GUARD,
+        {"model": ANY, "instance": ANY},
+    )
+)
+UPSTREAM_CALL_SECONDS = _declare(
+    Metric(
+        "triton_guard_upstream_call_seconds",
+        "Seconds per upstream call",
+        Kind.HISTOGRAM,
+        Publisher.GUARD,
+        {"model": ANY},
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    )
+)
+
+# --- the canary ----------------------------------------------------------------
+
+CANARY_CHECKS = ("golden", "liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift")
+
+CANARY_READY = _declare(
+    Metric("triton_guard_canary_ready", "1 when the last canary run found the server ready", Kind.GAUGE, Publisher.CANARY)
+)
+CANARY_CHECK_OK = _declare(
+    Metric(
+        "triton_guard_canary_check_ok",
+        "1 when the canary check passed, by check",
+        Kind.GAUGE,
+        Publisher.CANARY,
+        {"check": CANARY_CHECKS},
+    )
+)
+MEMORY_FREE_BYTES = _declare(
+    Metric(
+        "triton_guard_memory_free_bytes",
+        "Free memory where it binds (gpu, cgroup or host)",
+        Kind.GAUGE,
+        Publisher.CANARY,
+        {"source": ("gpu", "cgroup", "host")},
+    )
+)
+MEMORY_FLOOR_BYTES = _declare(
+    Metric("triton_guard_memory_floor_bytes", "The headroom floor", Kind.GAUGE, Publisher.CANARY)
+)
+MEMORY_SECONDS_TO_FLOOR = _declare(
+    Metric(
+        "triton_guard_memory_seconds_to_floor",
+        "Projected seconds until free memory reaches the floor (+Inf: not falling)",
+        Kind.GAUGE,
+        Publisher.CANARY,
+    )
+)
+CANARY_RUN_SECONDS = _declare(
+    Metric("triton_guard_canary_run_seconds", "Duration of the last canary run", Kind.GAUGE, Publisher.CANARY)
+)
+
+# --- the drift monitor ------------------------------------------------------------
+
+DRIFT_SCORE = _declare(
+    Metric(
+        "triton_guard_drift_score",
+        "Drift statistic of the output window, by statistic",
+        Kind.GAUGE,
+        Publisher.DRIFT,
+        {"statistic": ("chi2_p", "ks_p", "psi_entropy")},
+    )
+)
+DRIFT_WINDOW_FILL = _declare(
+    Metric(
+        "triton_guard_drift_window_fill",
+        "Fraction of the drift window filled",
+        Kind.GAUGE,
+        Publisher.DRIFT,
+    )
+)
+DRIFT_ALARM = _declare(
+    Metric(
+        "triton_guard_drift_alarm",
+        "1 while the output distribution has drifted",
+        Kind.GAUGE,
+        Publisher.DRIFT,
+    )
+)
+
+CATALOGUE: Mapping[str, Metric] = MappingProxyType(_CATALOGUE)
+
+
+def family_of(series: str) -> Metric | None:
+    """The family a sample name belongs to (a histogram's _bucket/_sum/_count too), or None."""
+    if series in CATALOGUE:
+        return CATALOGUE[series]
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = series[: -len(suffix)] if series.endswith(suffix) else None
+        if base in CATALOGUE and CATALOGUE[base].kind is Kind.HISTOGRAM:
+            return CATALOGUE[base]
+    return None
+
+
+def published_by(publisher: Publisher) -> tuple[Metric, ...]:
+    return tuple(m for m in CATALOGUE.values() if m.publisher is publisher)
+
