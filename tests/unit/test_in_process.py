@@ -38,17 +38,29 @@ class _Response:
         return self._error
 
 
+_IMPORTED = ("metric_families", "bls", "guard.in_process")  # what importing in_process binds to the fake
+
+
 @pytest.fixture
 def in_process(monkeypatch):
+    import triton_guard.backends.guard
+
     fake = types.ModuleType("triton_python_backend_utils")
     fake.TritonError, fake.InferenceResponse = _TritonError, _Response
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    for name in ("triton_guard.backends.bls", "triton_guard.backends.guard.in_process"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    module = importlib.import_module("triton_guard.backends.guard.in_process")
-    yield module
-    for name in ("triton_guard.backends.bls", "triton_guard.backends.guard.in_process"):
-        sys.modules.pop(name, None)
+    # Fresh imports bound to the fake; afterwards modules and package attributes are as they were.
+    names = [f"triton_guard.backends.{name}" for name in _IMPORTED]
+    saved = {name: sys.modules.pop(name, None) for name in names}
+    yield importlib.import_module("triton_guard.backends.guard.in_process")
+    for name in names:
+        package, _, attribute = name.rpartition(".")
+        if saved[name] is None:
+            sys.modules.pop(name, None)
+            if hasattr(sys.modules[package], attribute):
+                delattr(sys.modules[package], attribute)
+        else:
+            sys.modules[name] = saved[name]
+            setattr(sys.modules[package], attribute, saved[name])
 
 
 def _args(tmp_path, parameters, with_model_py=True):
