@@ -54,7 +54,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
 from triton_guard.guard.core import UNAVAILABLE_PREFIX  # noqa: E402
 from triton_guard.guard.config import GuardConfig  # noqa: E402
-from triton_guard.perf import PerfResult, measure, source_revision, start_run, warm_up  # noqa: E402
+from triton_guard.perf import PerfAnalyzerError, PerfResult, run_perf_analyzer, source_revision, start_run, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.guard.shared_state import SharedFileStore  # noqa: E402
 
@@ -99,6 +99,8 @@ CONCURRENCIES = (1, 16, 64)
 MEASUREMENT_MS = 3000
 REPEATS = 1
 REJECTIONS = 500  # sequential requests timed with the breaker OPEN, per placement
+STABILITY_PERCENTAGE = 10  # perf_analyzer's default: its windows must agree within this
+UNSTABLE_RETRIES = 1  # an unstable cell is measured once more with the window doubled
 
 # From the issue; the report says whether each was met.
 TARGET_CONCURRENCY = 16
@@ -124,6 +126,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--suites", type=lambda text: tuple(dict.fromkeys(text.split(","))), default=tuple(SUITES),
         help=f"comma-separated, of {', '.join(SUITES)} (default: all)",
+    )
+    parser.add_argument(
+        "--stability-percentage", type=int, default=STABILITY_PERCENTAGE,
+        help="perf_analyzer's window agreement (default %(default)s; a loaded shared machine may need more)",
     )
     parser.add_argument("--rejections", type=int, default=REJECTIONS, help="requests timed with the breaker OPEN")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="a timestamped run folder goes here")
@@ -195,12 +201,26 @@ def ratios(guarded: dict | None, baseline: dict | None) -> dict | None:
     }
 
 
-def measure_cell(server: LocalServer, model: str, concurrency: int, measurement_ms: int) -> dict:
+def measure(model: str, url: str, concurrency: int, measurement_ms: int, stability_percentage: int) -> dict:
+    """One cell, never raising: the PerfResult as a dict, or {"error": ..., "unstable": bool}."""
+    window_ms, extra = measurement_ms, ["--stability-percentage", str(stability_percentage)]
+    for attempt in range(UNSTABLE_RETRIES + 1):
+        try:
+            result = run_perf_analyzer(model, url, concurrency, INPUT_DATA, window_ms, extra)
+            return {**result.to_dict(), "measurement_ms": window_ms}
+        except PerfAnalyzerError as exc:
+            if not exc.unstable or attempt == UNSTABLE_RETRIES:
+                return {"error": str(exc), "unstable": exc.unstable, "measurement_ms": window_ms}
+        window_ms *= 2
+        log(f"  unstable; again with a {window_ms} ms window")
+
+
+def measure_cell(server: LocalServer, model: str, concurrency: int, measurement_ms: int, stability: int) -> dict:
     """One perf_analyzer run, with the server's CPU seconds per 1,000 requests over the same span."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     pids = [server.process.pid, *server.stub_pids().values()]
     count_before, cpu_before = success_count(client, model), cpu_seconds(pids)
-    run = measure(model, server.grpc_url, concurrency, INPUT_DATA, measurement_ms, log=log)
+    run = measure(model, server.grpc_url, concurrency, measurement_ms, stability)
     cpu, requests = cpu_seconds(pids) - cpu_before, success_count(client, model) - count_before
     client.close()
     run["server_cpu_s"], run["server_requests"] = cpu, requests
@@ -208,7 +228,8 @@ def measure_cell(server: LocalServer, model: str, concurrency: int, measurement_
     return run
 
 
-def run_matrix(server: LocalServer, suite: str, concurrencies, measurement_ms: int, repeats: int) -> list[dict]:
+def run_matrix(server: LocalServer, suite: str, concurrencies, measurement_ms: int, repeats: int,
+               stability: int) -> list[dict]:
     """Every (concurrency, placement) cell of a suite with its runs, median and ratios to the baseline."""
     ensembles = SUITES[suite].ensembles
     runs: dict[tuple[int, str], list[dict]] = {(c, v): [] for c in concurrencies for v in ensembles}
@@ -221,7 +242,7 @@ def run_matrix(server: LocalServer, suite: str, concurrencies, measurement_ms: i
             for variant in names[shift:] + names[:shift]:
                 done += 1
                 log(f"[{suite} {done}/{total}] concurrency {concurrency}: {ensembles[variant]}")
-                run = measure_cell(server, ensembles[variant], concurrency, measurement_ms)
+                run = measure_cell(server, ensembles[variant], concurrency, measurement_ms, stability)
                 if "error" in run:
                     log(f"  {run['error']}")
                 else:
@@ -368,7 +389,8 @@ def render_report(results: dict) -> str:
         "",
         f"Commit {results['commit']}; {results['machine']['cpus']} CPUs, load average "
         f"{results['machine']['loadavg_start']:.2f} at start, {results['machine']['loadavg_end']:.2f} at end. "
-        f"perf_analyzer over gRPC, {settings['measurement_ms']} ms windows, median of {settings['repeats']} "
+        f"perf_analyzer over gRPC, {settings['measurement_ms']} ms windows agreeing within "
+        f"{settings['stability_percentage']} %, median of {settings['repeats']} "
         "run(s) per cell; ratios are guarded/unguarded at the same concurrency in the same run. "
         "Server CPU: seconds of CPU (user + system) of tritonserver and all its stubs per 1,000 "
         "requests of the measured ensemble (the canary's own runs included, alike for all).",
@@ -440,7 +462,8 @@ def run_suite(suite: str, args, run_dir: Path) -> tuple[list[dict], dict]:
                 error = warm_up(model, server.grpc_url, max(args.concurrency), INPUT_DATA, args.measurement_ms)
                 if error is not None:  # only the load matters here, not the numbers
                     log(f"  (warm-up measured nothing: {error})")
-            cells = run_matrix(server, suite, args.concurrency, args.measurement_ms, args.repeats)
+            cells = run_matrix(server, suite, args.concurrency, args.measurement_ms, args.repeats,
+                               args.stability_percentage)
             rejections = {}
             if suite == "digits":
                 for placement in REJECTION_PATHS:
@@ -469,6 +492,7 @@ def main() -> int:
             "measurement_ms": args.measurement_ms,
             "concurrency": list(args.concurrency),
             "repeats": args.repeats,
+            "stability_percentage": args.stability_percentage,
             "suites": list(args.suites),
             "ensembles": {s: SUITES[s].ensembles for s in args.suites},
             "input_data": str(INPUT_DATA.relative_to(REPO_ROOT)),

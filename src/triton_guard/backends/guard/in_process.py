@@ -28,7 +28,9 @@ through the same shared reload stamp as the guard step's healer.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -76,6 +78,10 @@ class InProcessGuard:
     def __init__(self, args, model_file: str) -> None:
         config = json.loads(args["model_config"])
         self.name = config["name"]
+        if config.get("model_transaction_policy", {}).get("decoupled"):
+            raise pb_utils.TritonModelException(
+                f"guard model '{self.name}': a decoupled model cannot be guarded in-process (it answers "
+                "outside execute, past any deadline); guard it as a step of its own")
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         guard_params = {k: v for k, v in params.items() if k in _GUARD_PARAMETER_NAMES}
         try:
@@ -134,6 +140,8 @@ class InProcessGuard:
 
         def run(_timeout_s):
             responses = self.model.execute(requests)
+            if inspect.iscoroutine(responses):  # an `async def execute`: run it on this worker
+                responses = asyncio.run(responses)
             answered.append(responses)
             return responses
 
