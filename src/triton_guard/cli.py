@@ -14,11 +14,23 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+# `serve` with no --model-repository serves ./model_repository (the checkout's demo) when there is one.
+DEFAULT_MODEL_REPOSITORY = Path("model_repository")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from triton_guard.server import LocalServer, Ports, ServerError, serve_forever
 
+    repository = Path(args.model_repository) if args.model_repository else DEFAULT_MODEL_REPOSITORY
+    if args.model_repository is None and not repository.is_dir():
+        print(
+            f"triton-guard serve: error: no model repository: pass --model-repository DIR "
+            f"(there is no ./{DEFAULT_MODEL_REPOSITORY} in {Path.cwd()})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     server = LocalServer(
-        model_repository=Path(args.model_repository),
+        model_repository=repository,
         ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
         backends_source=Path(args.backends) if args.backends else None,
         model_config_name="gpu" if args.gpu else None,
@@ -47,6 +59,8 @@ def _probe(args: argparse.Namespace) -> int:
     elif result.ready:
         checks = len(result.report.checks) if result.report else 0
         print(f"ready: {checks} checks passed in {result.latency_s * 1000:.0f} ms")
+        for note in result.report.notes if result.report else []:
+            print(f"note: {note}")
     else:
         for reason in result.reasons:
             print(f"{result.health.value.replace('_', ' ')}: {reason}")
@@ -130,6 +144,59 @@ def _status(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+def _goldens_record(args: argparse.Namespace) -> int:
+    """Record MODEL's answers to --inputs as a golden case beside the model (exit 0, 1 refused, 2 usage)."""
+    from triton_guard.canary.record import RecordRefused, RecordUsage, record
+
+    prog = "triton-guard goldens record"
+    default_tolerance, tolerances = defaults.GOLDEN_TOLERANCE, {}
+    for item in args.tolerance or []:
+        name, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+            if not (number >= 0 and number != float("inf")):
+                raise ValueError
+        except ValueError:
+            print(f"{prog}: error: --tolerance {item!r}: expected [OUTPUT=]NUMBER >= 0", file=sys.stderr)
+            return EXIT_USAGE
+        if name:
+            tolerances[name] = number
+        else:
+            default_tolerance = number
+    try:
+        recorded = record(
+            args.url, args.model, Path(args.inputs), Path(args.model_repository), args.name,
+            tolerances, default_tolerance, args.device_class, args.metrics_url, args.timeout,
+        )
+    except RecordRefused as exc:
+        print(f"{prog}: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RecordUsage as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for line in recorded.describe():
+        print(line)
+    return EXIT_OK
+
+
+def _guard(args: argparse.Namespace) -> int:
+    from triton_guard.guard_writer import GuardRefused, parse_params, write_guard, write_in_process
+
+    try:
+        params = parse_params(args.param)
+        if args.in_process:
+            if args.ensemble:
+                raise GuardRefused("--ensemble with --in-process: clients keep calling the model itself, nothing to reroute")
+            written = write_in_process(Path(args.model_repository), args.model, params)
+        else:
+            written = write_guard(Path(args.model_repository), args.model, params, ensemble=args.ensemble)
+    except GuardRefused as exc:
+        print(f"triton-guard guard: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(written.lines()))
+    return EXIT_OK
+
+
 def _backend_dir(args: argparse.Namespace) -> int:
     from triton_guard.server import BACKENDS_DIR
 
@@ -142,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run Triton with the guarded pipeline in the foreground")
-    serve.add_argument("--model-repository", default="model_repository", help="default: %(default)s")
+    serve.add_argument(
+        "--model-repository", help=f"the models to serve (default: ./{DEFAULT_MODEL_REPOSITORY}, if there is one)"
+    )
     serve.add_argument("--http-port", type=int, default=defaults.HTTP_PORT)
     serve.add_argument("--grpc-port", type=int, default=defaults.GRPC_PORT)
     serve.add_argument("--metrics-port", type=int, default=defaults.METRICS_PORT)
@@ -220,6 +289,57 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=defaults.CHAOS_TIMEOUT_S, help="seconds per gRPC call (default: %(default)s)"
     )
     chaos.set_defaults(func=_chaos)
+
+    goldens = sub.add_parser("goldens", help="golden cases the canary checks (see `goldens record`)")
+    goldens_sub = goldens.add_subparsers(dest="goldens_command", required=True)
+    record = goldens_sub.add_parser(
+        "record",
+        help="record MODEL's answers to FILE as a golden case beside the model (exit 0 recorded, 1 refused, 2 usage)",
+    )
+    record.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
+    record.add_argument("--model", required=True, help="the model to check")
+    record.add_argument(
+        "--inputs", required=True, metavar="FILE",
+        help="a KServe v2 JSON inference request body, or an .npz of named arrays",
+    )
+    record.add_argument(
+        "--model-repository", default="model_repository",
+        help="the repository the server loads MODEL from; writes MODEL/goldens/NAME.golden.json (default: %(default)s)",
+    )
+    record.add_argument("--name", help="the case's name (default: FILE's name without its extension)")
+    record.add_argument(
+        "--tolerance", action="append", metavar="[OUTPUT=]NUMBER",
+        help=f"float outputs pass within NUMBER x max(1, |golden|) (default {defaults.GOLDEN_TOLERANCE:g}); "
+        "repeat with OUTPUT= for one output; integer and BYTES outputs are always exact",
+    )
+    record.add_argument(
+        "--device-class", choices=("auto", "cpu", "gpu"), default="auto",
+        help="whose expectations these are (default: the one the server's canary reports)",
+    )
+    record.add_argument(
+        "--metrics-url", help="tell cpu from gpu by the GPU gauges on this /metrics instead of asking the canary"
+    )
+    record.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default: %(default)s)")
+    record.set_defaults(func=_goldens_record)
+
+    guard = sub.add_parser(
+        "guard",
+        help="add a guard for MODEL to a model repository (exit 0 written, 1 refused: nothing written)",
+    )
+    guard.add_argument("model", metavar="MODEL", help="the model to guard (a folder of the repository)")
+    guard.add_argument("--model-repository", required=True, metavar="DIR", help="the repository MODEL is in")
+    guard.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="a guard parameter (README \"Guard parameters\"), e.g. timeout_ms=2000; repeat for more",
+    )
+    guard.add_argument(
+        "--ensemble", metavar="NAME", help="also reroute the steps of ensemble NAME that call MODEL through the guard"
+    )
+    guard.add_argument(
+        "--in-process", action="store_true",
+        help="guard a Python MODEL inside its own process: its config becomes backend \"guard\" (no second model)",
+    )
+    guard.set_defaults(func=_guard)
 
     backend_dir = sub.add_parser(
         "backend-dir",

@@ -19,6 +19,19 @@ FAILURE_THRESHOLD = 5  # consecutive failures that open the breaker
 RECOVERY_MS = 30_000  # OPEN -> HALF_OPEN after this long
 HALF_OPEN_MAX_CALLS = 1  # trial calls admitted in HALF_OPEN
 MAX_INFLIGHT = 8  # bulkhead: upstream calls at once, per guard instance
+# Active recovery: while OPEN, one probe at a time (one row of the last good
+# call's inputs) at most this often; a good answer ends OPEN early (HALF_OPEN).
+# 0 turns it off: then only RECOVERY_MS ends OPEN.
+PROBE_INTERVAL_MS = 1_000
+# The probe's input is refreshed from a successful call at most this often.
+PROBE_SAMPLE_REFRESH_S = 10.0
+# A guard instance that started an execute within this long of ending the
+# previous one was busy all along: a request without an arrival stamp
+# arrived no earlier than that previous execute began (guard/core.py).
+QUEUE_IDLE_GAP_S = 0.1
+# Instances of a guard that `triton-guard guard` writes: one blocked on a hung
+# upstream call leaves the other free to answer (and fail fast once OPEN).
+GUARD_INSTANCE_COUNT = 2
 # Failure-rate and slow-call trips over a count-based sliding window
 # (resilience4j's model): they catch a flapping upstream that never produces
 # `failure_threshold` failures in a row.
@@ -44,8 +57,11 @@ WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bou
 
 # --- Canary (ARCHITECTURE.md section 5) ------------------------------------
 CANARY_MODEL = "canary"
-CANARY_PIPELINE = "pipeline"  # the golden inference goes through what clients call
-CANARY_MODELS = ("pipeline", "preprocess", "classifier", "postprocess")
+CANARY_MODELS = ()  # liveness: empty means every model the server has loaded
+# Goldens (canary/goldens.py): a float output passes within this of its golden
+# (times max(1, |golden|)): far above float32 rounding differences between
+# devices (~1e-7 on probabilities), far below what a changed weight does.
+GOLDEN_TOLERANCE = 1e-4
 CANARY_DEADLINE_MS = 2_000  # one canary run, all checks; a stuck check fails, never hangs
 CANARY_INTERVAL_MS = 10_000  # full run on its own, so metrics stay fresh between probes
 CANARY_SAMPLE_INTERVAL_MS = 1_000  # memory and stall sampling for the trend
@@ -63,6 +79,10 @@ PROBE_TIMEOUT_S = 5.0  # triton-guard probe: total time, start-up excluded
 # Set by `triton-guard serve` for the canary inside the server.
 HTTP_URL_ENV = "TRITON_GUARD_HTTP_URL"
 METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
+# The repositories whose models' goldens the canary checks (os.pathsep-separated);
+# without it, the repository the canary model itself lives in.
+MODEL_REPOSITORIES_ENV = "TRITON_GUARD_MODEL_REPOSITORIES"
+CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run in progress
 
 # --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/faults.py) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.

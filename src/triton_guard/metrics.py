@@ -151,7 +151,7 @@ REJECTIONS = _declare(
 UPSTREAM_FAILURES = _declare(
     Metric(
         "triton_guard_upstream_failures_total",
-        "Upstream calls that failed, by reason",
+        "Requests whose upstream call failed (one per request it carried), by reason",
         Kind.COUNTER,
         Publisher.GUARD,
         {"model": ANY, "reason": tuple(f.value for f in Failure)},
@@ -188,10 +188,10 @@ CANARY_READY = _declare(
 CANARY_CHECK_OK = _declare(
     Metric(
         "triton_guard_canary_check_ok",
-        "1 when the canary check passed, by check",
+        "1 when the canary check passed, by check (golden: one per model with goldens, by model)",
         Kind.GAUGE,
         Publisher.CANARY,
-        {"check": CANARY_CHECKS},
+        {"check": CANARY_CHECKS, "model": ANY},  # model: empty but for golden checks
     )
 )
 MEMORY_FREE_BYTES = _declare(

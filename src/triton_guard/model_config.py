@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
+
+from triton_guard import defaults
 
 ModelConfig = model_config_pb2.ModelConfig
 CONFIG_FILE = "config.pbtxt"
@@ -33,8 +35,55 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
         raise ModelConfigError(f"{path}: not a valid model config: {exc}") from None
 
 
+# Printed first, in this order, so a person reads what the model is before its details.
+_LEADING_FIELDS = ("name", "platform", "backend", "max_batch_size")
+
+
+def _entries(config: model_config_pb2.ModelConfig, field, value):
+    """One ModelConfig per entry of a set field (each tensor, each parameter...), holding only it."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        for key in sorted(value):
+            one = model_config_pb2.ModelConfig()
+            getattr(one, field.name)[key].CopyFrom(value[key])
+            yield one
+    elif field.label == field.LABEL_REPEATED:
+        for entry in value:
+            one = model_config_pb2.ModelConfig()
+            if field.message_type is None:
+                getattr(one, field.name).append(entry)
+            else:
+                getattr(one, field.name).add().CopyFrom(entry)
+            yield one
+    else:
+        one = model_config_pb2.ModelConfig()
+        if field.message_type is None:
+            setattr(one, field.name, value)
+        else:
+            getattr(one, field.name).CopyFrom(value)
+        yield one
+
+
 def config_text(config: model_config_pb2.ModelConfig) -> str:
-    return text_format.MessageToString(config)
+    """Protobuf text format with one line per entry (each tensor, each parameter...), as people write it.
+
+    max_batch_size is always written: 0 (unbatched) is what a reader needs to see.
+    """
+    fields = {field.name: (field, value) for field, value in config.ListFields()}
+    fields.setdefault("max_batch_size", None)
+    order = [n for n in _LEADING_FIELDS if n in fields] + [n for n in fields if n not in _LEADING_FIELDS]
+    lines = []
+    for name in order:
+        field, value = fields[name] if fields[name] else (None, None)
+        if field is None:
+            lines.append(f"{name}: 0")
+            continue
+        if name == "ensemble_scheduling" and list(value.ListFields()) == [(value.DESCRIPTOR.fields_by_name["step"], value.step)]:
+            # An ensemble reads as its steps: one line each.
+            steps = [text_format.MessageToString(step, as_one_line=True) for step in value.step]
+            lines.extend(["ensemble_scheduling {", *(f"  step {{ {step} }}" for step in steps), "}"])
+            continue
+        lines.extend(text_format.MessageToString(one, as_one_line=True) for one in _entries(config, field, value))
+    return "\n".join(lines) + "\n"
 
 
 def write_config(path: Path, config: model_config_pb2.ModelConfig, header: str = "") -> None:
@@ -52,3 +101,111 @@ def set_parameters(path: Path, params: dict[str, object]) -> None:
     for key, value in params.items():
         config.parameters[key].string_value = str(value)
     write_config(path, config)
+
+
+def config_from_json(text: str) -> model_config_pb2.ModelConfig:
+    """The ModelConfig of a backend's `args["model_config"]` (Triton's JSON form of the same message)."""
+    try:
+        return json_format.Parse(text, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ModelConfigError(f"not a valid model config: {exc}") from None
+
+
+def type_name(data_type: int) -> str:
+    """TYPE_FP32 for DataType.TYPE_FP32's number."""
+    return model_config_pb2.DataType.Name(data_type)
+
+
+def tensor_text(tensor) -> str:
+    """'TYPE_FP32 [4]' for a ModelInput or ModelOutput."""
+    return f"{type_name(tensor.data_type)} [{', '.join(str(d) for d in tensor.dims)}]"
+
+
+def declares_interface(config: model_config_pb2.ModelConfig) -> bool:
+    """Whether the config names its tensors (a backend may auto-complete them at load instead)."""
+    return bool(config.input) or bool(config.output)
+
+
+def _dims_compatible(a, b) -> bool:
+    # -1 is a variable dimension: it accepts whatever the other side declares.
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+
+
+def _full_shape(config, tensor) -> list[int]:
+    # A batching model's tensors carry a leading batch dimension not written in dims.
+    return ([-1] if config.max_batch_size > 0 else []) + list(tensor.dims)
+
+
+def interface_mismatch(
+    guard: model_config_pb2.ModelConfig,
+    upstream: model_config_pb2.ModelConfig,
+    guard_only_inputs: frozenset[str] = frozenset(),
+) -> str | None:
+    """Why `guard` cannot pass its requests to `upstream` unchanged, naming the tensor; None when it can.
+
+    The guard hands its inputs to the upstream as they came and asks for its
+    outputs by name: every guard input must be an upstream input of the same
+    type and shape (save `guard_only_inputs`, which the guard consumes), every
+    required upstream input must be declared by the guard, and every guard
+    output must be an upstream output of the same type and shape. A batching
+    guard sends whole batches, so the upstream must batch at least as many.
+    """
+    up = upstream.name or "upstream"
+    if guard.max_batch_size > 0 and upstream.max_batch_size < guard.max_batch_size:
+        batches = f"max_batch_size {upstream.max_batch_size}" if upstream.max_batch_size else "does not batch"
+        return (
+            f"max_batch_size {guard.max_batch_size} but upstream '{up}' {batches}: "
+            f"use the upstream's max_batch_size ({upstream.max_batch_size})"
+        )
+    upstream_inputs = {t.name: t for t in upstream.input}
+    upstream_outputs = {t.name: t for t in upstream.output}
+    for kind, tensors, theirs in (("input", guard.input, upstream_inputs), ("output", guard.output, upstream_outputs)):
+        for tensor in tensors:
+            if kind == "input" and tensor.name in guard_only_inputs:
+                continue
+            other = theirs.get(tensor.name)
+            if other is None:
+                return f"{kind} '{tensor.name}' is not an {kind} of upstream '{up}' (it has {sorted(theirs)})"
+            if tensor.data_type != other.data_type or not _dims_compatible(
+                _full_shape(guard, tensor), _full_shape(upstream, other)
+            ):
+                batching = lambda c: "batched" if c.max_batch_size > 0 else "unbatched"  # noqa: E731
+                return (
+                    f"{kind} '{tensor.name}' is {tensor_text(tensor)} ({batching(guard)}) but upstream '{up}' "
+                    f"declares {tensor_text(other)} ({batching(upstream)})"
+                )
+    declared = {t.name for t in guard.input}
+    for tensor in upstream.input:
+        if tensor.name not in declared and not tensor.optional:
+            return f"input '{tensor.name}' of upstream '{up}' is required but the guard does not declare it"
+    return None
+
+
+def check_guard_interface(guard_dir: str | Path, guard_config_json: str, upstream: str) -> str | None:
+    """At a guard's load: raise ModelConfigError naming the tensor its upstream would refuse.
+
+    Reads the upstream's config.pbtxt from disk, beside the guard's own model
+    directory (Triton's `args["model_repository"]`), not from the server: the
+    upstream may load after the guard. Returns why nothing could be checked
+    (no such file: the upstream lives in another repository or has its config
+    auto-completed; a file that declares no tensors or does not parse: the
+    upstream's own load reports that), or None when the interfaces match.
+    `configs/*.pbtxt` alternatives are taken to declare the same tensors.
+    """
+    path = Path(guard_dir).parent / upstream / CONFIG_FILE
+    if not path.is_file():
+        return f"inputs and outputs not checked against upstream '{upstream}': no {path}"
+    try:
+        upstream_config = read_config(path)
+    except ModelConfigError as exc:
+        return f"inputs and outputs not checked against upstream '{upstream}': {exc}"
+    if not declares_interface(upstream_config):
+        return f"inputs and outputs not checked against upstream '{upstream}': {path} declares no tensors"
+    if not upstream_config.name:
+        upstream_config.name = upstream
+    mismatch = interface_mismatch(
+        config_from_json(guard_config_json), upstream_config, frozenset({defaults.ARRIVAL_INPUT})
+    )
+    if mismatch:
+        raise ModelConfigError(f"does not match its upstream's {path}: {mismatch}")
+    return None

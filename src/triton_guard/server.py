@@ -41,6 +41,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 BACKENDS_DIR = PACKAGE_DIR / "backends"
 # The `chaos` control model, served as a second repository only with chaos=True.
 CHAOS_REPOSITORY = PACKAGE_DIR / "chaos" / "repository"
+# The default `canary` model, served as a second repository when DIR has none.
+CANARY_REPOSITORY = PACKAGE_DIR / "canary" / "repository"
 
 # Triton log lines worth repeating when start-up fails.
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*?)\"?$")
@@ -246,6 +248,8 @@ class LocalServer:
         ]
         if self.chaos:
             cmd.append(f"--model-repository={CHAOS_REPOSITORY}")
+        if not (self.model_repository / defaults.CANARY_MODEL / "config.pbtxt").exists():
+            cmd.append(f"--model-repository={CANARY_REPOSITORY}")
         if self.model_config_name:
             cmd.append(f"--model-config-name={self.model_config_name}")
         cmd.extend(self.extra_args)
@@ -287,6 +291,8 @@ class LocalServer:
         # The canary reads the server's own metrics and metadata.
         env[defaults.HTTP_URL_ENV] = f"http://localhost:{self.ports.http}"
         env[defaults.METRICS_URL_ENV] = self.metrics_url
+        # ... and checks the goldens of this repository's models.
+        env[defaults.MODEL_REPOSITORIES_ENV] = str(self.model_repository.resolve())
         env.update(self.env)
         set_chaos_mode(env, self.chaos_dir)
         self.process = subprocess.Popen(

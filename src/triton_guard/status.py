@@ -3,26 +3,39 @@
 Two sources, both over the network so it works against any server: the
 canary's report (breakers with time in state, every check, drift, memory
 headroom and trend) and Triton's /metrics (the guard's counters: failures and
-rejections by reason, calls in flight). `gather` collects, `render` formats;
-`--json` prints what `gather` returned.
+rejections by reason, calls in flight, and each breaker's state, so breakers
+show even when the canary cannot answer). The metrics port is the one the
+canary reports the server uses, else --metrics-url, else the default.
+`gather` collects, `render` formats; `--json` prints what `gather` returned.
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from typing import Any
 
 from triton_guard import defaults, promtext
 from triton_guard import metrics as catalogue
+from triton_guard.guard.breaker import State
 from triton_guard.canary.probe import Health, ModelHealthValidator
 
 MIB = 1024 * 1024
 
 
-def metrics_url_for(grpc_url: str) -> str:
-    """Triton's metrics endpoint on the same host as the gRPC URL, default port."""
+BREAKER_STATES = {s.value: s.name for s in State}  # triton_guard_breaker_state's values
+
+
+def metrics_url_for(grpc_url: str, reported: str | None = None) -> str:
+    """Triton's metrics endpoint on the gRPC URL's host: the port the canary reported, else the default."""
     host = grpc_url.rsplit(":", 1)[0] if ":" in grpc_url else grpc_url
-    return f"http://{host}:{defaults.METRICS_PORT}/metrics"
+    port = defaults.METRICS_PORT
+    if reported:
+        try:
+            port = urllib.parse.urlsplit(reported).port or port
+        except ValueError:
+            pass
+    return f"http://{host}:{port}/metrics"
 
 
 def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
@@ -30,7 +43,8 @@ def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
     models: dict[str, dict[str, Any]] = {}
 
     def entry(model: str) -> dict[str, Any]:
-        return models.setdefault(model, {"failures": {}, "rejections": {}, "inflight": 0.0, "transitions": {}})
+        return models.setdefault(
+            model, {"failures": {}, "rejections": {}, "inflight": 0.0, "transitions": {}, "state": None})
 
     for s in samples:
         model = s.labels.get("model")
@@ -44,6 +58,8 @@ def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
             entry(model)["inflight"] += s.value
         elif s.name == catalogue.BREAKER_TRANSITIONS.name:
             entry(model)["transitions"][s.labels["to"]] = s.value
+        elif s.name == catalogue.BREAKER_STATE.name:
+            entry(model)["state"] = BREAKER_STATES.get(int(s.value), str(s.value))
     return models
 
 
@@ -60,10 +76,12 @@ def gather(url: str, metrics_url: str | None, timeout_s: float) -> dict[str, Any
     }
     if health.health is Health.UNREACHABLE:
         return status
+    metrics_url = metrics_url or metrics_url_for(url, health.report.metrics_url if health.report else None)
+    status["metrics_url"] = metrics_url
     try:
-        status["guards"] = guard_counters(promtext.fetch(metrics_url or metrics_url_for(url), timeout_s))
+        status["guards"] = guard_counters(promtext.fetch(metrics_url, timeout_s))
     except Exception as exc:  # the canary's part is still worth showing
-        status["metrics_error"] = f"{metrics_url or metrics_url_for(url)}: {exc}"
+        status["metrics_error"] = f"{metrics_url}: {exc}"
     return status
 
 
@@ -100,7 +118,7 @@ def render(status: dict[str, Any]) -> str:
     for model in models:
         b = breakers.get(model, {})
         g = status["guards"].get(model, {"failures": {}, "rejections": {}, "inflight": 0})
-        state = b.get("state", "?")
+        state = b.get("state") or g.get("state") or "?"
         since = _duration(b["seconds_in_state"]) if "seconds_in_state" in b else "?"
         lines.append(
             f"  {model:<18} {state:<9} for {since:<8} in flight {int(g['inflight']):<3} "
@@ -120,8 +138,11 @@ def render(status: dict[str, Any]) -> str:
         lines += [f"  {r}" for r in status["reasons"]]
         return "\n".join(lines)
     lines.append(f"Canary checks ({report['duration_s'] * 1000:.0f} ms, {report['device_class']})")
+    width = max([13] + [len(c["name"]) for c in report["checks"]])
     for c in report["checks"]:
-        lines.append(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']:<13} {c['reason']}")
+        lines.append(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']:<{width}} {c['reason']}")
+    for note in report.get("notes") or []:
+        lines.append(f"  note: {note}")
 
     drift = (checks.get("drift") or {}).get("value")
     if drift:

@@ -194,14 +194,14 @@ def test_nan_outputs_fail_the_golden_check(server, heldout):
     chaos(server, "nan")
     code, out, _ = probe(server)
     assert code == 1, out
-    assert "golden: outputs are not finite" in out, out
+    assert "golden:pipeline: case 'digits':" in out and "PROBS is not finite" in out, out
 
 
 def test_drift_fails_the_golden_tolerance_and_raises_the_monitor_alarm(server, heldout):
     chaos(server, "drift", "--drift-scale", "1.0")
     code, out, _ = probe(server)
     assert code == 1, out
-    assert "golden:" in out and ("labels differ" in out or "exceeds tolerance" in out), out
+    assert "golden:pipeline:" in out and ("LABEL differs" in out or "PROBS differs" in out), out
 
     def traffic():  # a window (200 answers) and more from the drifted model
         for start in range(0, 256, 64):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_async_validator_reports_a_healthy_server_ready(pipeline_server):
     result = asyncio.run(AsyncModelHealthValidator(pipeline_server.grpc_url, timeout_s=5).check())
     assert result.health is Health.READY, result.reasons
-    assert {c.name for c in result.report.checks} >= {"golden", "liveness", "headroom", "breakers"}
+    assert {c.name for c in result.report.checks} >= {"golden:pipeline", "liveness", "headroom", "breakers"}
 
 
 def test_async_validator_reports_nothing_listening_unreachable():

@@ -428,3 +428,147 @@ def test_a_new_breaker_is_closed_since_its_first_call(store_kind, tmp_path):
     clock.advance(2.0)
     breaker.acquire()
     assert breaker.snapshot().since == 1005.0
+
+
+# --- requests, not calls ----------------------------------------------------------
+
+
+def batch(breaker: CircuitBreaker, requests: int, *, success: bool = True, duration_s: float = FAST_S):
+    """One permitted call that carried `requests` requests."""
+    return breaker.record(permit(breaker), success=success, duration_s=duration_s, requests=requests)
+
+
+def test_one_failed_call_of_threshold_requests_opens(make):
+    breaker = make(failure_threshold=5, failure_rate_threshold=1.0)
+    assert batch(breaker, 4, success=False) is None
+    assert breaker.snapshot().consecutive_failures == 4
+    assert batch(breaker, 1, success=False) == Transition(State.CLOSED, State.OPEN, T0, "consecutive_failures")
+
+
+def test_a_failed_batch_of_five_opens_at_once(make):
+    breaker = make(failure_threshold=5, failure_rate_threshold=1.0)
+    assert batch(breaker, 5, success=False) == Transition(State.CLOSED, State.OPEN, T0, "consecutive_failures")
+
+
+def test_a_good_batch_resets_the_run_and_fills_the_window_per_request(make):
+    breaker = make(failure_threshold=5, window_size=20, minimum_calls=10, failure_rate_threshold=1.0)
+    batch(breaker, 4, success=False)
+    assert batch(breaker, 3) is None
+    snap = breaker.snapshot()
+    assert snap.consecutive_failures == 0
+    assert snap.calls_in_window == 7
+    assert snap.failure_rate == pytest.approx(4 / 7)
+
+
+def test_failure_rate_counts_requests(make):
+    # 1 call of 12 failed requests, 11 calls of 1 good one: by calls 1/12, by requests 12/23.
+    breaker = make(failure_threshold=100, window_size=30, minimum_calls=20, failure_rate_threshold=0.5)
+    for _ in range(11):
+        assert batch(breaker, 1) is None
+    assert batch(breaker, 12, success=False) == Transition(State.CLOSED, State.OPEN, T0, "failure_rate")
+
+
+def test_slow_call_rate_counts_requests(make):
+    breaker = make(failure_threshold=100, window_size=10, minimum_calls=10, slow_call_ms=100,
+                   slow_call_rate_threshold=0.8)  # fmt: skip
+    assert batch(breaker, 2) is None
+    assert batch(breaker, 8, duration_s=0.2) == Transition(State.CLOSED, State.OPEN, T0, "slow_call_rate")
+
+
+def test_more_requests_than_the_window_leave_it_full_of_them(make):
+    breaker = make(failure_threshold=1000, window_size=10, minimum_calls=10, failure_rate_threshold=1.0)
+    for _ in range(9):
+        batch(breaker, 1, success=False)
+    assert batch(breaker, 25) is None
+    snap = breaker.snapshot()
+    assert (snap.calls_in_window, snap.failure_rate) == (10, 0.0)
+
+
+def test_zero_requests_add_nothing_in_closed(make):
+    breaker = make(failure_threshold=5)
+    batch(breaker, 3, success=False)
+    assert batch(breaker, 0) is None
+    snap = breaker.snapshot()
+    assert (snap.consecutive_failures, snap.calls_in_window) == (3, 3)
+
+
+def test_zero_requests_still_decide_a_trial(make, clock):
+    breaker = make(failure_threshold=1)
+    trip(breaker)
+    trial = recover(breaker, clock)
+    assert breaker.record(trial, success=True, duration_s=FAST_S, requests=0).to_state == State.CLOSED
+
+
+def test_a_trial_is_one_permit_whatever_it_carried(make, clock):
+    breaker = make(failure_threshold=1, half_open_max_calls=2)
+    trip(breaker)
+    first = recover(breaker, clock)
+    assert breaker.record(first, success=True, duration_s=FAST_S, requests=30) is None
+    assert breaker.snapshot().state == State.HALF_OPEN  # one of two trials, not 30
+    assert batch(breaker, 30).to_state == State.CLOSED
+
+
+def test_expired_requests_count_as_failures_while_closed(make):
+    breaker = make(failure_threshold=5, failure_rate_threshold=1.0)
+    assert breaker.record_expired(4) is None
+    assert breaker.snapshot().consecutive_failures == 4
+    assert breaker.record_expired(1) == Transition(State.CLOSED, State.OPEN, T0, "consecutive_failures")
+    assert breaker.record_expired(0) is None
+
+
+def test_expired_requests_change_nothing_when_open_or_half_open(make, clock):
+    breaker = make(failure_threshold=1)
+    trip(breaker)
+    before = breaker.snapshot()
+    assert breaker.record_expired(10) is None
+    assert breaker.snapshot() == before
+    trial = recover(breaker, clock)
+    assert breaker.record_expired(10) is None
+    assert breaker.snapshot().state == State.HALF_OPEN
+    assert breaker.record(trial, success=True, duration_s=FAST_S).to_state == State.CLOSED
+
+
+def test_consecutive_failures_stay_inside_the_shared_files_counters(make):
+    breaker = make(failure_threshold=2**31 - 1)
+    assert batch(breaker, 2**40, success=False).to_state == State.OPEN  # more than a u32 holds
+    assert breaker.snapshot().consecutive_failures == 2**31 - 1
+
+
+# --- probes (active recovery) ----------------------------------------------------------
+
+
+def test_a_good_probe_ends_open_early_through_half_open(make, clock):
+    breaker = make(failure_threshold=1, recovery_ms=30_000)
+    trip(breaker)
+    generation = breaker.snapshot().generation
+    clock.advance(2.0)
+    assert breaker.probe_succeeded(generation) == Transition(State.OPEN, State.HALF_OPEN, T0 + 2.0, "probe_succeeded")
+    trial = breaker.acquire()  # HALF_OPEN's trial rule: one trial, the rest wait
+    assert isinstance(trial, Permit) and trial.trial
+    rejected(breaker, "half_open_full")
+    assert breaker.record(trial, success=True, duration_s=FAST_S).to_state == State.CLOSED
+
+
+def test_a_probe_of_an_older_generation_changes_nothing(make, clock):
+    breaker = make(failure_threshold=1, recovery_ms=1_000)
+    trip(breaker)
+    old = breaker.snapshot().generation
+    trial = recover(breaker, clock)
+    breaker.record(trial, success=False, duration_s=FAST_S)  # re-opened: a new generation
+    assert breaker.probe_succeeded(old) is None
+    assert breaker.snapshot().state == State.OPEN
+
+
+def test_a_probe_changes_nothing_unless_open(make):
+    breaker = make()
+    assert breaker.probe_succeeded(breaker.snapshot().generation) is None
+    assert breaker.snapshot().state == State.CLOSED
+
+
+def test_recovery_ms_stays_the_upper_bound_without_a_good_probe(make, clock):
+    breaker = make(failure_threshold=1, recovery_ms=30_000)
+    trip(breaker)
+    clock.advance(29.999)
+    rejected(breaker, "open")
+    clock.advance(0.001)
+    assert breaker.acquire().transition.reason == "recovery_elapsed"

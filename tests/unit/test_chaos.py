@@ -510,6 +510,8 @@ def test_set_chaos_mode_arms_or_disarms_the_hooks(tmp_path):
 
 
 def test_only_a_chaos_server_serves_the_chaos_repository(tmp_path):
+    (tmp_path / defaults.CANARY_MODEL).mkdir()  # a canary of its own: no default canary repository either
+    (tmp_path / defaults.CANARY_MODEL / "config.pbtxt").write_text("")
     plain = LocalServer(model_repository=tmp_path).command(tmp_path / "backends")
     chaotic = LocalServer(model_repository=tmp_path, chaos=True).command(tmp_path / "backends")
     repositories = lambda cmd: [a for a in cmd if a.startswith("--model-repository=")]  # noqa: E731

@@ -1,8 +1,7 @@
-"""triton_guard.canary.goldens: the output hash, the JSON round trip, compare, and the committed goldens."""
+"""triton_guard.canary.goldens: tensors as JSON, the output hash, compare, recording, and the demo's goldens."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import struct
@@ -11,216 +10,324 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from triton_guard.canary.goldens import (
+    GOLDEN_SUFFIX,
+    GoldenCase,
+    GoldenError,
+    case_files,
+    case_path,
+    compare_case,
+    outputs_hash,
+    record_case,
+    reproducibility_problem,
+    tensor_from_json,
+    tensor_to_json,
+)
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
-from triton_guard.canary.goldens import GOLDENS_DIR, Golden, compare, output_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CPU_GOLDENS = REPO_ROOT / "model_repository" / "canary" / GOLDENS_DIR / "cpu.json"
+DEMO_GOLDENS = REPO_ROOT / "model_repository" / "pipeline" / "goldens" / f"digits{GOLDEN_SUFFIX}"
 
-F32_TENTH = float(np.float32(0.1))  # 0x3dcccccd
 ONE_MINUS_2_POW_24 = 1.0 - 2.0**-24  # the largest float32 below 1
 TINY = float(np.float32(1e-38))  # a float32 subnormal
 
 
-def reference_hash(labels: list[int], probs: list[float]) -> str:
-    """sha256 of int64 little-endian labels then float32 little-endian probs, via struct."""
-    data = struct.pack(f"<{len(labels)}q", *labels) + struct.pack(f"<{len(probs)}f", *probs)
-    return hashlib.sha256(data).hexdigest()
+def _case(answer: dict, inputs: dict | None = None, device: str = "cpu", tolerances=None, existing=None) -> GoldenCase:
+    inputs = inputs if inputs is not None else {"X": np.array([1.0, 2.0], np.float32)}
+    return record_case("m", "c", inputs, answer, answer, device, tolerances or {}, 1e-4, {"by": "test"}, existing)
 
 
-def make_golden(tolerance: float = 1e-4) -> Golden:
-    labels = np.array([[3], [7]], dtype=np.int64)
-    probs = np.zeros((2, 10), dtype=np.float32)
-    probs[0, 3], probs[0, 1], probs[0, 0] = ONE_MINUS_2_POW_24, 2.0**-24, TINY
-    probs[1, 7], probs[1, 2], probs[1, 9] = 0.5, F32_TENTH, 0.4
-    images = np.arange(2 * 64, dtype=np.uint8).reshape(2, 8, 8)
-    return Golden(
-        device_class="cpu",
-        images=images,
-        labels=labels,
-        probs=probs,
-        sha256=reference_hash(labels.ravel().tolist(), probs.ravel().tolist()),
-        tolerance=tolerance,
-        environment={"torch": "test"},
-    )
+# --- tensors <-> JSON ----------------------------------------------------------------
 
 
-# --- output_hash ------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_floats_round_trip_bit_exactly(dtype):
+    values = np.array([0.1, ONE_MINUS_2_POW_24, TINY, -2.5e-8, 65504.0 if dtype == np.float16 else 3.4e38], dtype=dtype)
+    name, back = tensor_from_json(json.loads(json.dumps(tensor_to_json("Y", values))), "test")
+    assert name == "Y" and back.dtype == dtype
+    np.testing.assert_array_equal(back.view(np.uint8), values.view(np.uint8))
 
 
-def test_output_hash_is_sha256_of_le_int64_labels_then_le_float32_probs():
-    labels = np.array([[2], [9]], dtype=np.int64)
-    probs = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32)
-    assert output_hash(labels, probs) == reference_hash([2, 9], [0.25, 0.75, 1.0, 0.0])
+def test_integers_and_bools_round_trip_with_their_extremes():
+    for array in (np.array([np.iinfo(np.int64).min, 0, np.iinfo(np.int64).max]),
+                  np.array([np.iinfo(np.uint64).max], np.uint64),
+                  np.array([[-128, 127]], np.int8),
+                  np.array([True, False])):
+        _, back = tensor_from_json(json.loads(json.dumps(tensor_to_json("T", array))), "test")
+        assert back.dtype == array.dtype and back.shape == array.shape
+        np.testing.assert_array_equal(back, array)
 
 
-def test_output_hash_by_hand_bytes():
-    # One label 1, one prob 1.0f: 01 00 00 00 00 00 00 00 | 00 00 80 3f
-    expected = hashlib.sha256(bytes([1, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x80, 0x3F])).hexdigest()
-    assert output_hash(np.array([[1]]), np.array([[1.0]], dtype=np.float32)) == expected
+def test_bytes_are_text_when_utf8_and_base64_otherwise():
+    array = np.array([[b"hello"], ["h\u00e9".encode()], [b"\xff\x00binary"]], dtype=object)
+    tensor = tensor_to_json("TEXT", array)
+    assert tensor["datatype"] == "BYTES" and tensor["shape"] == [3, 1]
+    assert tensor["data"][:2] == ["hello", "h\u00e9"]
+    assert tensor["data"][2] == {"base64": "/wBiaW5hcnk="}
+    _, back = tensor_from_json(json.loads(json.dumps(tensor)), "test")
+    assert back.tolist() == array.tolist()
+    text = _case({"T": array}).to_json()
+    assert '"h\u00e9"' in text and r'"h\u00e9"' not in text  # text stays readable in the file
 
 
-def test_output_hash_does_not_depend_on_input_dtype_or_byte_order():
-    expected = reference_hash([4, 5], [0.5, 0.125])
-    assert output_hash(np.array([4, 5], dtype=np.int32), np.array([0.5, 0.125], dtype=np.float64)) == expected
-    assert output_hash(np.array([4, 5], dtype=">i8"), np.array([0.5, 0.125], dtype=">f4")) == expected
+def test_the_inputs_of_a_case_are_a_kserve_request_body():
+    case = _case({"Y": np.array([1.0], np.float32)}, inputs={"A": np.array([[1, 2]], np.int32), "T": np.array([b"x"], object)})
+    body = {"inputs": json.loads(case.to_json())["inputs"]}
+    assert body == {"inputs": [
+        {"name": "A", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]},
+        {"name": "T", "datatype": "BYTES", "shape": [1], "data": ["x"]},
+    ]}
 
 
-def test_output_hash_changes_with_one_ulp():
-    probs = np.array([0.5, 0.5], dtype=np.float32)
-    bumped = probs.copy()
-    bumped[1] = np.nextafter(bumped[1], np.float32(1))
-    assert output_hash(np.array([0]), probs) != output_hash(np.array([0]), bumped)
+def test_a_tensor_whose_data_does_not_fill_its_shape_is_refused():
+    with pytest.raises(GoldenError, match="tensor 'Y': shape \\[2, 2\\] needs 4 values"):
+        tensor_from_json({"name": "Y", "datatype": "FP32", "shape": [2, 2], "data": [1.0]}, "f.json")
 
 
-# --- JSON round trip --------------------------------------------------------------
+# --- the hash -----------------------------------------------------------------------
 
 
-def test_round_trip_keeps_float32_bits_exactly(tmp_path):
-    golden = make_golden()
-    path = tmp_path / "cpu.json"
-    path.write_text(golden.to_json())
-    loaded = Golden.load(path)
-    assert loaded.probs.dtype == np.float32
-    np.testing.assert_array_equal(loaded.probs.view(np.uint32), golden.probs.view(np.uint32))
-    np.testing.assert_array_equal(loaded.labels, golden.labels)
-    np.testing.assert_array_equal(loaded.images, golden.images)
-    assert loaded.images.dtype == np.uint8 and loaded.labels.dtype == np.int64
-    assert (loaded.device_class, loaded.sha256, loaded.tolerance, loaded.environment) == (
-        "cpu", golden.sha256, 1e-4, {"torch": "test"},
-    )
+def test_hash_by_hand_for_a_float_and_a_bytes_output():
+    outputs = {"Y": np.array([1.0], np.float32), "T": np.array([b"ab"], dtype=object)}
+    by_hand = hashlib.sha256(
+        b"T\0BYTES\0" + struct.pack("<q", 1) + struct.pack("<I", 2) + b"ab"
+        + b"Y\0FP32\0" + struct.pack("<q", 1) + bytes([0x00, 0x00, 0x80, 0x3F])
+    ).hexdigest()
+    assert outputs_hash(outputs) == by_hand
 
 
-def test_probs_are_stored_as_hex_floats(tmp_path):
-    data = json.loads(make_golden().to_json())
-    # 0.1f = 0x3dcccccd = 1.6000000238418579 * 2^-4; 1 - 2^-24 = 0x1.fffffe * 2^-1.
-    assert data["probs"][1][2] == "0x1.99999a0000000p-4"
-    assert data["probs"][0][3] == "0x1.fffffe0000000p-1"
-    assert data["probs"][0][1] == "0x1.0000000000000p-24"
-    assert float.fromhex(data["probs"][0][0]) == TINY
+def test_hash_does_not_depend_on_byte_order_but_on_dtype_shape_and_one_ulp():
+    base = outputs_hash({"Y": np.array([0.5, 0.125], np.float32)})
+    assert outputs_hash({"Y": np.array([0.5, 0.125], ">f4")}) == base
+    assert outputs_hash({"Y": np.array([0.5, 0.125], np.float64)}) != base
+    assert outputs_hash({"Y": np.array([[0.5, 0.125]], np.float32)}) != base
+    assert outputs_hash({"Y": np.array([0.5, np.nextafter(np.float32(0.125), np.float32(1))], np.float32)}) != base
 
 
-def test_load_rejects_a_hash_that_does_not_match(tmp_path):
-    data = json.loads(make_golden().to_json())
-    data["sha256"] = "0" * 64
-    path = tmp_path / "bad.json"
+# --- a case file --------------------------------------------------------------------
+
+
+def test_a_case_round_trips_through_its_file(tmp_path):
+    answer = {"Y": np.array([[ONE_MINUS_2_POW_24], [TINY]], np.float32), "N": np.array([[3], [-1]], np.int64),
+              "T": np.array([[b"A"], [b"\xfe"]], dtype=object)}
+    case = _case(answer, inputs={"X": np.array([[0.1], [0.2]], np.float32)})
+    path = case_path(tmp_path / "m", "c")
+    path.parent.mkdir(parents=True)
+    path.write_text(case.to_json())
+    assert case_files(tmp_path / "m") == [path]
+    back = GoldenCase.load(path)
+    assert (back.model, back.name, sorted(back.expected)) == ("m", "c", ["cpu"])
+    expected = back.expected["cpu"]
+    assert expected.sha256 == outputs_hash(answer) and expected.environment == {"by": "test"}
+    assert {n: o.tolerance for n, o in expected.outputs.items()} == {"N": 0.0, "T": 0.0, "Y": 1e-4}
+    assert compare_case(back, "cpu", answer).bit_exact
+
+
+def test_each_tensor_is_one_line_of_the_file():
+    text = _case({"Y": np.arange(50, dtype=np.float32)}).to_json()
+    data_lines = [line for line in text.splitlines() if '"data"' in line]
+    assert len(data_lines) == 2  # the input X and the output Y
+    assert len(text.splitlines()) < 40
+
+
+def test_a_file_whose_outputs_do_not_match_its_hash_is_refused(tmp_path):
+    data = json.loads(_case({"Y": np.array([0.5], np.float32)}).to_json())
+    data["expected"]["cpu"]["outputs"][0]["data"] = [0.5000001]
+    path = tmp_path / "m.golden.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="sha256"):
-        Golden.load(path)
+    with pytest.raises(GoldenError, match=f"{path}: cpu: sha256 does not match"):
+        GoldenCase.load(path)
 
 
-def test_load_rejects_outputs_changed_by_one_ulp(tmp_path):
-    data = json.loads(make_golden().to_json())
-    data["probs"][1][7] = float(np.nextafter(np.float32(0.5), np.float32(1))).hex()
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="sha256"):
-        Golden.load(path)
+@pytest.mark.parametrize("text, message", [
+    ("{", "not JSON"),
+    ('{"format": 99}', "not a golden case"),
+    ('{"format": 1, "model": "m", "case": "c", "inputs": [], "expected": {}}', "'inputs' must list"),
+])
+def test_unusable_files_are_refused_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "x.golden.json"
+    path.write_text(text)
+    with pytest.raises(GoldenError, match=message) as caught:
+        GoldenCase.load(path)
+    assert str(path) in str(caught.value)
 
 
-# --- compare ----------------------------------------------------------------------
+# --- compare ------------------------------------------------------------------------
+
+
+def _answer_of(case: GoldenCase) -> dict:
+    return {n: o.value.copy() for n, o in case.expected["cpu"].outputs.items()}
 
 
 def test_identical_outputs_are_bit_exact():
-    golden = make_golden()
-    result = compare(golden, golden.labels.copy(), golden.probs.copy())
-    assert result.bit_exact and result.labels_match and result.ok
-    assert result.max_abs_diff == 0.0
-    assert result.reason == "bit-exact"
-
-
-def test_flat_outputs_are_reshaped_to_the_golden():
-    golden = make_golden()
-    result = compare(golden, golden.labels.ravel().astype(np.int32), golden.probs.ravel())
-    assert result.bit_exact and result.ok
+    case = _case({"Y": np.array([0.5, 0.25], np.float32), "N": np.array([1], np.int32)})
+    result = compare_case(case, "cpu", _answer_of(case))
+    assert result.ok and result.bit_exact and result.reason == "case 'c': bit-exact"
 
 
 def test_one_ulp_is_within_tolerance_not_bit_exact():
-    golden = make_golden()
-    probs = golden.probs.copy()
-    probs[1, 7] = np.nextafter(np.float32(0.5), np.float32(1))  # 0.5 + 2^-24
-    result = compare(golden, golden.labels, probs)
-    assert not result.bit_exact
-    assert result.labels_match and result.ok
-    assert result.max_abs_diff == 2.0**-24
-    assert result.reason.startswith("within tolerance")
+    case = _case({"Y": np.array([0.5, 0.25], np.float32)})
+    answer = _answer_of(case)
+    answer["Y"][0] = np.nextafter(np.float32(0.5), np.float32(1))
+    result = compare_case(case, "cpu", answer)
+    assert result.ok and not result.bit_exact
+    assert result.outputs[0].max_abs_diff == 2.0**-24
+    assert result.reason.startswith("case 'c': within tolerance, not bit-exact")
 
 
-def test_a_flipped_label_fails_even_with_identical_probs():
-    golden = make_golden()
-    labels = golden.labels.copy()
-    labels[1, 0] = 2
-    result = compare(golden, labels, golden.probs)
-    assert not result.ok and not result.labels_match and not result.bit_exact
-    assert "labels" in result.reason
+def test_a_float_beyond_tolerance_fails_naming_the_output_and_the_element():
+    case = _case({"Y": np.array([[0.5, 0.25]], np.float32)})
+    answer = _answer_of(case)
+    answer["Y"][0, 1] += np.float32(2e-4)
+    result = compare_case(case, "cpu", answer)
+    assert not result.ok
+    assert result.reason.startswith("case 'c': Y differs by 0.0002 at [0, 1] (0.2502, golden 0.25; tolerance 0.0001)")
 
 
-def test_diff_above_tolerance_fails():
-    golden = make_golden(tolerance=1e-4)
-    probs = golden.probs.copy()
-    probs[1, 9] += np.float32(2e-4)
-    result = compare(golden, golden.labels, probs)
-    assert not result.ok and result.labels_match
-    assert result.max_abs_diff == pytest.approx(2e-4, rel=1e-3)
-    assert "exceeds tolerance" in result.reason
+def test_tolerance_scales_with_large_values():
+    case = _case({"Y": np.array([1e6, 1.0], np.float32)})
+    answer = _answer_of(case)
+    answer["Y"][0] += np.float32(64)  # 64 <= 1e-4 * 1e6
+    assert compare_case(case, "cpu", answer).ok
+    answer["Y"][1] += np.float32(0.01)  # 0.01 > 1e-4 * 1
+    assert not compare_case(case, "cpu", answer).ok
 
 
-def test_tolerance_boundary_is_inclusive():
-    # 0.5 + 2^-10 is exact in float32, so |dPROBS| is exactly 2^-10.
-    probs = make_golden().probs.copy()
-    probs[1, 7] = np.float32(0.5 + 2.0**-10)
-    at_limit = compare(make_golden(tolerance=2.0**-10), make_golden().labels, probs)
-    assert at_limit.max_abs_diff == 2.0**-10 and at_limit.ok
-    below_limit = compare(make_golden(tolerance=2.0**-10 - 2.0**-30), make_golden().labels, probs)
-    assert not below_limit.ok
+def test_the_tolerance_boundary_is_inclusive():
+    # 0.5 + 2^-10 is exact in float32, so |d| is exactly 2^-10.
+    case = _case({"Y": np.array([0.5], np.float32)}, tolerances={"Y": 2.0**-10})
+    assert compare_case(case, "cpu", {"Y": np.array([0.5 + 2.0**-10], np.float32)}).ok
+    tighter = _case({"Y": np.array([0.5], np.float32)}, tolerances={"Y": 2.0**-10 - 2.0**-30})
+    assert not compare_case(tighter, "cpu", {"Y": np.array([0.5 + 2.0**-10], np.float32)}).ok
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_outputs_fail(bad):
-    golden = make_golden()
-    probs = golden.probs.copy()
-    probs[0, 5] = bad
-    result = compare(golden, golden.labels, probs)
-    assert not result.ok and not result.bit_exact
-    assert "not finite" in result.reason
+def test_non_finite_answers_fail_whatever_the_tolerance(bad):
+    case = _case({"Y": np.array([0.5, 0.5], np.float32)}, tolerances={"Y": 1e30})
+    result = compare_case(case, "cpu", {"Y": np.array([0.5, bad], np.float32)})
+    assert not result.ok and "Y is not finite (NaN or inf)" in result.reason
 
 
-def test_huge_tolerance_does_not_let_nan_through():
-    golden = dataclasses.replace(make_golden(), tolerance=1e30)
-    probs = golden.probs.copy()
-    probs[0, 0] = np.nan
-    assert not compare(golden, golden.labels, probs).ok
+def test_integer_and_bytes_outputs_must_be_identical():
+    case = _case({"N": np.array([[4], [5]], np.int32), "T": np.array([[b"HI"], [b"YO"]], dtype=object)})
+    answer = _answer_of(case)
+    answer["N"][1, 0] = 6
+    answer["T"][0, 0] = b"HI!"
+    result = compare_case(case, "cpu", answer)
+    assert not result.ok
+    assert "N differs in 1 of 2 values (first at [1, 0]: 6, golden 5)" in result.reason
+    assert "T differs in 1 of 2 values (first at [0, 0]: b'HI!', golden b'HI')" in result.reason
 
 
-# --- the committed goldens ----------------------------------------------------------
+@pytest.mark.parametrize("answer, message", [
+    ({}, "Y is missing from the answer"),
+    ({"Y": np.array([[0.5, 0.25]], np.float32)}, "Y has shape [1, 2], expected [2]"),
+    ({"Y": np.array([0.5, 0.25], np.float64)}, "Y is FP64, expected FP32"),
+    ({"Y": np.array([b"a", b"b"], dtype=object)}, "Y is BYTES, expected FP32"),
+])
+def test_an_answer_of_another_form_fails_saying_how(answer, message):
+    result = compare_case(_case({"Y": np.array([0.5, 0.25], np.float32)}), "cpu", answer)
+    assert not result.ok and message in result.reason and not result.bit_exact
+
+
+# --- recording ------------------------------------------------------------------------
+
+
+def test_answers_that_differ_between_two_calls_are_refused_naming_the_output_and_the_difference():
+    first = {"Y": np.array([0.5, 0.25], np.float32), "N": np.array([1], np.int64)}
+    second = {"Y": np.array([0.5, 0.2500001], np.float32), "N": np.array([1], np.int64)}
+    diff = float(np.float32(0.2500001)) - 0.25  # three float32 steps above 0.25
+    assert reproducibility_problem(first, second) == f"output 'Y' differs between two calls by up to {diff:.3g} (at [1])"
+    with pytest.raises(GoldenError, match="not reproducible: output 'Y' differs"):
+        record_case("m", "c", {"X": np.zeros(1, np.float32)}, first, second, "cpu", {}, 1e-4, {})
+
+
+def test_bytes_and_missing_outputs_that_differ_are_named():
+    assert reproducibility_problem({"T": np.array([b"a"], object)}, {"T": np.array([b"b"], object)}) == (
+        "output 'T' differs between two calls at [0]: b'a' then b'b'")
+    assert reproducibility_problem({"T": np.array([1])}, {}) == "output 'T' came in only one of the two answers"
+    assert reproducibility_problem({"T": np.array([1])}, {"T": np.array([1])}) is None
+
+
+def test_a_nan_answer_or_input_is_not_recorded():
+    with pytest.raises(GoldenError, match="output 'Y' holds NaN or inf"):
+        _case({"Y": np.array([np.nan], np.float32)})
+    with pytest.raises(GoldenError, match="tensor 'X' holds NaN or inf"):
+        _case({"Y": np.array([1.0], np.float32)}, inputs={"X": np.array([np.inf], np.float32)})
+
+
+def test_a_tolerance_for_an_unknown_output_is_refused():
+    with pytest.raises(GoldenError, match="--tolerance names Z, not outputs of 'm' \\(Y\\)"):
+        _case({"Y": np.array([1.0], np.float32)}, tolerances={"Z": 0.1})
+
+
+def test_recording_another_device_class_keeps_the_first_with_the_same_inputs_only():
+    cpu = _case({"Y": np.array([1.0], np.float32)})
+    both = _case({"Y": np.array([1.0000001], np.float32)}, device="gpu", existing=cpu)
+    assert sorted(both.expected) == ["cpu", "gpu"] and both.expected["cpu"] == cpu.expected["cpu"]
+    again = _case({"Y": np.array([1.0], np.float32)}, inputs={"X": np.array([9.0, 9.0], np.float32)},
+                  device="gpu", existing=both)
+    assert sorted(again.expected) == ["gpu"]
+
+
+# --- the demo's goldens ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def heldout():
+def demo():
+    return GoldenCase.load(DEMO_GOLDENS)  # also checks the stored sha256
+
+
+def test_demo_goldens_load_with_exact_labels_and_a_tolerance_on_probs(demo):
+    assert (demo.model, demo.name) == ("pipeline", "digits")
+    outputs = demo.expected["cpu"].outputs
+    assert outputs["LABEL"].value.shape == (10, 1) and outputs["LABEL"].tolerance == 0.0
+    assert outputs["PROBS"].value.shape == (10, 10) and 0 < outputs["PROBS"].tolerance < 1e-2
+    assert demo.inputs["IMAGE"].shape == (10, 8, 8) and demo.inputs["IMAGE"].dtype == np.uint8
+
+
+def test_demo_goldens_hold_one_heldout_image_per_class_with_its_true_label(demo):
     _, _, test_x, test_y = heldout_split(*load_digits_uint8())
-    return test_x, test_y
-
-
-def test_committed_cpu_goldens_load():
-    golden = Golden.load(CPU_GOLDENS)  # also checks the stored sha256
-    assert golden.device_class == "cpu"
-    assert golden.images.shape == (10, 8, 8) and golden.labels.shape == (10, 1) and golden.probs.shape == (10, 10)
-    assert 0 < golden.tolerance < 1e-2
-
-
-def test_committed_goldens_hold_one_heldout_image_per_class_with_its_true_label(heldout):
-    test_x, test_y = heldout
-    golden = Golden.load(CPU_GOLDENS)
-    assert sorted(golden.labels.ravel().tolist()) == list(range(10))
-    for image, label in zip(golden.images, golden.labels.ravel()):
+    labels = demo.expected["cpu"].outputs["LABEL"].value.ravel()
+    assert sorted(labels.tolist()) == list(range(10))
+    for image, label in zip(demo.inputs["IMAGE"], labels):
         matches = np.flatnonzero((test_x == image).all(axis=(1, 2)))
         assert matches.size >= 1, f"golden image for label {label} is not in the held-out split"
         assert {int(test_y[i]) for i in matches} == {int(label)}
 
 
-def test_committed_golden_probs_are_distributions_agreeing_with_labels():
-    golden = Golden.load(CPU_GOLDENS)
-    sums = golden.probs.astype(np.float64).sum(axis=1)
-    np.testing.assert_allclose(sums, np.ones(10), rtol=0, atol=1e-5)
-    assert (golden.probs >= 0).all()
-    np.testing.assert_array_equal(golden.probs.argmax(axis=1), golden.labels.ravel())
+def test_demo_golden_probs_are_distributions_agreeing_with_labels(demo):
+    probs = demo.expected["cpu"].outputs["PROBS"].value
+    np.testing.assert_allclose(probs.astype(np.float64).sum(axis=1), np.ones(10), rtol=0, atol=1e-5)
+    assert (probs >= 0).all()
+    np.testing.assert_array_equal(probs.argmax(axis=1), demo.expected["cpu"].outputs["LABEL"].value.ravel())
+
+
+# --- the recorder's checks before it asks a server (triton_guard.canary.record) ---------
+
+from triton_guard import cli  # noqa: E402
+from triton_guard.canary.record import RecordUsage, _as_declared, record  # noqa: E402
+
+
+def test_an_npz_of_float64_for_an_fp32_input_is_sent_as_fp32_but_nothing_is_cast_across_kinds():
+    assert _as_declared("X", np.array([0.1, 0.2]), "FP32").dtype == np.float32
+    assert _as_declared("N", np.array([1, 2]), "INT32").dtype == np.int32
+    assert _as_declared("X", np.array([1.5]), "INT32").dtype == np.float64  # Triton says what is wrong
+    assert _as_declared("T", np.array([b"a"], object), "BYTES").dtype == object
+
+
+def test_a_bad_case_name_or_inputs_file_is_a_usage_error_before_any_server_is_asked(tmp_path):
+    good = tmp_path / "x.json"
+    good.write_text(json.dumps({"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}))
+    with pytest.raises(RecordUsage, match="case name 'a b'"):
+        record("localhost:1", "m", good, tmp_path, case_name="a b")
+    with pytest.raises(RecordUsage, match="missing.json"):
+        record("localhost:1", "m", tmp_path / "missing.json", tmp_path)
+
+
+@pytest.mark.parametrize("tolerance", ["abc", "Y=-1", "inf", "Y="])
+def test_a_bad_tolerance_is_refused_in_one_line_with_exit_2(tolerance, capsys):
+    code = cli.main(["goldens", "record", "--model", "m", "--inputs", "x.json", "--tolerance", tolerance])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"triton-guard goldens record: error: --tolerance {tolerance!r}: expected [OUTPUT=]NUMBER >= 0"]

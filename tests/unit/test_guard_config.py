@@ -22,6 +22,7 @@ def test_defaults_come_from_defaults_module():
         "failure_rate_threshold": defaults.FAILURE_RATE_THRESHOLD,
         "slow_call_ms": defaults.SLOW_CALL_MS,
         "slow_call_rate_threshold": defaults.SLOW_CALL_RATE_THRESHOLD,
+        "probe_interval_ms": defaults.PROBE_INTERVAL_MS,
     }
 
 
@@ -128,3 +129,17 @@ def test_to_dict_round_trips_through_parameters():
     assert GuardConfig(**config.to_dict()) == config
     as_strings = {key: str(value) for key, value in config.to_dict().items()}
     assert GuardConfig.from_parameters(as_strings) == config
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10", None, 2**31])
+def test_probe_interval_must_be_a_non_negative_integer(bad):
+    with pytest.raises(ConfigError) as info:
+        GuardConfig(probe_interval_ms=bad)
+    assert str(info.value).startswith(f"probe_interval_ms={bad!r} is invalid: expected an integer between 0 and")
+
+
+def test_probe_interval_zero_turns_active_recovery_off_and_parses():
+    assert GuardConfig(probe_interval_ms=0).probe_interval_ms == 0
+    assert GuardConfig.from_parameters({"probe_interval_ms": " 250 "}).probe_interval_ms == 250
+    with pytest.raises(ConfigError, match=r"probe_interval_ms='soon' is invalid: expected an integer"):
+        GuardConfig.from_parameters({"probe_interval_ms": "soon"})

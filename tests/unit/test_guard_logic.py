@@ -18,7 +18,7 @@ from tests import fakes
 
 from triton_guard.guard.breaker import CircuitBreaker, Permit, State, Transition
 from triton_guard.guard.failures import Failure, FailureClassifier
-from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, Guard, GuardEvents
+from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, ExecuteQueue, Guard, GuardEvents
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.shared_state import MemoryStore
 
@@ -43,11 +43,11 @@ class RecordingEvents(GuardEvents):
         self.log: list[tuple] = []
         self.durations: list[float | None] = []
 
-    def rejected(self, reason: str) -> None:
-        self.log.append(("rejected", reason))
+    def rejected(self, reason: str, requests: int = 1) -> None:
+        self.log.append(("rejected", reason) if requests == 1 else ("rejected", reason, requests))
 
-    def completed(self, duration_s: float | None, failure: Failure | None) -> None:
-        self.log.append(("completed", failure))
+    def completed(self, duration_s: float | None, failure: Failure | None, requests: int = 1) -> None:
+        self.log.append(("completed", failure) if requests == 1 else ("completed", failure, requests))
         self.durations.append(duration_s)
 
     def transitioned(self, transition: Transition) -> None:
@@ -488,3 +488,215 @@ def test_expired_trial_lease_is_reported_then_rejected(make_guard, upstream, clo
         ("transitioned", State.HALF_OPEN, State.OPEN, "trial_lease_expired"),
         ("rejected", "open"),
     ]
+
+
+# --- requests, not calls ----------------------------------------------------------------
+
+
+def test_a_failed_call_of_five_requests_opens_a_threshold_five_breaker(make_guard, upstream, events):
+    guard = make_guard(failure_threshold=5)
+    result = guard.call(upstream.answer("boom"), error_answer, requests=5)
+    assert result.failure is Failure.UPSTREAM_ERROR
+    assert guard.breaker.snapshot().state is State.OPEN
+    assert events.take() == [
+        ("completed", Failure.UPSTREAM_ERROR, 5),
+        ("transitioned", State.CLOSED, State.OPEN, "consecutive_failures"),
+    ]
+    assert guard.call(upstream.answer(), error_answer, requests=3).rejected == "open"
+    assert events.take() == [("rejected", "open", 3)]
+
+
+def test_a_hung_call_of_eight_requests_is_eight_timeouts(make_guard, upstream):
+    guard = make_guard(failure_threshold=5)
+    assert guard.call(upstream.hangs(), error_answer, requests=8).failure is Failure.TIMEOUT
+    snap = guard.breaker.snapshot()
+    assert snap.state is State.OPEN and snap.consecutive_failures == 8
+
+
+def test_a_full_bulkhead_fails_every_request_of_the_call(make_guard, upstream, events):
+    guard = make_guard(max_inflight=1, failure_threshold=100)
+    guard.call(upstream.hangs(), error_answer)
+    events.take()
+    assert guard.call(upstream.answer(), error_answer, requests=4).rejected == "overloaded"
+    assert events.take() == [("completed", Failure.OVERLOADED, 4), ("rejected", "overloaded", 4)]
+    assert guard.breaker.snapshot().consecutive_failures == 5
+
+
+def test_an_upstream_queue_expiry_reads_as_a_timeout_of_the_guard(make_guard, upstream):
+    guard = make_guard()
+    result = guard.call(upstream.answer("Request timeout expired"), error_answer)
+    assert result.code is Code.UNAVAILABLE and result.failure is Failure.TIMEOUT
+    assert result.message == f"model 'classifier' did not answer within timeout_ms={TIMEOUT_MS} (Request timeout expired)"
+
+
+def test_a_deadline_already_passed_makes_no_upstream_call(make_guard, upstream, clock):
+    guard = make_guard(failure_threshold=5)
+    result = guard.call(upstream.answer(), error_answer, requests=2, deadline_s=clock.now)
+    assert result.failure is Failure.TIMEOUT and upstream.calls == 0
+    assert guard.breaker.snapshot().consecutive_failures == 2
+
+
+def test_the_call_gets_what_is_left_of_the_deadline(make_guard, clock):
+    seen = []
+    guard = make_guard(timeout_ms=1000)
+    guard.call(seen.append, deadline_s=clock.now + 0.25)
+    guard.call(seen.append, deadline_s=clock.now + 5.0)  # never more than timeout_ms
+    assert seen == [0.25, 1.0]
+
+
+# --- call_requests: one execute's requests ------------------------------------------------
+
+
+class Batches:
+    """upstream_call(indices, timeout_s) for call_requests; records every call."""
+
+    def __init__(self, clock, takes_s: float = 0.0, answer=lambda indices: [f"y{i}" for i in indices]):
+        self.clock = clock
+        self.takes_s = takes_s
+        self.answer = answer
+        self.calls: list[tuple[tuple[int, ...], float]] = []
+
+    def __call__(self, indices, timeout_s):
+        self.calls.append((tuple(indices), round(timeout_s, 6)))
+        self.clock.advance(self.takes_s)
+        return self.answer(tuple(indices))
+
+
+def parts_by_request(parts):
+    return {i: part.result for part in parts for i in part.requests}
+
+
+def test_stamped_requests_get_their_own_deadline_and_expired_ones_an_answer_at_once(make_guard, clock, events):
+    guard = make_guard(timeout_ms=1000, failure_threshold=5)
+    batches = Batches(clock)
+    now = clock.now
+    arrivals = [now - 1.2, now - 0.4, now - 0.1, now - 1.0]  # 0 and 3 are past their 1 s deadline
+    parts = guard.call_requests(arrivals, batches, error_answer)
+    assert batches.calls == [((1, 2), 0.6)]  # one call, until the earliest live deadline
+    results = parts_by_request(parts)
+    assert results[1].value == results[2].value == ["y1", "y2"]
+    for i, waited in ((0, 1200), (3, 1000)):
+        assert results[i].code is Code.UNAVAILABLE and results[i].rejected == "deadline"
+        assert results[i].message == (
+            f"model 'classifier': deadline timeout_ms=1000 passed after {waited} ms of waiting before the guard"
+        )
+    # The two whose callers saw a timeout count against the upstream; the call, as two requests.
+    assert guard.breaker.snapshot().consecutive_failures == 0
+    assert guard.breaker.snapshot().calls_in_window == 4
+    assert ("rejected", "deadline", 2) in events.take()
+
+
+def test_expired_requests_open_the_breaker_while_closed(make_guard, clock):
+    guard = make_guard(timeout_ms=1000, failure_threshold=5)
+    batches = Batches(clock)
+    guard.call_requests([clock.now - 2.0] * 5, batches, error_answer)
+    assert batches.calls == []
+    assert guard.breaker.snapshot().state is State.OPEN
+
+
+def test_a_batch_failing_with_a_client_error_is_retried_alone_inside_the_original_deadlines(make_guard, clock):
+    guard = make_guard(timeout_ms=1000, failure_threshold=5)
+
+    def answer(indices):
+        if len(indices) > 1 or indices == (1,):
+            return CLIENT_ERROR  # request 1 is the bad one
+        return [f"y{indices[0]}"]
+
+    batches = Batches(clock, takes_s=0.3, answer=answer)
+    now = clock.now
+    parts = guard.call_requests([now - 0.2, now, now], batches, error_answer)
+    # The batch, then each alone with what is left of its own deadline, never a fresh timeout_ms.
+    assert batches.calls == [((0, 1, 2), 0.8), ((0,), 0.5), ((1,), 0.4), ((2,), 0.1)]
+    results = parts_by_request(parts)
+    assert results[0].value == ["y0"] and results[2].value == ["y2"]
+    assert results[1].code is Code.INVALID_ARG and results[1].message == CLIENT_ERROR
+    snap = guard.breaker.snapshot()
+    assert snap.calls_in_window == 3 and snap.consecutive_failures == 0  # one outcome per request
+
+
+def test_a_split_retry_whose_deadline_passed_is_not_sent(make_guard, clock):
+    guard = make_guard(timeout_ms=1000, failure_threshold=5)
+    batches = Batches(clock, takes_s=0.6, answer=lambda indices: CLIENT_ERROR if len(indices) > 1 else ["ok"])
+    now = clock.now
+    parts = guard.call_requests([now, now - 0.3], batches, error_answer)
+    assert batches.calls == [((0, 1), 0.7), ((0,), 0.4)]  # request 1's deadline passed during the batch
+    results = parts_by_request(parts)
+    assert results[0].value == ["ok"]
+    assert results[1].failure is Failure.TIMEOUT
+    assert results[1].message == "model 'classifier' did not answer within timeout_ms=1000"
+
+
+def test_unbatched_upstream_gets_one_call_per_request(make_guard, clock):
+    guard = make_guard(timeout_ms=1000)
+    batches = Batches(clock)
+    guard.call_requests([None, None], batches, error_answer, batch=False)
+    assert [indices for indices, _ in batches.calls] == [(0,), (1,)]
+
+
+def test_unstamped_requests_behind_a_timed_out_execute_are_answered_by_their_deadline(make_guard, clock, upstream):
+    """A guard called directly: the next execute's requests waited while the last one hung."""
+    guard = make_guard(timeout_ms=TIMEOUT_MS, failure_threshold=100)
+
+    def hung(indices, timeout_s):
+        clock.advance(timeout_s)  # the guard waits the whole deadline (a real 50 ms here)
+        return upstream.hangs()(timeout_s)
+
+    (first,) = guard.call_requests([None], hung, error_answer)
+    assert first.result.failure is Failure.TIMEOUT
+    clock.advance(0.002)  # Triton hands the instance its next batch at once
+    batches = Batches(clock)
+    parts = guard.call_requests([None, None], batches, error_answer)
+    assert batches.calls == []  # they may have waited the whole deadline: not sent
+    for result in parts_by_request(parts).values():
+        assert result.rejected == "deadline"
+        assert result.message == (
+            f"model 'classifier': deadline timeout_ms={TIMEOUT_MS} passed after up to 52 ms of waiting in the guard's queue"
+        )
+
+
+def test_unstamped_requests_after_an_answered_execute_get_the_full_timeout(make_guard, clock):
+    guard = make_guard(timeout_ms=1000)
+    slow = Batches(clock, takes_s=0.8)  # slow but answered: the next caller is not penalised
+    guard.call_requests([None], slow, error_answer)
+    clock.advance(0.002)
+    guard.call_requests([None], slow, error_answer)
+    assert slow.calls == [((0,), 1.0), ((0,), 1.0)]
+
+
+def test_an_idle_instance_resets_the_queue_bound(make_guard, clock, upstream):
+    guard = make_guard(timeout_ms=TIMEOUT_MS, failure_threshold=100)
+
+    def hung(indices, timeout_s):
+        clock.advance(timeout_s)
+        return upstream.hangs()(timeout_s)
+
+    guard.call_requests([None], hung, error_answer)
+    clock.advance(1.0)  # idle for a second: the next request arrived just now
+    batches = Batches(clock)
+    guard.call_requests([None], batches, error_answer)
+    assert batches.calls == [((0,), TIMEOUT_MS / 1000)]
+
+
+def test_execute_queue_bound():
+    queue = ExecuteQueue(idle_gap_s=0.1)
+    assert queue.earliest_arrival(10.0) == 10.0  # first execute
+    queue.started(10.0)
+    queue.timed_out()
+    queue.ended(12.0)
+    assert queue.earliest_arrival(12.05) == 10.0  # straight after a timed-out execute
+    assert queue.earliest_arrival(12.2) == 12.2  # the instance idled in between
+    queue.started(12.05)
+    queue.ended(12.5)  # answered
+    assert queue.earliest_arrival(12.51) == 12.51
+
+
+def test_expired_requests_get_the_breakers_answer_when_it_is_open(make_guard, clock, upstream, events):
+    guard = make_guard(timeout_ms=1000, failure_threshold=2, recovery_ms=30_000)
+    open_breaker(guard, upstream)
+    clock.advance(10.0)
+    events.take()
+    parts = guard.call_requests([clock.now - 2.0], Batches(clock), error_answer)
+    (part,) = parts
+    assert part.result.rejected == "open"
+    assert part.result.message.startswith(UNAVAILABLE_PREFIX) and "next trial call in 20.0 s" in part.result.message
+    assert events.take() == [("rejected", "open")]

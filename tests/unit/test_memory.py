@@ -295,3 +295,14 @@ def test_projection_starts_from_the_fitted_line_not_the_last_sample():
     assert result.slope_bytes_per_s == pytest.approx(-16 * MIB, rel=1e-12)
     assert result.seconds_to_floor == pytest.approx((56 - 8) / 16, rel=1e-12)  # 3.0 s
     assert result.seconds_to_floor != pytest.approx((50 - 8) / 16)  # 2.625 s from the last sample
+
+
+def test_span_is_the_time_between_the_oldest_and_the_newest_kept_sample():
+    trend = LeakTrend(window_s=10.0, min_samples=3)
+    assert trend.span_s == 0.0
+    trend.add(100.0, 5)
+    assert trend.span_s == 0.0
+    trend.add(104.5, 5)
+    assert trend.span_s == 4.5
+    trend.add(112.0, 5)  # the sample at 100 falls out of the 10 s window
+    assert trend.span_s == 7.5

@@ -74,7 +74,8 @@ def test_canary_check_names_are_the_ones_the_checks_return():
     """Each check function, called with nothing to go on, still names itself."""
     produced = {
         checks.check_liveness({}).name,
-        checks.check_golden(None, "no answer").name,
+        checks.metric_labels(checks.check_golden("add_sub", None, "no answer").name)["check"],
+        checks.check_no_goldens().name,
         checks.check_headroom(None, 0, "unreadable").name,
         checks.check_trend(None, 900.0, 0, 5).name,
         checks.check_stall(None, 10.0, "no metrics").name,

@@ -14,11 +14,14 @@ class TritonPythonModel:
     def initialize(self, args):
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         upstream = params.pop("upstream_model")
-        self.classifier = GuardedUpstream(upstream, instance_name=args["model_instance_name"], **params)
+        self.classifier = GuardedUpstream(
+            upstream, instance_name=args["model_instance_name"], upstream_batches=True, **params
+        )
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy() for r in requests]
-        result = self.classifier.infer({"PIXELS": normalize(np.concatenate(images))}, ["PROBS"])
+        # One call for the whole batch; the breaker counts every request in it.
+        result = self.classifier.infer({"PIXELS": normalize(np.concatenate(images))}, ["PROBS"], requests=len(requests))
         if not result.ok:
             return [self.classifier.error_response(result) for _ in requests]
         return [

@@ -14,13 +14,19 @@ Import this only inside a Triton Python model (it needs the stub's
 
           def execute(self, requests):
               ...
-              result = self.classifier.infer({"PIXELS": pixels}, ["PROBS"])
+              result = self.classifier.infer({"PIXELS": pixels}, ["PROBS"], requests=len(requests))
               if not result.ok:
                   return [self.classifier.error_response(result) for _ in requests]
               probs = result.value["PROBS"]
 
 Every instance of every model that guards the same upstream shares one
 breaker per server (a small shared-memory file, see shared_state.py).
+
+`requests=len(requests)`: thresholds count requests, so a call carrying a
+whole dynamic batch records one outcome per request. While the breaker is
+OPEN a thread probes the upstream (triton_guard.guard.recovery) with one row
+of the last good call's inputs (`upstream_batches=True`; else the whole
+inputs of that call), copied at most every PROBE_SAMPLE_REFRESH_S.
 """
 
 from __future__ import annotations
@@ -38,15 +44,16 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends import metric_families
 from triton_guard.guard import metrics as gm
+from triton_guard.guard.batching import split_like
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.failures import FailureClassifier, is_stub_dead
 from triton_guard.guard.core import Code, Guard, GuardResult
-from triton_guard.guard.config import ConfigError, GuardConfig
+# EXTRA_PARAMETERS stays importable from here (the in-process placement reads it).
+from triton_guard.guard.config import EXTRA_PARAMETERS, ConfigError, validate_parameters  # noqa: F401
+from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock
 from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state, write_json_state
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
-# Guard parameters beyond GuardConfig's thresholds.
-EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
 
 
 class GuardedUpstream:
@@ -57,13 +64,13 @@ class GuardedUpstream:
     value raises ConfigError naming the parameter.
     """
 
-    def __init__(self, upstream: str, *, instance_name: str = "", **parameters: str) -> None:
-        unknown = sorted(set(parameters) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
-        if unknown:
-            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(GuardConfig.parameter_names())}")
+    def __init__(
+        self, upstream: str, *, instance_name: str = "", upstream_batches: bool = False, **parameters: str
+    ) -> None:
         self.upstream = upstream
         self.called = False  # set by the first infer: metrics publish from then on
-        self.config = GuardConfig.from_parameters(parameters)
+        # The same checks `triton-guard guard` makes before it writes a config.
+        self.config = validate_parameters(parameters)
         self.breaker = CircuitBreaker(upstream, self.config, SharedFileStore(default_state_dir()))
         self.metrics_buffer = gm.MetricsBuffer()
         self.guard = Guard(
@@ -83,38 +90,117 @@ class GuardedUpstream:
         if heal not in ("true", "false"):
             raise ConfigError(f"heal_dead_upstream={heal!r} is invalid: expected true or false")
         self._healer = _Healer(upstream, self.config.recovery_ms / 1000) if heal == "true" else None
+        # Active recovery's probe input: (inputs, output names) of a recent good call.
+        self._upstream_batches = upstream_batches
+        self._probe_input: tuple[dict[str, np.ndarray], list[str]] | None = None
+        self._probe_input_at = -float("inf")
+        self.recovery = ActiveRecovery(
+            self.breaker,
+            self._make_probe,
+            _error_of,
+            FileProbeLock(os.path.join(default_state_dir(), f"probe-{upstream}.lock")),
+            on_transition=self._probe_transition,
+        )
         self._publisher = _MetricsPublisher(self, instance_name or upstream)
         self._publisher.start()
+        self._prober = None
+        if self.recovery.enabled:
+            self._prober = _Prober(self)
+            self._prober.start()
 
     def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], budget_s: float | None = None
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *, requests: int = 1
     ) -> GuardResult:
-        """One guarded BLS call; on success `result.value` maps output names to arrays.
+        """One guarded BLS call carrying `requests` requests; on success `result.value` maps output names to arrays.
 
-        `budget_s`: what is left of the callers' deadline, if they waited before this call.
+        Its deadline starts now (the library placement cannot see a queue wait before its execute).
+        """
+        self.called = True
+        return self.guard.call(
+            lambda timeout_s: self._bls(inputs, output_names, timeout_s), _error_of, requests=requests
+        )
+
+    def infer_requests(
+        self,
+        inputs: Sequence[Mapping[str, np.ndarray]],
+        output_names: Sequence[str],
+        arrivals: Sequence[float | None],
+    ) -> list[GuardResult]:
+        """One execute's requests (`inputs[i]`: request i's tensors) through `Guard.call_requests`.
+
+        `arrivals[i]`: time.monotonic() seconds at which request i entered the
+        pipeline, or None. Returns one result per request, in order; an ok
+        result's value holds that request's rows only.
         """
         self.called = True
 
-        def upstream_call(timeout_s: float):
-            request = pb_utils.InferenceRequest(
-                model_name=self.upstream,
-                inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                requested_output_names=list(output_names),
-                # Also bounds the time in the upstream's queue (needs its queue policy).
-                timeout=int(timeout_s * 1_000_000),
-            )
-            response = request.exec()
-            if response.has_error():
-                message = response.error().message()
-                # Seen here too when the guard gave up on this call long ago.
-                if self._healer is not None and is_stub_dead(message):
-                    self._healer.request()
-                return message
-            return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
+        def upstream_call(indices: Sequence[int], timeout_s: float):
+            if len(indices) == 1:
+                return self._bls(inputs[indices[0]], output_names, timeout_s)
+            batch = {name: np.concatenate([inputs[i][name] for i in indices]) for name in inputs[indices[0]]}
+            return self._bls(batch, output_names, timeout_s)
 
-        # A string answer is the upstream's error message (BLS reports errors in the response).
-        return self.guard.call(
-            upstream_call, error_of=lambda answer: answer if isinstance(answer, str) else None, budget_s=budget_s
+        results: list[GuardResult | None] = [None] * len(inputs)
+        for part in self.guard.call_requests(arrivals, upstream_call, _error_of, batch=self._upstream_batches):
+            if len(part.requests) == 1 or not part.result.ok:
+                for i in part.requests:
+                    results[i] = part.result
+                continue
+            first_input = next(iter(inputs[part.requests[0]]))
+            rows = [inputs[i][first_input] for i in part.requests]
+            per_output = {name: list(split_like(part.result.value[name], rows)) for name in output_names}
+            for k, i in enumerate(part.requests):
+                results[i] = GuardResult(Code.OK, value={name: per_output[name][k] for name in output_names})
+        return results
+
+    def _bls(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], timeout_s: float):
+        """One BLS call: the outputs by name, or the upstream's error message (a str)."""
+        request = pb_utils.InferenceRequest(
+            model_name=self.upstream,
+            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+            requested_output_names=list(output_names),
+            # Also bounds the time in the upstream's queue (needs its queue policy).
+            timeout=int(timeout_s * 1_000_000),
+        )
+        response = request.exec()
+        if response.has_error():
+            message = response.error().message()
+            self._seen_error(message)
+            return message
+        outputs = {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
+        self._keep_probe_input(inputs, output_names)
+        return outputs
+
+    def _seen_error(self, message: str) -> None:
+        # Heal a dead upstream stub. Seen here too when the guard gave up on this call long ago.
+        if self._healer is not None and is_stub_dead(message):
+            self._healer.request()
+
+    def _keep_probe_input(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> None:
+        # Rarely (one clock read per good call otherwise): a copy, since the
+        # arrays may be views of request tensors that die with the request.
+        now = time.monotonic()
+        if now - self._probe_input_at < defaults.PROBE_SAMPLE_REFRESH_S or not self.recovery.enabled:
+            return
+        if self._upstream_batches:
+            if any(len(array) == 0 for array in inputs.values()):
+                return
+            sample = {name: np.array(array[:1], copy=True) for name, array in inputs.items()}
+        else:
+            sample = {name: np.array(array, copy=True) for name, array in inputs.items()}
+        self._probe_input, self._probe_input_at = (sample, list(output_names)), now
+
+    def _make_probe(self):
+        kept = self._probe_input
+        if kept is None:
+            return None
+        inputs, output_names = kept
+        return lambda timeout_s: self._bls(inputs, output_names, timeout_s)
+
+    def _probe_transition(self, transition) -> None:
+        self.metrics_buffer.transitioned(transition)
+        pb_utils.Logger.log_info(
+            f"guard: a recovery probe of '{self.upstream}' was answered; breaker {transition.to_state.name}"
         )
 
     def error_response(self, result: GuardResult):
@@ -122,7 +208,31 @@ class GuardedUpstream:
 
     def close(self) -> None:
         self._publisher.stop()
+        if self._prober is not None:
+            self._prober.stop()
         self.guard.close()
+
+
+def _error_of(answer) -> str | None:
+    # A string answer is the upstream's error message (BLS reports errors in the response).
+    return answer if isinstance(answer, str) else None
+
+
+class _Prober(threading.Thread):
+    """Runs the guard's active recovery beside the request path (see triton_guard.guard.recovery)."""
+
+    def __init__(self, upstream: GuardedUpstream) -> None:
+        super().__init__(name=f"guard-probe-{upstream.upstream}", daemon=True)
+        self._upstream = upstream
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        # No BLS call from this thread before the model has served a request
+        # (see _MetricsPublisher.publish); OPEN cannot happen earlier anyway.
+        self._upstream.recovery.run(self._stop, may_call=lambda: self._upstream.called)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class _MetricsPublisher(threading.Thread):

@@ -1,9 +1,10 @@
 """The canary's checks and its report, as plain Python (no Triton import).
 
-The `canary` backend gathers facts (model readiness, a golden inference,
-memory readings, server metrics, breaker states, runtime versions) and these
-functions turn each into a `CheckResult`: name, pass/fail, the measured value,
-the limit and a reason a person can act on. `ready` is the AND of all checks.
+The canary (triton_guard.canary.runner) gathers facts (model readiness, one
+golden inference per model that has goldens, memory readings, server metrics,
+breaker states, runtime versions) and these functions turn each into a
+`CheckResult`: name, pass/fail, the measured value, the limit and a reason a
+person can act on. `ready` is the AND of all checks.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
+
 from triton_guard import defaults
 from triton_guard.guard.breaker import BreakerSnapshot, State
-from triton_guard.canary.goldens import GoldenComparison
+from triton_guard.canary.goldens import CaseComparison
 from triton_guard.canary.memory import MemoryReading, Trend
 from triton_guard.pins import Pins
 
@@ -37,7 +40,7 @@ def _bool(name: str, text: str) -> bool:
 
 @dataclass(frozen=True)
 class CanaryConfig:
-    pipeline_model: str = defaults.CANARY_PIPELINE
+    # Models whose readiness is checked; empty: every model the server has loaded.
     models: tuple[str, ...] = defaults.CANARY_MODELS
     deadline_ms: int = defaults.CANARY_DEADLINE_MS
     interval_ms: int = defaults.CANARY_INTERVAL_MS
@@ -91,8 +94,6 @@ class CanaryConfig:
             raise CanaryConfigError(f"trend_min_samples={self.trend_min_samples!r} is invalid: expected >= 3")
         if self.device_class not in ("auto", "cpu", "gpu"):
             raise CanaryConfigError(f"device_class={self.device_class!r} is invalid: expected auto, cpu or gpu")
-        if not self.models or not self.pipeline_model:
-            raise CanaryConfigError("models and pipeline_model must name at least one model")
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any], base: "CanaryConfig | None" = None) -> "CanaryConfig":
@@ -143,6 +144,8 @@ class CanaryReport:
     duration_s: float
     device_class: str
     at: float = field(default_factory=time.time)  # wall clock, for people
+    notes: list[str] = field(default_factory=list)  # what a passing report should still say
+    metrics_url: str | None = None  # the server's /metrics as the canary reaches it
 
     @property
     def ready(self) -> bool:
@@ -158,11 +161,14 @@ class CanaryReport:
             "at": self.at,
             "duration_s": self.duration_s,
             "device_class": self.device_class,
+            "notes": list(self.notes),
+            "metrics_url": self.metrics_url,
             "checks": [dataclasses.asdict(c) for c in self.checks],
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), default=_json_default)
+        """Standard JSON (jq, Go, JavaScript): a NaN or inf measurement is written as null."""
+        return json.dumps(_finite(self.to_dict()), default=str, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CanaryReport":
@@ -171,39 +177,81 @@ class CanaryReport:
             duration_s=data["duration_s"],
             device_class=data["device_class"],
             at=data["at"],
+            notes=list(data.get("notes") or []),
+            metrics_url=data.get("metrics_url"),
         )
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
+def _finite(value):
+    """`value` with every non-finite float (NaN, inf, numpy's too) replaced by None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
 
 
 # --- the checks ----------------------------------------------------------------
 
 
-def check_liveness(ready_by_model: Mapping[str, bool]) -> CheckResult:
+def check_liveness(ready_by_model: Mapping[str, bool], why: Mapping[str, str] | None = None) -> CheckResult:
+    """`why`: what the server says of a model that is not ready (its state and reason)."""
+    why = why or {}
     not_ready = sorted(m for m, ready in ready_by_model.items() if not ready)
+    named = ", ".join(f"{m} ({why[m]})" if why.get(m) else m for m in not_ready)
     return CheckResult(
         "liveness",
         not not_ready,
         {m: ready for m, ready in ready_by_model.items()},
         "all ready",
-        f"not ready: {', '.join(not_ready)}" if not_ready else f"{len(ready_by_model)} models ready",
+        f"not ready: {named}" if not_ready else f"{len(ready_by_model)} models ready",
     )
 
 
-def check_golden(comparison: GoldenComparison | None, error: str | None = None) -> CheckResult:
-    if comparison is None:
-        return CheckResult("golden", False, None, "answer within deadline", error or "no answer")
-    return CheckResult(
-        "golden",
-        comparison.ok,
-        {"bit_exact": comparison.bit_exact, "labels_match": comparison.labels_match, "max_abs_diff": comparison.max_abs_diff},
-        {"max_abs_diff": comparison.tolerance},
-        comparison.reason,
-    )
+GOLDEN = "golden"  # a golden check is named golden:<model>
+NO_GOLDENS_NOTE = (
+    "no golden inference configured: no model has goldens "
+    "(record some with `triton-guard goldens record`)"
+)
+
+
+def golden_check_name(model: str) -> str:
+    return f"{GOLDEN}:{model}"
+
+
+def metric_labels(check_name: str) -> dict[str, str]:
+    """triton_guard_canary_check_ok's labels: golden:add_sub -> check golden, model add_sub; else no model."""
+    check, _, model = check_name.partition(":")
+    return {"check": check, "model": model}
+
+
+def check_golden(model: str, comparisons: list[CaseComparison] | None, error: str | None = None) -> CheckResult:
+    """One model's golden cases: every case must give its recorded outputs."""
+    name = golden_check_name(model)
+    if comparisons is None:
+        return CheckResult(name, False, None, "answer within deadline", error or "no answer")
+    value = {
+        c.case: {
+            "bit_exact": c.bit_exact,
+            "outputs": {o.name: {"ok": o.ok, "max_abs_diff": o.max_abs_diff} for o in c.outputs},
+        }
+        for c in comparisons
+    }
+    limit = {c.case: {o.name: o.tolerance for o in c.outputs} for c in comparisons}
+    failed = [c for c in comparisons if not c.ok]
+    shown = failed or comparisons
+    return CheckResult(name, not failed, value, {"tolerance": limit}, "; ".join(c.reason for c in shown))
+
+
+def check_no_goldens() -> CheckResult:
+    """No model has goldens: nothing to compare, and the report says so."""
+    return CheckResult(GOLDEN, True, None, None, NO_GOLDENS_NOTE)
 
 
 def check_headroom(reading: MemoryReading | None, floor: int, error: str | None = None) -> CheckResult:
@@ -221,11 +269,16 @@ def check_headroom(reading: MemoryReading | None, floor: int, error: str | None 
     )
 
 
-def check_trend(trend: Trend | None, horizon_s: float, samples: int, min_samples: int, min_span_s: float = 0.0) -> CheckResult:
+def check_trend(
+    trend: Trend | None, horizon_s: float, samples: int, min_samples: int, min_span_s: float = 0.0,
+    span_s: float | None = None,
+) -> CheckResult:
+    """`span_s`: how long the samples collected so far span (said while there is no verdict yet)."""
     if trend is None:
+        spanning = f"{span_s:.0f} s of at least {min_span_s:.0f} s" if span_s is not None else f"spanning {min_span_s:.0f} s"
         return CheckResult(
             "leak_trend", True, {"samples": samples}, {"horizon_s": horizon_s},
-            f"collecting samples ({samples} of at least {min_samples}, spanning {min_span_s:.0f} s)",
+            f"collecting samples ({samples} of at least {min_samples}, {spanning})",
         )
     ok = trend.seconds_to_floor >= horizon_s
     mb = 1024 * 1024

@@ -1,109 +1,447 @@
-"""Golden inference: fixed inputs, outputs recorded once, compared two ways.
+"""Goldens: fixed inputs to one model and the outputs it must give, as data.
 
-* an exact hash of the outputs (bit-exact: same model, same numerics);
-* a tolerance comparison (identical labels, max |dPROBS| <= tolerance).
+A golden case is one file beside the model it checks,
+`<repository>/<model>/goldens/<case>.golden.json`, so a new model version and
+its goldens are reviewed together. It holds:
 
-A GPU's rounding differs from a CPU's, and even one device's may differ with
-the batch a request was merged into, so the hash alone would cry wolf: the
-tolerance decides, the hash says whether the answer was bit-identical.
-Goldens are kept per device class (`goldens/cpu.json`, `goldens/gpu.json`) by
-scripts/make_goldens.py, which records the environment they were made in.
+* `inputs`: a KServe v2 inference request body (named tensors of any
+  datatype, BYTES included, any shape, batched or not: exactly what the model
+  is sent; `curl .../v2/models/<model>/infer -d` takes the same tensors);
+* `expected`, per device class (`cpu`, `gpu`): each output's datatype, shape,
+  values and tolerance, and a sha256 over all of them (bit-exact or not).
+
+Floating-point outputs pass within their tolerance (|answer - golden| <=
+tolerance * max(1, |golden|)): a GPU rounds differently from a CPU, and one
+device may round differently with the batch a request was merged into.
+Integer, BOOL and BYTES outputs must be identical. The hash only says whether
+the answer was bit-for-bit the recorded one.
+
+Values are written as JSON numbers: a float32 or float16 widened to a Python
+float and printed by repr() reads back to the same bits. BYTES elements are
+UTF-8 strings, or {"base64": ...} when they are not text.
+`triton-guard goldens record` writes these files (`record_case`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-GOLDENS_DIR = "goldens"  # inside the canary model's directory
+GOLDENS_DIR = "goldens"  # inside the checked model's directory
+GOLDEN_SUFFIX = ".golden.json"
+DEVICE_CLASSES = ("cpu", "gpu")
+FORMAT_VERSION = 1
+
+_FLOAT_TYPES = ("FP16", "FP32", "FP64")
 
 
-def output_hash(labels: np.ndarray, probs: np.ndarray) -> str:
-    """sha256 over the little-endian bytes of LABEL (int64) then PROBS (float32)."""
+class GoldenError(ValueError):
+    """An unusable golden (file, tensor or recording); the message names it."""
+
+
+# --- tensors <-> JSON -------------------------------------------------------------
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """Triton's datatype name (BYTES for object or text arrays)."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    name = np_to_triton_dtype(array.dtype.newbyteorder("="))
+    if name is None:
+        raise GoldenError(f"numpy dtype {array.dtype} has no Triton datatype")
+    return name
+
+
+def _bytes_element(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    raise GoldenError(f"BYTES element {value!r} is neither bytes nor text")
+
+
+def canonical(array: np.ndarray, datatype: str | None = None) -> np.ndarray:
+    """The array as Triton hands it over: BYTES as objects of bytes, numbers as their own dtype."""
+    array = np.asarray(array)
+    datatype = datatype or datatype_of(array)
+    if datatype == "BYTES":
+        flat = [_bytes_element(v) for v in array.reshape(-1).tolist()] if array.size else []
+        return np.array(flat, dtype=np.object_).reshape(array.shape)
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None:
+        raise GoldenError(f"datatype {datatype} is not supported")
+    return np.asarray(array, dtype=dtype)
+
+
+def tensor_to_json(name: str, array: np.ndarray) -> dict:
+    """One KServe v2 tensor {"name", "datatype", "shape", "data"} (data flattened, row-major)."""
+    datatype = datatype_of(array)
+    array = canonical(array, datatype)
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        data = []
+        for value in flat.tolist():
+            try:
+                data.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                data.append({"base64": base64.b64encode(value).decode("ascii")})
+    elif datatype in _FLOAT_TYPES:
+        if not np.all(np.isfinite(flat)):
+            raise GoldenError(f"tensor '{name}' holds NaN or inf: not representable as a golden")
+        data = [float(v) for v in flat.tolist()]
+    elif datatype == "BOOL":
+        data = [bool(v) for v in flat.tolist()]
+    else:
+        data = [int(v) for v in flat.tolist()]
+    return {"name": name, "datatype": datatype, "shape": [int(d) for d in array.shape], "data": data}
+
+
+def tensor_from_json(tensor: Mapping[str, Any], where: str) -> tuple[str, np.ndarray]:
+    try:
+        name, datatype, shape, data = tensor["name"], str(tensor["datatype"]).upper(), tensor["shape"], tensor["data"]
+    except (KeyError, TypeError):
+        raise GoldenError(f"{where}: a tensor needs name, datatype, shape and data") from None
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise GoldenError(f"{where}: tensor '{name}': bad shape {shape!r}")
+    if not isinstance(data, list) or len(data) != math.prod(shape):
+        raise GoldenError(f"{where}: tensor '{name}': shape {shape} needs {math.prod(shape)} values")
+    if datatype == "BYTES":
+        values = []
+        for value in data:
+            if isinstance(value, dict) and "base64" in value:
+                values.append(base64.b64decode(value["base64"]))
+            elif isinstance(value, str):
+                values.append(value.encode("utf-8"))
+            else:
+                raise GoldenError(f"{where}: tensor '{name}': BYTES value {value!r} is not text or base64")
+        return name, np.array(values, dtype=np.object_).reshape(shape)
+    dtype = triton_to_np_dtype(datatype) if datatype != "BYTES" else None
+    if dtype is None:
+        raise GoldenError(f"{where}: tensor '{name}': unknown datatype {datatype!r}")
+    try:
+        return name, np.array(data, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise GoldenError(f"{where}: tensor '{name}': data is not {datatype}: {exc}") from None
+
+
+def outputs_hash(outputs: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every output, by name: name, datatype, shape, then its values.
+
+    Numbers as little-endian bytes of their own dtype; BYTES as Triton
+    serialises them (each element a 4-byte little-endian length, then its bytes).
+    """
     digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(probs, dtype="<f4").tobytes())
+    for name in sorted(outputs):
+        array = np.asarray(outputs[name])
+        datatype = datatype_of(array)
+        array = canonical(array, datatype)
+        digest.update(name.encode() + b"\0" + datatype.encode() + b"\0")
+        digest.update(struct.pack(f"<{array.ndim}q", *array.shape))
+        if datatype == "BYTES":
+            for value in array.reshape(-1).tolist():
+                digest.update(struct.pack("<I", len(value)) + value)
+        else:
+            digest.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Golden:
-    device_class: str
-    images: np.ndarray  # uint8 [N, 8, 8]
-    labels: np.ndarray  # int64 [N, 1]
-    probs: np.ndarray  # float32 [N, 10]
-    sha256: str
-    tolerance: float
-    environment: dict
+# --- a golden case ---------------------------------------------------------------
 
-    @classmethod
-    def load(cls, path: Path) -> "Golden":
-        data = json.loads(Path(path).read_text())
-        golden = cls(
-            device_class=data["device_class"],
-            images=np.array(data["images"], dtype=np.uint8),
-            labels=np.array(data["labels"], dtype=np.int64),
-            # float32 written as hex floats: exact round trip through JSON.
-            probs=np.array([[float.fromhex(v) for v in row] for row in data["probs"]], dtype=np.float32),
-            sha256=data["sha256"],
-            tolerance=float(data["tolerance"]),
-            environment=data.get("environment", {}),
-        )
-        if output_hash(golden.labels, golden.probs) != golden.sha256:
-            raise ValueError(f"{path}: sha256 does not match the outputs stored beside it")
-        return golden
+
+@dataclass(frozen=True)
+class ExpectedOutput:
+    name: str
+    value: np.ndarray
+    tolerance: float  # 0 for integer, BOOL and BYTES outputs: exact
+
+    @property
+    def datatype(self) -> str:
+        return datatype_of(self.value)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one device class answers."""
+
+    outputs: dict[str, ExpectedOutput]
+    sha256: str
+    environment: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    model: str
+    name: str
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, Expected]  # by device class
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "device_class": self.device_class,
-                "sha256": self.sha256,
-                "tolerance": self.tolerance,
-                "environment": self.environment,
-                "images": self.images.tolist(),
-                "labels": self.labels.tolist(),
-                "probs": [[float(v).hex() for v in row] for row in self.probs],
+        body = {
+            "format": FORMAT_VERSION,
+            "model": self.model,
+            "case": self.name,
+            "inputs": [tensor_to_json(n, a) for n, a in self.inputs.items()],
+            "expected": {
+                device: {
+                    "sha256": e.sha256,
+                    "environment": e.environment,
+                    "outputs": [
+                        {**tensor_to_json(o.name, o.value), "tolerance": o.tolerance} for o in e.outputs.values()
+                    ],
+                }
+                for device, e in sorted(self.expected.items())
             },
-            indent=1,
-        )
+        }
+        return _dumps_with_flat_data(body)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "GoldenCase":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise GoldenError(f"{where}: not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+            raise GoldenError(f"{where}: not a golden case (format {FORMAT_VERSION})")
+        try:
+            model, name, inputs, expected = data["model"], data["case"], data["inputs"], data["expected"]
+        except KeyError as exc:
+            raise GoldenError(f"{where}: lacks {exc.args[0]!r}") from None
+        if not isinstance(inputs, list) or not inputs:
+            raise GoldenError(f"{where}: 'inputs' must list at least one tensor")
+        if not isinstance(expected, dict) or not expected:
+            raise GoldenError(f"{where}: 'expected' holds no device class")
+        tensors = dict(tensor_from_json(t, where) for t in inputs)
+        by_device = {}
+        for device, entry in expected.items():
+            if device not in DEVICE_CLASSES:
+                raise GoldenError(f"{where}: unknown device class {device!r} (expected cpu or gpu)")
+            outputs = {}
+            for tensor in entry.get("outputs") or []:
+                out_name, value = tensor_from_json(tensor, where)
+                tolerance = float(tensor.get("tolerance", 0.0))
+                if not (math.isfinite(tolerance) and tolerance >= 0):
+                    raise GoldenError(f"{where}: output '{out_name}': tolerance {tolerance!r} must be >= 0")
+                outputs[out_name] = ExpectedOutput(out_name, value, tolerance if datatype_of(value) in _FLOAT_TYPES else 0.0)
+            if not outputs:
+                raise GoldenError(f"{where}: {device}: no expected output")
+            sha = entry.get("sha256")
+            if outputs_hash({n: o.value for n, o in outputs.items()}) != sha:
+                raise GoldenError(f"{where}: {device}: sha256 does not match the outputs stored beside it")
+            by_device[device] = Expected(outputs, sha, entry.get("environment") or {})
+        return cls(str(model), str(name), tensors, by_device)
+
+    @classmethod
+    def load(cls, path: Path) -> "GoldenCase":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise GoldenError(f"{path}: {exc.strerror}") from None
+        return cls.from_json(text, str(path))
+
+
+def _dumps_with_flat_data(body: dict) -> str:
+    """Indented JSON with each tensor's shape and data on one line (a reviewable diff, not 1 number a line)."""
+    flat: list[str] = []
+
+    def placeholders(value):
+        if isinstance(value, dict):
+            return {k: (_token(flat, v) if k in ("data", "shape") else placeholders(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [placeholders(v) for v in value]
+        return value
+
+    text = json.dumps(placeholders(body), indent=1, ensure_ascii=False)
+    for index, compact in enumerate(flat):
+        text = text.replace(json.dumps(_TOKEN.format(index)), compact, 1)
+    return text
+
+
+_TOKEN = "\x00tensor {}\x00"  # NUL never occurs in names, so a token cannot collide with them
+
+
+def _token(flat: list[str], value) -> str:
+    flat.append(json.dumps(value, separators=(", ", ": "), ensure_ascii=False))
+    return _TOKEN.format(len(flat) - 1)
+
+
+def case_path(model_dir: Path, case: str) -> Path:
+    return Path(model_dir) / GOLDENS_DIR / f"{case}{GOLDEN_SUFFIX}"
+
+
+def case_files(model_dir: Path) -> list[Path]:
+    folder = Path(model_dir) / GOLDENS_DIR
+    return sorted(folder.glob(f"*{GOLDEN_SUFFIX}")) if folder.is_dir() else []
+
+
+# --- comparing an answer -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GoldenComparison:
-    bit_exact: bool
-    labels_match: bool
-    max_abs_diff: float
+class OutputComparison:
+    name: str
+    ok: bool
+    max_abs_diff: float | None  # None for exact (non-float) outputs and unusable answers
     tolerance: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class CaseComparison:
+    case: str
+    bit_exact: bool
+    outputs: list[OutputComparison]
 
     @property
     def ok(self) -> bool:
-        return self.labels_match and self.max_abs_diff <= self.tolerance
+        return all(o.ok for o in self.outputs)
 
     @property
     def reason(self) -> str:
+        failed = [o.reason for o in self.outputs if not o.ok]
+        if failed:
+            return f"case '{self.case}': " + "; ".join(failed)
         if self.bit_exact:
-            return "bit-exact"
-        if not np.isfinite(self.max_abs_diff):
-            return "outputs are not finite (NaN or inf)"
-        if not self.labels_match:
-            return f"labels differ from the golden (max |dPROBS| {self.max_abs_diff:.3g})"
-        if self.max_abs_diff > self.tolerance:
-            return f"max |dPROBS| {self.max_abs_diff:.3g} exceeds tolerance {self.tolerance:g}"
-        return f"within tolerance, not bit-exact (max |dPROBS| {self.max_abs_diff:.3g})"
+            return f"case '{self.case}': bit-exact"
+        diffs = ", ".join(f"{o.name} {o.max_abs_diff:.3g}" for o in self.outputs if o.max_abs_diff)
+        return f"case '{self.case}': within tolerance, not bit-exact (max |d| {diffs or '0'})"
 
 
-def compare(golden: Golden, labels: np.ndarray, probs: np.ndarray) -> GoldenComparison:
-    labels = np.asarray(labels, dtype=np.int64).reshape(golden.labels.shape)
-    probs = np.asarray(probs, dtype=np.float32).reshape(golden.probs.shape)
-    diff = np.abs(probs.astype(np.float64) - golden.probs.astype(np.float64))
-    max_abs = float(np.max(diff)) if np.all(np.isfinite(diff)) else float("inf")
-    return GoldenComparison(
-        bit_exact=output_hash(labels, probs) == golden.sha256,
-        labels_match=bool(np.array_equal(labels, golden.labels)),
-        max_abs_diff=max_abs,
-        tolerance=golden.tolerance,
-    )
+def _where(shape: tuple[int, ...], flat_index: int) -> list[int]:
+    return [int(i) for i in np.unravel_index(flat_index, shape)] if shape else []
+
+
+def compare_output(expected: ExpectedOutput, answer: np.ndarray | None) -> OutputComparison:
+    name, want = expected.name, expected.value
+    fail = lambda reason, diff=None: OutputComparison(name, False, diff, expected.tolerance, f"{name} {reason}")  # noqa: E731
+    if answer is None:
+        return fail("is missing from the answer")
+    answer = np.asarray(answer)
+    try:
+        got_type = datatype_of(answer)
+    except GoldenError:
+        return fail(f"has dtype {answer.dtype}, expected {expected.datatype}")
+    if got_type != expected.datatype:
+        return fail(f"is {got_type}, expected {expected.datatype}")
+    if tuple(answer.shape) != tuple(want.shape):
+        return fail(f"has shape {list(answer.shape)}, expected {list(want.shape)}")
+    if expected.datatype in _FLOAT_TYPES:
+        got = answer.astype(np.float64).reshape(-1)
+        ref = want.astype(np.float64).reshape(-1)
+        if not np.all(np.isfinite(got)):
+            return fail("is not finite (NaN or inf)")
+        if got.size == 0:
+            return OutputComparison(name, True, 0.0, expected.tolerance, f"{name} empty, as recorded")
+        diff = np.abs(got - ref)
+        worst = int(np.argmax(diff - expected.tolerance * np.maximum(1.0, np.abs(ref))))
+        max_abs = float(diff.max())
+        allowed = expected.tolerance * max(1.0, abs(float(ref[worst])))
+        if diff[worst] > allowed:
+            return fail(
+                f"differs by {diff[worst]:.3g} at {_where(want.shape, worst)} "
+                f"({got[worst]:.7g}, golden {ref[worst]:.7g}; tolerance {expected.tolerance:g})",
+                max_abs,
+            )
+        return OutputComparison(name, True, max_abs, expected.tolerance, f"{name} within {expected.tolerance:g}")
+    got = canonical(answer, got_type).reshape(-1)
+    ref = canonical(want, expected.datatype).reshape(-1)
+    differing = [i for i, (a, b) in enumerate(zip(got.tolist(), ref.tolist())) if a != b]
+    if differing:
+        first = differing[0]
+        return fail(
+            f"differs in {len(differing)} of {ref.size} values (first at {_where(want.shape, first)}: "
+            f"{got[first]!r}, golden {ref[first]!r})"
+        )
+    return OutputComparison(name, True, None, 0.0, f"{name} identical")
+
+
+def compare_case(case: GoldenCase, device_class: str, answer: Mapping[str, np.ndarray]) -> CaseComparison:
+    expected = case.expected[device_class]
+    outputs = [compare_output(e, answer.get(n)) for n, e in expected.outputs.items()]
+    try:
+        bit_exact = outputs_hash({n: answer[n] for n in expected.outputs}) == expected.sha256
+    except (KeyError, GoldenError):
+        bit_exact = False
+    return CaseComparison(case.name, bit_exact, outputs)
+
+
+# --- recording ---------------------------------------------------------------------
+
+
+def reproducibility_problem(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> str | None:
+    """Why two answers to the same inputs are not the same answer, naming the output; None when identical."""
+    for name in sorted(set(first) | set(second)):
+        if name not in first or name not in second:
+            return f"output '{name}' came in only one of the two answers"
+        a, b = np.asarray(first[name]), np.asarray(second[name])
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"output '{name}': {a.dtype}{list(a.shape)} then {b.dtype}{list(b.shape)}"
+        if outputs_hash({name: a}) == outputs_hash({name: b}):
+            continue
+        if a.dtype.kind == "f":
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(-1)
+            if np.all(np.isfinite(diff)):
+                worst = int(np.argmax(diff))
+                return (f"output '{name}' differs between two calls by up to {diff[worst]:.3g} "
+                        f"(at {_where(a.shape, worst)})")
+        flat_a, flat_b = canonical(a).reshape(-1).tolist(), canonical(b).reshape(-1).tolist()
+        first_diff = next(i for i, (x, y) in enumerate(zip(flat_a, flat_b)) if not (x == y or (x != x and y != y)))
+        return (f"output '{name}' differs between two calls at {_where(a.shape, first_diff)}: "
+                f"{flat_a[first_diff]!r} then {flat_b[first_diff]!r}")
+    return None
+
+
+def record_case(
+    model: str,
+    name: str,
+    inputs: Mapping[str, np.ndarray],
+    first: Mapping[str, np.ndarray],
+    second: Mapping[str, np.ndarray],
+    device_class: str,
+    tolerances: Mapping[str, float],
+    default_tolerance: float,
+    environment: Mapping[str, Any],
+    existing: GoldenCase | None = None,
+) -> GoldenCase:
+    """A golden case from two answers to the same inputs; GoldenError when they differ or are unusable.
+
+    An existing case with the same inputs keeps its other device classes; with
+    other inputs it is replaced (its expectations were for those inputs).
+    """
+    if device_class not in DEVICE_CLASSES:
+        raise GoldenError(f"device class {device_class!r}: expected cpu or gpu")
+    problem = reproducibility_problem(first, second)
+    if problem:
+        raise GoldenError(f"not reproducible: {problem}")
+    unknown = sorted(set(tolerances) - set(first))
+    if unknown:
+        raise GoldenError(f"--tolerance names {', '.join(unknown)}, not outputs of '{model}' ({', '.join(sorted(first))})")
+    outputs = {}
+    for out_name in sorted(first):
+        value = canonical(first[out_name])
+        if datatype_of(value) in _FLOAT_TYPES and not np.all(np.isfinite(value)):
+            raise GoldenError(f"output '{out_name}' holds NaN or inf: a model answering that is not a golden")
+        tolerance = float(tolerances.get(out_name, default_tolerance)) if datatype_of(value) in _FLOAT_TYPES else 0.0
+        outputs[out_name] = ExpectedOutput(out_name, value, tolerance)
+    inputs = {n: canonical(a) for n, a in inputs.items()}
+    for in_name, array in inputs.items():
+        tensor_to_json(in_name, array)  # refuses NaN / inf inputs now, not at the canary
+    expected = Expected(outputs, outputs_hash({n: o.value for n, o in outputs.items()}), dict(environment))
+    kept = {}
+    if existing is not None and existing.model == model and _same_inputs(existing.inputs, inputs):
+        kept = {d: e for d, e in existing.expected.items() if d != device_class}
+    return GoldenCase(model, name, inputs, {**kept, device_class: expected})
+
+
+def _same_inputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return set(a) == set(b) and all(outputs_hash({n: a[n]}) == outputs_hash({n: b[n]}) for n in a)

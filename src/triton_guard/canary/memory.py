@@ -106,6 +106,11 @@ class LeakTrend:
     def __len__(self) -> int:
         return len(self._samples)
 
+    @property
+    def span_s(self) -> float:
+        """Time between the oldest and the newest sample (0 with fewer than two)."""
+        return self._samples[-1][0] - self._samples[0][0] if len(self._samples) > 1 else 0.0
+
     def add(self, t: float, free_bytes: int) -> None:
         self._samples.append((t, free_bytes))
         while self._samples and t - self._samples[0][0] > self.window_s:

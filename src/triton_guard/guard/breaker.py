@@ -14,10 +14,17 @@ States:
              holds >= `minimum_calls` calls and its failure rate or slow-call
              rate reaches its threshold.
   OPEN       every call is rejected until `recovery_ms` have passed since it
-             opened; the first acquire after that moves to HALF_OPEN.
+             opened; the first acquire after that moves to HALF_OPEN. A
+             successful recovery probe (guard/recovery.py) moves to HALF_OPEN
+             earlier; a failed one changes nothing, so `recovery_ms` stays the
+             upper bound.
   HALF_OPEN  exactly `half_open_max_calls` trial permits are issued. One
              failed or slow trial re-opens; all trials succeeding closes with a
              fresh window.
+
+Counting: thresholds and windows count requests, not upstream calls. One
+upstream call that carried N requests (a dynamic batch) records N outcomes;
+a HALF_OPEN trial is one permit whatever it carried.
 
 Generations: every transition bumps `generation`, and a permit remembers the
 generation it was issued in. A record from an older generation (a call that
@@ -50,7 +57,10 @@ class State(enum.IntEnum):
     HALF_OPEN = 2
 
 
-# Outcome bits of one call in the window ring (one byte per call).
+# Counters in the record are 32-bit in the shared file.
+_COUNT_MAX = 2**31 - 1
+
+# Outcome bits of one request in the window ring (one byte per request).
 OUTCOME_FAILED = 1
 OUTCOME_SLOW = 2
 
@@ -239,7 +249,15 @@ class CircuitBreaker:
                 return self._acquire_open(rec, now)
             return self._acquire_half_open(rec, now)
 
-    def record(self, permit: Permit, *, success: bool, duration_s: float) -> Transition | None:
+    def record(
+        self, permit: Permit, *, success: bool, duration_s: float, requests: int = 1
+    ) -> Transition | None:
+        """The outcome of the call `permit` admitted, which carried `requests` requests.
+
+        In CLOSED every request is one outcome. `requests=0` is an answer that
+        stands for no request of its own (a batch about to be retried request
+        by request): it still decides a HALF_OPEN trial, and adds nothing else.
+        """
         now = self._clock()
         slow = duration_s > self._slow_s
         with self._store.transaction(self.name) as rec:
@@ -248,10 +266,43 @@ class CircuitBreaker:
                 return None
             rec.records += 1
             if rec.state == _CLOSED:
-                return self._record_closed(rec, now, not success, slow)
+                return self._record_closed(rec, now, not success, slow, requests)
             if rec.state == _HALF_OPEN:
                 return self._record_trial(rec, now, success, slow)
             return None  # OPEN issues no permits, so a same-generation record cannot exist
+
+    def record_expired(self, requests: int) -> Transition | None:
+        """`requests` requests whose deadline passed before an upstream call could be made.
+
+        Their callers saw a timeout, as if the upstream had not answered: in
+        CLOSED they count as failures (no permit: the guard never called).
+        OPEN already fails fast and HALF_OPEN is judged by its trials, so
+        there they change nothing.
+        """
+        if requests <= 0:
+            return None
+        now = self._clock()
+        with self._store.transaction(self.name) as rec:
+            if rec.state != _CLOSED:
+                return None
+            if not rec.since:
+                rec.since = now
+            rec.records += 1
+            return self._record_closed(rec, now, True, False, requests)
+
+    def probe_succeeded(self, generation: int) -> Transition | None:
+        """A recovery probe sent while OPEN in `generation` answered well: go HALF_OPEN now.
+
+        The trial rule of HALF_OPEN then decides with real calls. Nothing
+        happens when the breaker has moved on since the probe was sent.
+        """
+        now = self._clock()
+        with self._store.transaction(self.name) as rec:
+            if rec.state != _OPEN or rec.generation != generation:
+                return None
+            transition = self._move(rec, State.HALF_OPEN, now, "probe_succeeded")
+            rec.trials_issued = rec.trials_succeeded = 0
+            return transition
 
     # --- reading -------------------------------------------------------------
 
@@ -294,12 +345,16 @@ class CircuitBreaker:
         return Permit(rec.generation, True, transition)
 
     def _record_closed(
-        self, rec: BreakerRecord, now: float, failed: bool, slow: bool
+        self, rec: BreakerRecord, now: float, failed: bool, slow: bool, requests: int
     ) -> Transition | None:
+        if requests <= 0:
+            return None
         cfg = self.config
         self._fit_window(rec)
-        rec.push_outcome(failed, slow)
-        rec.consecutive_failures = rec.consecutive_failures + 1 if failed else 0
+        # More outcomes than the window holds leave it full of this one.
+        for _ in range(min(requests, rec.window_size)):
+            rec.push_outcome(failed, slow)
+        rec.consecutive_failures = min(rec.consecutive_failures + requests, _COUNT_MAX) if failed else 0
         if rec.consecutive_failures >= cfg.failure_threshold:
             return self._open(rec, now, "consecutive_failures")
         count = rec.window_count

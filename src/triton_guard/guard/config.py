@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from triton_guard import defaults
+from triton_guard.guard.failures import FailureClassifier
 
 # Counters in the shared state file are 32-bit; keep every integer setting
 # well inside that so no arithmetic on it can overflow the layout.
@@ -39,10 +41,13 @@ class GuardConfig:
     failure_rate_threshold: float = defaults.FAILURE_RATE_THRESHOLD
     slow_call_ms: int = defaults.SLOW_CALL_MS
     slow_call_rate_threshold: float = defaults.SLOW_CALL_RATE_THRESHOLD
+    probe_interval_ms: int = defaults.PROBE_INTERVAL_MS  # 0: no active recovery
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
             _check_positive_int(name, getattr(self, name))
+        for name in _NON_NEGATIVE_INT_FIELDS:
+            _check_int(name, getattr(self, name), 0)
         for name in _RATE_FIELDS:
             _check_rate(name, getattr(self, name))
         if self.window_size > defaults.WINDOW_SIZE_MAX:
@@ -74,7 +79,7 @@ class GuardConfig:
         owns them.
         """
         values: dict[str, Any] = {}
-        for name in _INT_FIELDS:
+        for name in _INT_FIELDS + _NON_NEGATIVE_INT_FIELDS:
             if name in params:
                 values[name] = _parse(name, params[name], int, "an integer")
         for name in _RATE_FIELDS:
@@ -96,13 +101,18 @@ _INT_FIELDS = (
     "minimum_calls",
     "slow_call_ms",
 )
+_NON_NEGATIVE_INT_FIELDS = ("probe_interval_ms",)  # 0 means "off"
 _RATE_FIELDS = ("failure_rate_threshold", "slow_call_rate_threshold")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
+    _check_int(name, value, 1)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
     # bool is an int subclass; `True` as a call count is a bug upstream.
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
-        raise _reject(name, value, f"an integer between 1 and {_INT_MAX}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _INT_MAX:
+        raise _reject(name, value, f"an integer between {low} and {_INT_MAX}")
 
 
 def _check_rate(name: str, value: Any) -> None:
@@ -121,3 +131,29 @@ def _parse(name: str, raw: Any, kind: type, what: str) -> Any:
         return kind(raw.strip())
     except ValueError:
         raise _reject(name, raw, what) from None
+
+
+# Guard parameters beyond GuardConfig's thresholds (consumed by backends/bls.py).
+EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream"})
+
+
+def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
+    """Every check of a guard's parameters, as the backend makes it at load and `triton-guard guard` before writing.
+
+    `params` are config.pbtxt `parameters` without `upstream_model` (the
+    caller's). Raises ConfigError naming the first unknown or bad parameter.
+    """
+    unknown = sorted(set(params) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
+    if unknown:
+        known = sorted(GuardConfig.parameter_names() | EXTRA_PARAMETERS)
+        raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {known}")
+    config = GuardConfig.from_parameters(params)
+    pattern = params.get("client_error_pattern")
+    try:
+        FailureClassifier(pattern)
+    except re.error as exc:
+        raise _reject("client_error_pattern", pattern, f"a Python regular expression ({exc})") from None
+    heal = str(params.get("heal_dead_upstream", str(defaults.HEAL_DEAD_UPSTREAM))).strip().lower()
+    if heal not in ("true", "false"):
+        raise _reject("heal_dead_upstream", heal, "true or false")
+    return config

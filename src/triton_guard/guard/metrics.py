@@ -37,8 +37,8 @@ def cumulative_bucket_counts(seconds: list[float], buckets=CALL_SECONDS_BUCKETS)
 
 @dataclass
 class MetricsDelta:
-    rejections: Counter = field(default_factory=Counter)  # reason -> count
-    failures: Counter = field(default_factory=Counter)  # Failure.value -> count
+    rejections: Counter = field(default_factory=Counter)  # reason -> requests
+    failures: Counter = field(default_factory=Counter)  # Failure.value -> requests
     transitions: Counter = field(default_factory=Counter)  # to-state name -> count
     call_seconds: list = field(default_factory=list)
 
@@ -48,16 +48,16 @@ class MetricsBuffer(GuardEvents):
         self._lock = threading.Lock()
         self._delta = MetricsDelta()
 
-    def rejected(self, reason: str) -> None:
+    def rejected(self, reason: str, requests: int = 1) -> None:
         with self._lock:
-            self._delta.rejections[reason] += 1
+            self._delta.rejections[reason] += requests
 
-    def completed(self, duration_s: float | None, failure: Failure | None) -> None:
+    def completed(self, duration_s: float | None, failure: Failure | None, requests: int = 1) -> None:
         with self._lock:
             if duration_s is not None:  # a bulkhead refusal made no upstream call to time
                 self._delta.call_seconds.append(duration_s)
-            if failure is not None:
-                self._delta.failures[failure.value] += 1
+            if failure is not None and requests:
+                self._delta.failures[failure.value] += requests
 
     def transitioned(self, transition: Transition) -> None:
         with self._lock:

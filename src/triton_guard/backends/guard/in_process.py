@@ -20,9 +20,9 @@ triton_guard.guard.core.Guard. No BLS call, no extra stub hop.
   responses: the model's code is not entered.
 
 Who heals a dead stub here: the guard lives in that stub, so it cannot. The
-canary's golden inference sees "Stub process '<instance>' is not healthy"
-through the pipeline and reloads the model (heal_dead_stub below, called by
-triton_guard/backends/canary/model.py), at most once per recovery period,
+canary's golden inferences see "Stub process '<instance>' is not healthy"
+through the pipeline and reload the model (heal_dead_stub below, called by
+triton_guard/backends/canary/model.py), at most once per canary interval,
 through the same shared reload stamp as the guard step's healer.
 """
 
@@ -35,7 +35,6 @@ import json
 import os
 import re
 import sys
-import time
 
 import triton_python_backend_utils as pb_utils
 
@@ -92,7 +91,6 @@ class InProcessGuard:
         except (ConfigError, ValueError) as exc:
             raise pb_utils.TritonModelException(f"guard model '{self.name}': {exc}") from None
         self.guard = self.guarded.guard
-        self.timeout_ns = self.guarded.config.timeout_ms * 1_000_000
         self.stamped = any(i["name"] == defaults.ARRIVAL_INPUT for i in config.get("input", []))
         try:
             module = _import_model(model_file, self.name, args["model_version"])
@@ -105,53 +103,32 @@ class InProcessGuard:
             raise pb_utils.TritonModelException(f"model '{self.name}' failed to initialize: {exc}") from exc
 
     def execute(self, requests):
-        if self.stamped:
-            return self._execute_stamped(requests)
-        return self._call(requests, None)
-
-    def _execute_stamped(self, requests):
-        """Requests carrying GUARD_ARRIVED_NS: the deadline counts from pipeline arrival."""
-        now = time.monotonic_ns()
-        deadlines = [self._deadline_ns(r, now) for r in requests]
-        live = [i for i, d in enumerate(deadlines) if d > now]
-        if len(live) == len(requests):
-            return self._call(requests, (min(deadlines) - now) / 1e9)
-        responses = [self._expired((now - (d - self.timeout_ns)) / 1e6) for d in deadlines]
-        if live:
-            answers = self._call([requests[i] for i in live], (min(deadlines[i] for i in live) - now) / 1e9)
-            for i, answer in zip(live, answers):
-                responses[i] = answer
-        return responses
-
-    def _deadline_ns(self, request, now):
-        arrived = pb_utils.get_input_tensor_by_name(request, defaults.ARRIVAL_INPUT)
-        return (int(arrived.as_numpy().min()) if arrived is not None else now) + self.timeout_ns
-
-    def _expired(self, waited_ms):
-        # Waiting in Triton's queue is not the model's failure: no breaker record.
-        self.guarded.metrics_buffer.rejected("deadline")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-            f"model '{self.name}': deadline timeout_ms={self.guarded.config.timeout_ms} passed "
-            f"after {waited_ms:.0f} ms of waiting before the guard", pb_utils.TritonError.UNAVAILABLE))
-
-    def _call(self, requests, budget_s):
+        # Deadlines (from pipeline arrival when stamped), the expired-before-the-guard
+        # rule and the split-batch rule live in Guard.call_requests; this only translates.
         self.guarded.called = True  # the metrics publisher may talk to the server from now on
-        answered = []  # this call's own list: a late worker of an abandoned call never shares it
+        arrivals = [_arrival_s(r) for r in requests] if self.stamped else [None] * len(requests)
+        answered = {}  # this execute's own: a late worker of an abandoned call writes only its own key
 
-        def run(_timeout_s):
-            responses = self.model.execute(requests)
+        def run(indices, _timeout_s):
+            responses = self.model.execute([requests[i] for i in indices])
             if inspect.iscoroutine(responses):  # an `async def execute`: run it on this worker
                 responses = asyncio.run(responses)
-            answered.append(responses)
+            answered[tuple(indices)] = responses
             return responses
 
-        result = self.guard.call(run, _error_of, budget_s)
-        if result.ok:
-            return result.value
-        if result.failure is not Failure.TIMEOUT and result.rejected is None and answered:
-            # The model answered in time, with errors: its own answers (and codes) go out.
-            return answered[0]
-        return [self.guarded.error_response(result) for _ in requests]
+        responses = [None] * len(requests)
+        for part in self.guard.call_requests(arrivals, run, _error_of):
+            result = part.result
+            if result.ok:
+                answers = result.value
+            elif result.failure is not Failure.TIMEOUT and result.rejected is None and part.requests in answered:
+                # The model answered in time, with errors: its own answers (and codes) go out.
+                answers = answered[part.requests]
+            else:
+                answers = [self.guarded.error_response(result) for _ in part.requests]
+            for i, answer in zip(part.requests, answers):
+                responses[i] = answer
+        return responses
 
     def finalize(self) -> None:
         try:
@@ -159,6 +136,12 @@ class InProcessGuard:
                 self.model.finalize()
         finally:
             self.guarded.close()
+
+
+def _arrival_s(request):
+    """When the request entered the pipeline (time.monotonic seconds), if a step before stamped it."""
+    arrived = pb_utils.get_input_tensor_by_name(request, defaults.ARRIVAL_INPUT)
+    return None if arrived is None else int(arrived.as_numpy().min()) / 1e9
 
 
 def _error_of(responses) -> str | None:
@@ -177,20 +160,19 @@ def _error_of(responses) -> str | None:
     return None
 
 
-def heal_dead_stub(message: str, models, min_interval_s: float) -> str | None:
-    """Reload the model whose stub `message` says is dead, if it is one of `models`.
+def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
+    """Reload the model whose stub `message` says is dead; returns its name, or None.
 
     Called by whoever sees the message from outside the dead stub (the
-    canary's golden inference). Returns the model being reloaded, or None.
-    The reload runs on a thread, at most once per `min_interval_s` per model
-    for the whole server (the stamp is shared with the guard step's healer).
+    canary's golden inferences). Triton 2.51 never restarts a dead stub, so
+    a reload is right whatever the model's placement. It runs on a thread,
+    at most once per `min_interval_s` per model for the whole server (the
+    stamp is shared with the guard step's healer).
     """
     found = _STUB_DEAD_INSTANCE.search(message)
     if found is None:
         return None
     model = _INSTANCE_SUFFIX.sub("", found.group(1))
-    if model not in models:
-        return None
     healer = _HEALERS.get(model)
     if healer is None:
         healer = _HEALERS[model] = _Healer(model, min_interval_s)

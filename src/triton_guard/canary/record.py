@@ -1,0 +1,220 @@
+"""`triton-guard goldens record`: a model's answers to fixed inputs, recorded as a golden case.
+
+Asks a running server twice (gRPC), refuses answers that differ between the
+two calls, and writes `<repository>/<model>/goldens/<case>.golden.json`
+(triton_guard.canary.goldens) beside the model, where the canary finds it on
+its next run. The server's device class decides which expectations are
+written (the others in an existing file with the same inputs are kept): the
+one the server's canary reports, or, given --metrics-url or with no canary,
+gpu when Triton reports GPU memory on /metrics, else cpu.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from triton_guard import defaults, promtext
+from triton_guard.canary import memory
+from triton_guard.canary.goldens import (
+    GoldenCase,
+    GoldenError,
+    canonical,
+    case_path,
+    datatype_of,
+    record_case,
+)
+from triton_guard.inputs import InputsError, load_inputs
+from triton_guard.model_config import CONFIG_FILE
+
+_CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RecordRefused(Exception):
+    """The server answered, but not with something to record (exit 1)."""
+
+
+class RecordUsage(Exception):
+    """Bad arguments, an unusable inputs file, or no server to ask (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    path: Path
+    case: GoldenCase
+    device_class: str
+
+    def describe(self) -> list[str]:
+        expected = self.case.expected[self.device_class]
+        outputs = ", ".join(
+            f"{o.name} {o.datatype} {list(o.value.shape)}"
+            + (f" (tolerance {o.tolerance:g})" if o.tolerance else " (exact)")
+            for o in expected.outputs.values()
+        )
+        others = sorted(set(self.case.expected) - {self.device_class})
+        return [
+            f"recorded golden case '{self.case.name}' of model '{self.case.model}' for {self.device_class}: {outputs}",
+            f"wrote {self.path} (sha256 {expected.sha256[:16]}...)"
+            + (f", kept its {', '.join(others)} outputs" if others else "")
+            + "; the canary checks it from its next run",
+        ]
+
+
+def metrics_url_for(grpc_url: str, port: int = defaults.METRICS_PORT) -> str:
+    host = grpc_url.rsplit(":", 1)[0] if ":" in grpc_url else grpc_url
+    return f"http://{host}:{port}/metrics"
+
+
+def server_device_class(url: str, metrics_url: str | None, timeout_s: float) -> str:
+    if metrics_url is None:
+        from triton_guard.canary.probe import ModelHealthValidator
+
+        report = ModelHealthValidator(url, timeout_s).check().report
+        if report is not None and report.device_class in ("cpu", "gpu"):
+            return report.device_class
+        metrics_url = metrics_url_for(url)
+    try:
+        samples = promtext.fetch(metrics_url, timeout_s)
+    except Exception as exc:
+        raise RecordUsage(
+            f"cannot tell a cpu from a gpu server: {metrics_url} unreachable ({exc}); "
+            "pass --metrics-url or --device-class") from None
+    return "gpu" if memory.read_gpu(promtext.sum_by_name(samples)) is not None else "cpu"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _as_declared(name: str, array: np.ndarray, declared: str | None) -> np.ndarray:
+    """An .npz of float64 for an FP32 input is a common slip: cast within the same kind."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    if declared is None or declared == "BYTES" or datatype_of(array) in ("BYTES", declared):
+        return array
+    target = triton_to_np_dtype(declared)
+    if target is not None and np.can_cast(array.dtype, target, "same_kind"):
+        return array.astype(target)
+    return array
+
+
+def _infer(client, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], timeout_s: float):
+    import tritonclient.grpc as grpcclient
+
+    tensors = []
+    for name, array in inputs.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype_of(array))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+    result = client.infer(model, tensors, outputs=requested, client_timeout=timeout_s)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+def record(
+    url: str,
+    model: str,
+    inputs_file: Path,
+    repository: Path,
+    case_name: str | None = None,
+    tolerances: Mapping[str, float] | None = None,
+    default_tolerance: float = defaults.GOLDEN_TOLERANCE,
+    device_class: str = "auto",
+    metrics_url: str | None = None,
+    timeout_s: float = 30.0,
+) -> Recorded:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    case_name = case_name or Path(inputs_file).name.split(".")[0]
+    if not _CASE_NAME.match(case_name):
+        raise RecordUsage(f"case name {case_name!r}: use letters, digits, '_', '-' and '.' (--name)")
+    try:
+        inputs = load_inputs(Path(inputs_file))
+    except InputsError as exc:
+        raise RecordUsage(str(exc)) from None
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        try:
+            client.is_server_live(client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise RecordUsage(f"server at {url} unreachable: {exc.message()}") from None
+        try:
+            known = {m.name: m.state for m in client.get_model_repository_index(client_timeout=timeout_s).models}
+            if model not in known:
+                raise RecordRefused(f"the server at {url} has no model '{model}' (it has: {', '.join(sorted(known))})")
+            if not client.is_model_ready(model, client_timeout=timeout_s):
+                raise RecordRefused(f"model '{model}' is not ready on {url} (state {known[model] or 'not loaded'})")
+            metadata = client.get_model_metadata(model, client_timeout=timeout_s)
+            declared = {i.name: i.datatype for i in metadata.inputs}
+            outputs = [o.name for o in metadata.outputs]
+            unknown = sorted(set(inputs) - set(declared))
+            if unknown:
+                raise RecordRefused(
+                    f"{inputs_file}: model '{model}' has no input {', '.join(unknown)} (its inputs: {', '.join(declared)})")
+            inputs = {n: canonical(_as_declared(n, a, declared.get(n))) for n, a in inputs.items()}
+            try:
+                first = _infer(client, model, inputs, outputs, timeout_s)
+                second = _infer(client, model, inputs, outputs, timeout_s)
+            except InferenceServerException as exc:
+                raise RecordRefused(f"model '{model}' failed on {inputs_file}: {exc.message()}") from None
+            server_version = client.get_server_metadata(client_timeout=timeout_s).version
+        except InferenceServerException as exc:
+            raise RecordUsage(f"server at {url}: {exc.message()}") from None
+    finally:
+        client.close()
+
+    model_dir = Path(repository) / model
+    if not (model_dir / CONFIG_FILE).exists():
+        raise RecordUsage(
+            f"{model_dir / CONFIG_FILE} not found: pass the repository the server loads '{model}' from (--model-repository)")
+    if device_class == "auto":
+        device_class = server_device_class(url, metrics_url, timeout_s)
+    path = case_path(model_dir, case_name)
+    try:
+        existing = GoldenCase.load(path) if path.exists() else None
+    except GoldenError:
+        existing = None  # unreadable: replaced by this recording
+    environment = {
+        "tritonserver": server_version,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+    }
+    try:
+        case = record_case(model, case_name, inputs, first, second, device_class,
+                           tolerances or {}, default_tolerance, environment, existing)
+    except GoldenError as exc:
+        raise RecordRefused(str(exc)) from None
+    _write_atomically(path, case.to_json() + "\n")
+    return Recorded(path, case, device_class)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """The canary may read the folder at any moment: it sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

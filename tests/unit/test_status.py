@@ -1,0 +1,75 @@
+"""triton_guard.status: where /metrics is read from, breakers without the canary, per-model golden checks."""
+
+from __future__ import annotations
+
+from triton_guard import promtext, status
+from triton_guard.canary.checks import CanaryReport, CheckResult
+from triton_guard.canary.probe import Health, HealthResult
+from triton_guard import metrics as catalogue
+
+STATE, FAILURES = catalogue.BREAKER_STATE.name, catalogue.UPSTREAM_FAILURES.name
+GAUGES = f"""\
+# TYPE {STATE} gauge
+{STATE}{{model="add_sub"}} 1
+{STATE}{{model="tokenize"}} 0
+# TYPE {FAILURES} counter
+{FAILURES}{{model="add_sub",reason="timeout"}} 5
+"""
+
+
+def test_metrics_url_takes_the_port_the_canary_reports_on_the_urls_host():
+    assert status.metrics_url_for("db-host:8001", "http://localhost:9102/metrics") == "http://db-host:9102/metrics"
+
+
+def test_metrics_url_without_a_report_is_the_default_port():
+    assert status.metrics_url_for("db-host:8001") == "http://db-host:8002/metrics"
+    assert status.metrics_url_for("db-host:8001", "not a url:x") == "http://db-host:8002/metrics"
+
+
+def test_breaker_state_comes_from_the_gauge_too():
+    guards = status.guard_counters(promtext.parse(GAUGES))
+    assert guards["add_sub"]["state"] == "OPEN" and guards["tokenize"]["state"] == "CLOSED"
+    assert guards["add_sub"]["failures"] == {"timeout": 5.0}
+
+
+def _status(report, guards, health=Health.NOT_READY, reasons=()):
+    return {"url": "h:8001", "at": 0.0, "health": health.value, "reasons": list(reasons),
+            "report": report.to_dict() if report else None, "guards": guards, "metrics_error": None}
+
+
+def test_without_the_canary_breakers_show_their_state_from_metrics():
+    guards = status.guard_counters(promtext.parse(GAUGES))
+    text = status.render(_status(None, guards, reasons=["canary: Request for unknown model: 'canary' is not found"]))
+    line = next(line for line in text.splitlines() if line.strip().startswith("add_sub"))
+    assert "OPEN" in line and "?" not in line.split("for")[0]
+    assert "timeout=5" in text
+    assert "Canary: no report" in text and "'canary' is not found" in text
+
+
+def test_golden_checks_are_listed_by_model_with_the_notes():
+    checks = [CheckResult("golden:add_then_scale", False, None, None, "case 'c': SCALED_SUM differs by 2 at [0]"),
+              CheckResult("liveness", True, {}, None, "4 models ready")]
+    report = CanaryReport(checks, 0.01, "cpu", at=0.0, notes=["a note"])
+    text = status.render(_status(report, {}))
+    assert "FAIL golden:add_then_scale case 'c': SCALED_SUM differs by 2 at [0]" in text
+    assert "ok   liveness" in text and "note: a note" in text
+
+
+def test_gather_reads_metrics_where_the_canary_says_the_server_serves_them(monkeypatch):
+    report = CanaryReport([], 0.01, "cpu", at=0.0, metrics_url="http://localhost:9102/metrics")
+    fetched = []
+
+    class Validator:
+        def __init__(self, url, timeout_s):
+            pass
+
+        def check(self):
+            return HealthResult(Health.READY, [], report)
+
+    monkeypatch.setattr(status, "ModelHealthValidator", Validator)
+    monkeypatch.setattr(status.promtext, "fetch", lambda url, timeout_s: fetched.append(url) or promtext.parse(GAUGES))
+    gathered = status.gather("db-host:8001", None, 1.0)
+    assert fetched == ["http://db-host:9102/metrics"]
+    assert gathered["guards"]["add_sub"]["state"] == "OPEN"
+    status.gather("db-host:8001", "http://elsewhere:1/metrics", 1.0)
+    assert fetched[-1] == "http://elsewhere:1/metrics"
