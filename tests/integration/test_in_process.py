@@ -23,6 +23,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import running_server, wait_until
+from triton_guard.defaults import QUEUE_IDLE_GAP_S
 from triton_guard.guard.breaker import CircuitBreaker, State
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.shared_state import SharedFileStore
@@ -130,12 +131,16 @@ def test_concurrent_callers_each_get_their_own_answer(server):
 def test_hung_execute_is_unavailable_by_timeout_ms_and_counted_by_the_bulkhead(server, faults):
     set_fault(faults, "hang")
     for _ in range(MAX_INFLIGHT):  # each one abandons a worker still inside the model
+        # Apart by more than the guard's idle gap: a request right behind a timed-out
+        # execute may have queued behind it, and is answered as expired instead.
+        time.sleep(2 * QUEUE_IDLE_GAP_S)
         ok, error, seconds = call(server)
         assert not ok
         assert error.status() == "StatusCode.UNAVAILABLE", error
         assert f"did not answer within timeout_ms={int(TIMEOUT_S * 1000)}" in error.message()
         assert TIMEOUT_S * 0.9 <= seconds < DEADLINE_S, seconds
     before = executes(faults)
+    time.sleep(2 * QUEUE_IDLE_GAP_S)
     ok, error, seconds = call(server)
     assert not ok and "overloaded" in error.message(), error
     assert error.status() == "StatusCode.UNAVAILABLE"
