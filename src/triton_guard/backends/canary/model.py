@@ -8,11 +8,18 @@ metrics on Triton's /metrics) and translates requests and reports.
 
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# As backends/guard/model.py: import the triton_guard this file ships in
+# (Triton's embedded Python ignores PYTHONPATH).
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+if _PACKAGE_ROOT not in sys.path:
+    sys.path.insert(0, _PACKAGE_ROOT)
+
+import numpy as np  # noqa: E402  (after the path fix above, as the imports below)
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
