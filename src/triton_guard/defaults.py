@@ -48,6 +48,14 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 # reloads the upstream (explicit model control), at most once per recovery period.
 HEAL_DEAD_UPSTREAM = True
 
+# --- Client-side guard and Ray Serve (src/triton_guard/client/) ---------------------
+# The client guard takes the in-server guard's parameters (GuardConfig, above).
+# gRPC's reconnect backoff grows to 120 s by default: a restarted server would
+# stay unreachable to the channel long after it is back.
+CLIENT_MAX_RECONNECT_BACKOFF_MS = 1_000
+RAY_HEALTH_CHECK_PERIOD_S = 10.0  # Ray Serve's own default: how often check_health runs
+RAY_HEALTH_CHECK_TIMEOUT_S = 30.0  # Ray Serve's own default; the canary answers within its deadline (2 s)
+
 # --- Shared breaker state (src/triton_guard/guard/shared_state.py) ----------------
 # One breaker state per server, shared by every guard stub process.
 STATE_DIR_ENV = "TRITON_GUARD_STATE_DIR"  # overrides the state directory

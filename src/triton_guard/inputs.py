@@ -51,16 +51,21 @@ def _load_kserve_json(path: Path) -> dict[str, np.ndarray]:
         raise InputsError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise InputsError(f"{path}: not JSON: {exc}") from None
+    return kserve_body_inputs(body, str(path))
+
+
+def kserve_body_inputs(body: object, source: str = "request body") -> dict[str, np.ndarray]:
+    """{input name: array} from a parsed KServe v2 request body; InputsError (naming `source`) when unusable."""
     tensors = body.get("inputs") if isinstance(body, dict) else None
     if not isinstance(tensors, list) or not tensors:
-        raise InputsError(f'{path}: expected a KServe v2 request body {{"inputs": [{{"name", "shape", "datatype", "data"}}, ...]}}')
+        raise InputsError(f'{source}: expected a KServe v2 request body {{"inputs": [{{"name", "shape", "datatype", "data"}}, ...]}}')
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(tensors):
-        arrays.update([_tensor(path, index, tensor)])
+        arrays.update([_tensor(source, index, tensor)])
     return arrays
 
 
-def _tensor(path: Path, index: int, tensor: object) -> tuple[str, np.ndarray]:
+def _tensor(path: Path | str, index: int, tensor: object) -> tuple[str, np.ndarray]:
     if not isinstance(tensor, dict):
         raise InputsError(f"{path}: inputs[{index}] is not an object")
     missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]

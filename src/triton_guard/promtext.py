@@ -17,6 +17,9 @@ class Sample:
 
 
 def parse(text: str) -> list[Sample]:
+    """Every sample. prometheus_client names a counter's samples `<family>_total`
+    even where the exposition does not (Triton's `nv_inference_exec_count`):
+    look names up with `matches`, which accepts both spellings."""
     return [
         Sample(s.name, dict(s.labels), s.value)
         for family in text_string_to_metric_families(text)
@@ -36,10 +39,15 @@ def sum_by_name(samples: list[Sample]) -> dict[str, float]:
     return dict(totals)
 
 
+def matches(sample_name: str, name: str) -> bool:
+    """`sample_name` is `name` as exposed, or as prometheus_client renames a counter."""
+    return sample_name == name or (sample_name == name + "_total" and not name.endswith("_total"))
+
+
 def by_label(samples: list[Sample], name: str, label: str) -> dict[str, float]:
     """{label value: value} for one metric name (summed where other labels differ)."""
     values: dict[str, float] = defaultdict(float)
     for s in samples:
-        if s.name == name and label in s.labels:
+        if matches(s.name, name) and label in s.labels:
             values[s.labels[label]] += s.value
     return dict(values)

@@ -27,6 +27,7 @@ from tests.unit.test_observability import (
     declared_guard_metrics,
     referenced_families,
 )
+from tests.unit.test_cloudwatch import declared_metrics as cloudwatch_metrics
 from triton_guard import metrics as catalogue
 from triton_guard import promtext
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
@@ -130,6 +131,13 @@ def test_every_triton_guard_series_is_in_the_catalogue_with_allowed_labels(live_
         family = catalogue.family_of(name)
         assert family is not None, f"{sample.name} is on /metrics but not in the catalogue"
         family.check_labels(sample.labels, series=name)
+
+
+def test_every_metric_cloudwatch_is_told_to_collect_is_on_live_metrics(live_families):
+    """deploy/cloudwatch/cwagentconfig.json: what a healthy server can show is there."""
+    exposed, _ = live_families
+    expected = cloudwatch_metrics() - set(FAULT_ONLY_GUARD_METRICS)
+    assert expected and not sorted(expected - exposed)
 
 
 def test_prometheus_synthesized_series_are_not_exported(live_families):
