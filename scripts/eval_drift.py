@@ -3,7 +3,8 @@
 In-process, no server: the classifier runs on the CPU with torch, which gives
 the same PROBS as the served pipeline, and its answers go through a real
 DriftMonitor scored against the committed reference
-(model_repository/canary/goldens/reference.json).
+(model_repository/classifier/drift/PROBS.json, the reference classifier_guard
+monitors against).
 
 1. False alarms on clean traffic: held-out digits sampled with replacement,
    observed in batches of 8 (a dynamic batch), evaluated
@@ -47,11 +48,11 @@ from triton_guard import defaults  # noqa: E402
 from triton_guard.chaos.faults import perturbed_weights  # noqa: E402
 from triton_guard_demo.digits import heldout_split, load_digits_uint8, normalize  # noqa: E402
 from triton_guard_demo.digits_net import load_digits_net  # noqa: E402
-from triton_guard.drift.monitor import REFERENCE_FILE, DriftMonitor, Reference  # noqa: E402
-from triton_guard.canary.goldens import GOLDENS_DIR  # noqa: E402
+from triton_guard.drift.monitor import DriftMonitor, Reference  # noqa: E402
 
 WEIGHTS = ROOT / "model_repository" / "classifier" / "1" / "digits_net.pt"
-REFERENCE = ROOT / "model_repository" / "canary" / GOLDENS_DIR / REFERENCE_FILE
+# Recorded by `triton-guard drift record` (scripts/make_drift_inputs.py); classifier_guard monitors against it.
+REFERENCE = ROOT / "model_repository" / "classifier" / defaults.DRIFT_REFERENCE_DIR / "PROBS.json"
 
 BATCH = 8  # answers per observe call on clean traffic (a dynamic batch)
 OVERLAP_STEP = 50  # the overlapping-window variant evaluates this often
@@ -109,9 +110,9 @@ def clean_false_alarms(reference: Reference, pool: np.ndarray, n_windows: int, w
         if not variants:
             continue
         scores = monitor.evaluate(**thresholds)
-        min_p["chi2"] = min(min_p["chi2"], scores.chi2_p)
-        min_p["ks"] = min(min_p["ks"], scores.ks_p)
-        max_psi = max(max_psi, scores.psi_entropy)
+        min_p["chi2"] = min(min_p["chi2"], scores.statistics["chi2_p"])
+        min_p["ks"] = min(min_p["ks"], scores.statistics["ks_p"])
+        max_psi = max(max_psi, scores.statistics["psi_entropy"])
         for variant in variants:
             entry = result[variant]
             entry["evaluations"] += 1

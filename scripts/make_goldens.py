@@ -1,12 +1,11 @@
-"""Record the digits demo's goldens and the drift monitor's reference from a real server.
+"""Record the digits demo's goldens from a real server.
 
 Starts a server (LocalServer) on free ports and records, with the same code
 as `triton-guard goldens record`, one held-out digit of each class through
 `pipeline` as model_repository/pipeline/goldens/digits.golden.json (for this
-host's device class); then sends the whole held-out split and writes
-model_repository/canary/goldens/reference.json, the output distribution the
-drift monitor compares live traffic with. Run it after retraining, and on a
-GPU host with --gpu for the GPU expectations:
+host's device class). Run it after retraining, and on a GPU host with --gpu
+for the GPU expectations (the drift reference is recorded separately:
+scripts/make_drift_inputs.py says how):
 
     .venv/bin/python scripts/make_goldens.py            # cpu
     .venv/bin/python scripts/make_goldens.py --gpu      # gpu (kept beside cpu's)
@@ -23,17 +22,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from triton_guard.canary.record import record  # noqa: E402
-from triton_guard.drift.monitor import REFERENCE_FILE, Reference  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
 
-MAX_BATCH = 64  # pipeline's max_batch_size
 CASE = "digits"
 
 
@@ -58,16 +54,6 @@ def main() -> int:
                               device_class="gpu" if args.gpu else "cpu")
             for line in recorded.describe():
                 print(line)
-            if not args.gpu:  # one reference: the distribution, not the rounding, matters
-                client = grpcclient.InferenceServerClient(server.grpc_url)
-                probs = []
-                for i in range(0, len(test_x), MAX_BATCH):
-                    image = grpcclient.InferInput("IMAGE", list(test_x[i : i + MAX_BATCH].shape), "UINT8")
-                    image.set_data_from_numpy(test_x[i : i + MAX_BATCH])
-                    probs.append(client.infer("pipeline", [image]).as_numpy("PROBS"))
-                reference = args.model_repository / "canary" / "goldens" / REFERENCE_FILE
-                reference.write_text(Reference.from_probs(np.concatenate(probs)).to_json() + "\n")
-                print(f"wrote {reference}: output distribution of {len(test_x)} held-out digits")
     return 0
 
 

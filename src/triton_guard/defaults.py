@@ -112,5 +112,11 @@ DRIFT_MIN_FILL = 1.0  # no alarm until the window is full: small samples are noi
 DRIFT_P_ALARM = 1e-4  # chi-squared / KS p-value that alarms (3 tests, overlapping windows)
 DRIFT_PSI_ALARM = 0.25  # PSI above this is the conventional "major shift"
 DRIFT_EVALUATE_S = 1.0  # scores recomputed beside the request path this often
-DRIFT_STATE_FILE = "drift.json"  # latest scores, in the server's state directory, for the canary
+DRIFT_STALE_S = 30.0  # a monitor that has not rewritten its scores for this long is dead: its verdict stops counting
+DRIFT_REFERENCE_MIN_ROWS = 100  # `drift record` refuses a smaller reference: its own sampling error would alarm
+DRIFT_REFERENCE_DIR = "drift"  # references live in DIR/MODEL/drift/OUTPUT.json, beside the model they describe
+# Request parameter that keeps a request's answers out of every drift window:
+# the canary's golden requests carry it (through ensembles too); synthetic
+# client traffic may set it. Not "triton_*": Triton reserves that prefix.
+PROBE_PARAMETER = "guard_probe"
 DRIFT_FAILS_READINESS = False  # a drift alarm is reported by the canary; fails readiness only if set

@@ -220,29 +220,33 @@ CANARY_RUN_SECONDS = _declare(
 
 # --- the drift monitor ------------------------------------------------------------
 
+# One series per monitored model (the guard's upstream): `model` is open-ended.
+DRIFT_STATISTICS = ("chi2_p", "ks_p", "psi_entropy", "ks_mean_p", "ks_spread_p", "psi_mean")  # probs, then values
 DRIFT_SCORE = _declare(
     Metric(
         "triton_guard_drift_score",
-        "Drift statistic of the output window, by statistic",
+        "Drift statistic of the model's output window, by model and statistic",
         Kind.GAUGE,
         Publisher.DRIFT,
-        {"statistic": ("chi2_p", "ks_p", "psi_entropy")},
+        {"model": ANY, "statistic": DRIFT_STATISTICS},
     )
 )
 DRIFT_WINDOW_FILL = _declare(
     Metric(
         "triton_guard_drift_window_fill",
-        "Fraction of the drift window filled",
+        "Fraction of the model's drift window filled",
         Kind.GAUGE,
         Publisher.DRIFT,
+        {"model": ANY},
     )
 )
 DRIFT_ALARM = _declare(
     Metric(
         "triton_guard_drift_alarm",
-        "1 while the output distribution has drifted",
+        "1 while the model's output distribution has drifted",
         Kind.GAUGE,
         Publisher.DRIFT,
+        {"model": ANY},
     )
 )
 

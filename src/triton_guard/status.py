@@ -147,10 +147,12 @@ def render(status: dict[str, Any]) -> str:
     drift = (checks.get("drift") or {}).get("value")
     if drift:
         lines.append("")
-        lines.append(
-            f"Drift    chi2 p={drift['chi2_p']:.3g}  KS p={drift['ks_p']:.3g}  PSI={drift['psi_entropy']:.3f}  "
-            f"window {drift['n']}/{drift['window_size']}  {'ALARM' if drift['alarm'] else 'no alarm'}"
-        )
+        for model, d in drift.items():  # one line per monitored model
+            stats = "  ".join(f"{k}={v:.3g}" for k, v in (d.get("statistics") or {}).items())
+            lines.append(
+                f"Drift    {model:<18} {d.get('output')} ({d.get('kind')})  {stats}  "
+                f"window {d.get('n')}/{d.get('window_size')}  {d.get('status', '?').upper()}"
+            )
     headroom = (checks.get("headroom") or {}).get("value")
     trend = (checks.get("leak_trend") or {}).get("value") or {}
     if headroom:

@@ -212,7 +212,7 @@ def test_drift_fails_the_golden_tolerance_and_raises_the_monitor_alarm(server, h
         done, _ = run_cli("status", "--url", server.grpc_url, "--metrics-url", server.metrics_url, "--json")
         report = json.loads(done.stdout)["report"]
         drift = next(c for c in report["checks"] if c["name"] == "drift")
-        return drift if drift["value"] and drift["value"]["alarm"] else None
+        return drift if drift["value"] and drift["value"]["classifier"]["alarm"] else None
 
     drift = wait_until(alarm, 20, "drift alarm")
     assert drift["ok"] and "reported only" in drift["reason"]  # drift_fails_readiness is off by default

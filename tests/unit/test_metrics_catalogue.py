@@ -11,11 +11,12 @@ import re
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from triton_guard import metrics as catalogue
 from triton_guard.canary import checks, memory
-from triton_guard.drift.monitor import DriftScores
+from triton_guard.drift.monitor import DriftScores, Reference
 from triton_guard.guard.breaker import State
 from triton_guard.guard.failures import Failure
 from triton_guard.metrics import ANY, Kind, Metric, Publisher
@@ -81,7 +82,7 @@ def test_canary_check_names_are_the_ones_the_checks_return():
         checks.check_stall(None, 10.0, "no metrics").name,
         checks.check_breakers([], False, 0.0).name,
         checks.check_pins({}, {}, False).name,
-        checks.check_drift(None, False).name,
+        checks.check_drift({}, 0.0, False).name,
     }
     assert produced == set(catalogue.CANARY_CHECK_OK.allowed("check"))
 
@@ -200,18 +201,20 @@ def test_metric_families_come_from_the_catalogue(pb_utils):
 
 def test_the_drift_tap_publishes_what_the_catalogue_declares(pb_utils, tmp_path, monkeypatch):
     from triton_guard.backends import drift_tap
+    from triton_guard.guard.config import DriftConfig
 
-    monkeypatch.setattr(drift_tap, "default_state_dir", lambda: tmp_path)
-    monkeypatch.setattr(drift_tap, "DriftMonitor", lambda *a, **k: types.SimpleNamespace(observed_total=0))
-    monkeypatch.setattr(drift_tap.Reference, "load", staticmethod(lambda path: None))
-    tap = drift_tap.TritonDriftMonitor(tmp_path / "reference.json")
+    monkeypatch.setattr(drift_tap, "default_state_dir", lambda: str(tmp_path / "state"))
+    reference = tmp_path / "reference.json"
+    reference.write_text(Reference.from_probs(np.array([[0.8, 0.2], [0.3, 0.7]])).to_json())
+    tap = drift_tap.DriftTap("classifier", DriftConfig("PROBS", str(reference)), reference)
     try:
-        scores = DriftScores(n=200, window_size=200, chi2_p=0.5, ks_p=0.4, psi_entropy=0.1, alarm=False, reasons=())
-        tap.publish(scores)
+        statistics = {"chi2_p": 0.5, "ks_p": 0.4, "psi_entropy": 0.1}
+        tap._publish(DriftScores("probs", 200, 200, statistics, alarm=False, reasons=()))
     finally:
         tap.close()
     published = {f.name for f in _Family.created}
     assert published == {m.name for m in catalogue.published_by(Publisher.DRIFT)}
     _assert_published_as_declared(_Family.created)
     score = next(f for f in _Family.created if f.name == catalogue.DRIFT_SCORE.name)
-    assert {m.labels["statistic"]: m.value for m in score.metrics} == {"chi2_p": 0.5, "ks_p": 0.4, "psi_entropy": 0.1}
+    assert {m.labels["statistic"]: m.value for m in score.metrics} == statistics
+    assert {m.labels["model"] for f in _Family.created for m in f.metrics} == {"classifier"}

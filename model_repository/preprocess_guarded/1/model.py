@@ -1,6 +1,7 @@
 """Preprocess, then call the classifier behind the guard, in one step."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -15,7 +16,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         upstream = params.pop("upstream_model")
         self.classifier = GuardedUpstream(
-            upstream, instance_name=args["model_instance_name"], upstream_batches=True, **params
+            upstream, instance_name=args["model_instance_name"], upstream_batches=True,
+            repository=Path(args["model_repository"]).parent, **params
         )
 
     def execute(self, requests):
@@ -24,6 +26,7 @@ class TritonPythonModel:
         result = self.classifier.infer({"PIXELS": normalize(np.concatenate(images))}, ["PROBS"], requests=len(requests))
         if not result.ok:
             return [self.classifier.error_response(result) for _ in requests]
+        self.classifier.observe(result.value, requests)  # output drift monitor: a copy into its window
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor("PROBS", rows)])
             for rows in split_like(result.value["PROBS"], images)

@@ -43,6 +43,7 @@ import triton_python_backend_utils as pb_utils
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends import metric_families
+from triton_guard.backends.drift_tap import DriftTap
 from triton_guard.guard import metrics as gm
 from triton_guard.guard.batching import split_like
 from triton_guard.guard.breaker import CircuitBreaker
@@ -65,7 +66,8 @@ class GuardedUpstream:
     """
 
     def __init__(
-        self, upstream: str, *, instance_name: str = "", upstream_batches: bool = False, **parameters: str
+        self, upstream: str, *, instance_name: str = "", upstream_batches: bool = False, repository=None,
+        **parameters: str
     ) -> None:
         self.upstream = upstream
         self.called = False  # set by the first infer: metrics publish from then on
@@ -101,6 +103,8 @@ class GuardedUpstream:
             FileProbeLock(os.path.join(default_state_dir(), f"probe-{upstream}.lock")),
             on_transition=self._probe_transition,
         )
+        # Output drift monitoring (drift_* parameters; `repository` resolves a relative drift_reference).
+        self.drift = DriftTap.from_parameters(upstream, parameters, repository)
         self._publisher = _MetricsPublisher(self, instance_name or upstream)
         self._publisher.start()
         self._prober = None
@@ -203,11 +207,26 @@ class GuardedUpstream:
             f"guard: a recovery probe of '{self.upstream}' was answered; breaker {transition.to_state.name}"
         )
 
+    def observe(self, outputs: Mapping[str, np.ndarray], requests: Sequence) -> None:
+        """After a successful call: the drift monitor's copy of the answers (no-op when not configured).
+
+        `requests`: the Triton requests the outputs answer, in row order (probe requests are left out).
+        """
+        if self.drift is not None:
+            self.drift.observe(outputs, requests)
+
+    def observe_results(self, results: Sequence[GuardResult], requests: Sequence) -> None:
+        """`observe` for infer_requests' per-request results: the ok ones' answers."""
+        if self.drift is not None:
+            self.drift.observe_per_request([r.value if r.ok else None for r in results], requests)
+
     def error_response(self, result: GuardResult):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(result.message, self._error_codes[result.code]))
 
     def close(self) -> None:
         self._publisher.stop()
+        if self.drift is not None:
+            self.drift.close()
         if self._prober is not None:
             self._prober.stop()
         self.guard.close()

@@ -1,71 +1,199 @@
-"""The drift monitor inside Triton: fed by a pipeline step, scored beside it.
+"""The drift monitor inside Triton: fed where a guard sees its upstream's answers.
 
-Import only inside a Triton Python model. The step that sees the pipeline's
-PROBS (postprocess) calls `observe` per batch (ring-buffer copies, no
-statistics); a thread scores the window every DRIFT_EVALUATE_S, publishes
-gauges on Triton's /metrics and writes the scores to the server's state
-directory, where the canary reads them.
+Import only inside a Triton Python model. A guard whose parameters name a
+`drift_output` builds one `DriftTap` (triton_guard.backends.bls does, for
+both placements); after each upstream call it hands the tap the answers and
+the requests they belong to: ONE call per batch (`observe` for one batch's
+outputs, `observe_per_request` for the guard backend's per-request results), which copies the
+monitored output's rows into the model's shared window (rows of requests
+that carry the probe parameter, as the canary's golden requests do, are
+left out). A thread scores the window every DRIFT_EVALUATE_S, writes the
+model's state (triton_guard.drift.state) and publishes the gauges with a
+`model` label.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
+from typing import Mapping, Sequence
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends import metric_families
-from triton_guard.drift.monitor import DriftMonitor, DriftScores, Reference
-from triton_guard.guard.shared_state import default_state_dir, write_json_state
+from triton_guard.drift import state as drift_state
+from triton_guard.drift.monitor import DriftMonitor, ReferenceError, is_probe_parameters, load_reference
+from triton_guard.drift.ring import RowRing
+from triton_guard.drift.scorer import Scorer, write_off_state
+from triton_guard.guard.config import ConfigError, DriftConfig
+from triton_guard.guard.shared_state import default_state_dir
 
 
-class TritonDriftMonitor:
-    def __init__(self, reference_path: Path, window_size: int = defaults.DRIFT_WINDOW) -> None:
-        self.monitor = DriftMonitor(Reference.load(reference_path), window_size)
+def is_probe(request) -> bool:
+    """True for a request that carries the probe parameter (the canary's golden requests)."""
+    return is_probe_parameters(request.parameters())  # JSON text; "{}" for almost every request
+
+
+class DriftTap:
+    @classmethod
+    def from_parameters(cls, upstream: str, params: Mapping[str, str], repository: Path | None) -> "DriftTap | None":
+        """The tap the guard parameters ask for; None when they name no drift_output.
+
+        A bad parameter raises ConfigError (the guard's load fails naming it). A
+        reference that is missing or does not fit leaves the monitor off, says
+        so in the model's drift state (the canary reports it) and lets answers
+        flow; the tap looks for it again every DRIFT_EVALUATE_S, so a reference
+        recorded later takes effect without reloading the guard.
+        """
+        config = DriftConfig.from_parameters(upstream, params)
+        if config is None:
+            return None
+        path = Path(config.reference)
+        if not path.is_absolute():
+            if repository is None:
+                raise ConfigError(f"drift_reference={config.reference!r} is relative: give an absolute path "
+                                  "(a library placement has no repository root to resolve it against)")
+            path = Path(repository) / path
+        return cls(upstream, config, path)
+
+    def __init__(self, model: str, config: DriftConfig, reference_path: Path) -> None:
+        self.model = model
+        self.config = config
+        self.reference_path = reference_path
+        self.error: str | None = None
+        self.monitor: DriftMonitor | None = None  # set once the reference is loaded
+        self.scorer: Scorer | None = None
         self._state_dir = default_state_dir()
-        # Families must outlive their metrics: keep them on self.
-        self._families = {
-            "score": metric_families.family(catalogue.DRIFT_SCORE),
-            "fill": metric_families.family(catalogue.DRIFT_WINDOW_FILL),
-            "alarm": metric_families.family(catalogue.DRIFT_ALARM),
-        }
-        self._scores = {
-            name: self._families["score"].Metric(labels={"statistic": name})
-            for name in catalogue.DRIFT_SCORE.allowed("statistic")
-        }
-        self._fill = self._families["fill"].Metric(labels={})
-        self._alarm = self._families["alarm"].Metric(labels={})
-        # Nothing is published before the first answer: no stub-to-server call
-        # from this thread while the model may still be starting up.
-        self._last_total = 0
+        self._served = False  # no stub-to-server call from the thread before a request was served
+        self._warned_shape = False
+        self._gauges = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
+        self._load_reference()
+        self._thread = threading.Thread(target=self._loop, name=f"drift-{model}", daemon=True)
         self._thread.start()
 
-    def observe(self, probs) -> None:
-        self.monitor.observe(probs)
+    def _load_reference(self) -> None:
+        """Start monitoring once a usable reference exists (a new one is picked up without a reload)."""
+        try:
+            reference = load_reference(self.reference_path)
+            if self.config.kind is not None and reference.kind != self.config.kind:
+                raise ReferenceError(
+                    f"drift_kind={self.config.kind!r} but {self.reference_path} is a '{reference.kind}' reference")
+            batched = bool(json.loads(self.reference_path.read_text()).get("batched", True))
+        except ReferenceError as exc:
+            error = (f"{exc} (record one: triton-guard drift record --model {self.model} "
+                     f"--output {self.config.output} ...)")
+            if error != self.error:
+                pb_utils.Logger.log_warn(f"drift monitor of '{self.model}' off: {error}")
+            self.error = error
+            write_off_state(self._state_dir, self.model, self.config.output, error)
+            return
+        width, window = reference.row_width, self.config.window
+        ring_name = f"{drift_state.file_stem(self.model)}-{self.config.output}-{width}x{window}{drift_state.RING_SUFFIX}"
+        monitor = DriftMonitor(reference, window, RowRing.shared(os.path.join(self._state_dir, ring_name), width, window))
+        self.batched, self.width = batched, width
+        self.scorer = Scorer(self.model, self.config.output, monitor, self._state_dir, self.config.thresholds())
+        self.error = None
+        self.monitor = monitor  # last: observe() starts copying from here on
+
+    # --- the request path: one call per successful batch ------------------------
+
+    def observe(self, outputs: Mapping[str, np.ndarray], requests: Sequence) -> None:
+        """Copy the monitored output's rows of non-probe requests into the window."""
+        self._served = True
+        monitor = self.monitor
+        if monitor is None:
+            return
+        output = outputs.get(self.config.output)
+        if output is None or not self._fits(output):
+            self._warn_shape(output)
+            return
+        probes = [is_probe(r) for r in requests]
+        # Rows follow the requests' batch dimensions, in order (asked only for a mixed batch).
+        batch_sizes = (lambda: [r.inputs()[0].shape()[0] for r in requests]) if self.batched else None
+        if not monitor.observe_answers(output, probes, batch_sizes):
+            self._warn_shape(output)
+
+    def observe_per_request(self, values: Sequence[Mapping[str, np.ndarray] | None], requests: Sequence) -> None:
+        """`observe` for one answer per request (`values[i]`: request i's outputs, None when it failed)."""
+        self._served = True
+        monitor = self.monitor
+        if monitor is None:
+            return
+        name = self.config.output
+        kept, probe_values = [], 0
+        for value, request in zip(values, requests):
+            array = None if value is None else value.get(name)
+            if array is None:
+                continue
+            if is_probe(request):
+                probe_values += array.size
+            else:
+                kept.append(array)
+        if kept:
+            rows = kept[0] if len(kept) == 1 else np.concatenate(kept)  # one copy, then one into the ring
+            if self._fits(rows):
+                monitor.ring.write(rows.reshape(-1, self.width))
+            else:
+                self._warn_shape(rows)
+        if probe_values:
+            monitor.ring.skip(probe_values // self.width)
+
+    def _fits(self, output: np.ndarray) -> bool:
+        """A batched output's rows (all but the batch dimension), or a whole unbatched answer, are the reference's size."""
+        if self.batched:
+            return output.ndim >= 1 and output.size == len(output) * self.width
+        return output.size % self.width == 0
+
+    def _warn_shape(self, output) -> None:
+        if not self._warned_shape:
+            self._warned_shape = True
+            shape = None if output is None else list(output.shape)
+            pb_utils.Logger.log_warn(
+                f"drift monitor of '{self.model}': output '{self.config.output}' {shape} does not fit the "
+                f"reference's rows of {self.width}: not observed")
+
+    # --- beside it -----------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.wait(defaults.DRIFT_EVALUATE_S):
-            if self.monitor.observed_total == self._last_total:
-                continue  # nothing new: the scores stand
-            self._last_total = self.monitor.observed_total
             try:
-                self.publish(self.monitor.evaluate())
+                if self.monitor is None:
+                    self._load_reference()
+                    continue
+                scores = self.scorer.step()
+                if scores is not None and self._served:
+                    self._publish(scores)
             except Exception as exc:  # a bad window must not stop the monitor
-                pb_utils.Logger.log_warn(f"drift monitor: {exc}")
+                pb_utils.Logger.log_warn(f"drift monitor of '{self.model}': {exc}")
 
-    def publish(self, scores: DriftScores) -> None:
-        self._scores["chi2_p"].set(scores.chi2_p)
-        self._scores["ks_p"].set(scores.ks_p)
-        self._scores["psi_entropy"].set(scores.psi_entropy)
-        self._fill.set(scores.fill)
-        self._alarm.set(1.0 if scores.alarm else 0.0)
-        write_json_state(
-            self._state_dir, defaults.DRIFT_STATE_FILE, {**scores.to_dict(), "observed_total": self.monitor.observed_total}
-        )
+    def _publish(self, scores) -> None:
+        if self._gauges is None:
+            labels = {"model": self.model}
+            # Families must outlive their metrics: keep them on self.
+            families = {
+                "score": metric_families.family(catalogue.DRIFT_SCORE),
+                "fill": metric_families.family(catalogue.DRIFT_WINDOW_FILL),
+                "alarm": metric_families.family(catalogue.DRIFT_ALARM),
+            }
+            self._gauges = {
+                "families": families,
+                "scores": {name: families["score"].Metric(labels={**labels, "statistic": name}) for name in scores.statistics},
+                "fill": families["fill"].Metric(labels=labels),
+                "alarm": families["alarm"].Metric(labels=labels),
+            }
+        for name, value in scores.statistics.items():
+            self._gauges["scores"][name].set(float(value))
+        self._gauges["fill"].set(scores.fill)
+        self._gauges["alarm"].set(1.0 if scores.alarm else 0.0)
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=2 * defaults.DRIFT_EVALUATE_S)
+        if self.scorer is not None:
+            self.scorer.close()

@@ -22,6 +22,7 @@ from triton_guard import defaults
 from triton_guard.guard.breaker import BreakerSnapshot, State
 from triton_guard.canary.goldens import CaseComparison
 from triton_guard.canary.memory import MemoryReading, Trend
+from triton_guard.drift.state import judge
 from triton_guard.pins import Pins
 
 
@@ -384,18 +385,18 @@ def check_pins(expected: Mapping[str, str | None], observed: Mapping[str, str | 
     )
 
 
-def check_drift(state: Mapping[str, Any] | None, fails_readiness: bool) -> CheckResult:
-    """The output monitor's latest scores (written by the pipeline's postprocess step)."""
-    limit = {"p_alarm": defaults.DRIFT_P_ALARM, "psi_alarm": defaults.DRIFT_PSI_ALARM}
-    if state is None:
-        return CheckResult("drift", True, None, limit, "no scores yet (monitor off or no traffic)")
-    value = {k: state.get(k) for k in ("n", "window_size", "chi2_p", "ks_p", "psi_entropy", "alarm")}
-    if not state.get("alarm"):
-        return CheckResult("drift", True, value, limit, f"no drift ({state.get('n')}/{state.get('window_size')} answers)")
-    reason = "; ".join(state.get("reasons", [])) or "drift alarm"
-    if fails_readiness:
-        return CheckResult("drift", False, value, limit, reason)
-    return CheckResult("drift", True, value, limit, f"{reason} [reported only: drift_fails_readiness is off]")
+def check_drift(states: Mapping[str, Mapping[str, Any]] | None, now: float, fails_readiness: bool,
+                stale_s: float = defaults.DRIFT_STALE_S) -> CheckResult:
+    """Every monitored model's latest drift verdict (triton_guard.drift.state); `now` is time.monotonic()."""
+    limit = {"p_alarm": defaults.DRIFT_P_ALARM, "psi_alarm": defaults.DRIFT_PSI_ALARM, "stale_s": stale_s}
+    if not states:
+        return CheckResult("drift", True, None, limit, "no monitored model (no guard sets drift_output)")
+    verdicts = [judge(model, state, now, stale_s) for model, state in sorted(states.items())]
+    value = {v.model: {"status": v.status, **v.value} for v in verdicts}
+    reason = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)
+    if any(v.alarm for v in verdicts) and not fails_readiness:
+        return CheckResult("drift", True, value, limit, f"{reason} [reported only: drift_fails_readiness is off]")
+    return CheckResult("drift", not any(v.alarm for v in verdicts), value, limit, reason)
 
 
 def not_run(name: str, why: str) -> CheckResult:

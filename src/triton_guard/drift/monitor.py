@@ -1,40 +1,59 @@
 """Output distribution monitor: is the model still answering like it used to?
 
-Every answer the pipeline gives (its PROBS rows) goes into a sliding window
-of the last `window_size` answers; every so often the window is compared with
-a reference distribution computed from the held-out split (stored beside the
-canary's goldens, `reference.json`, by scripts/make_goldens.py):
+A window of the model's last `window_size` answers (rows of one output) is
+compared with a reference distribution recorded from representative inputs
+(`triton-guard drift record`). Two kinds of output:
 
-* predicted-class distribution: Pearson's chi-squared goodness of fit against
-  the reference class frequencies (catches a class-imbalanced stream or a
-  model that collapsed onto a few classes);
-* confidence (max probability): two-sample Kolmogorov-Smirnov against the
-  reference confidences (catches inputs the model is unsure about, e.g.
-  noise or inverted images, even when the classes still look balanced);
-* entropy of PROBS: Population Stability Index over the reference's decile
-  bins (the industry-standard drift score; > 0.25 is the usual "major shift").
+* ``probs``: class probabilities, one row per answer (e.g. softmax scores):
+  - predicted-class distribution: Pearson's chi-squared goodness of fit
+    against the reference class frequencies (catches a class-imbalanced
+    stream or a model that collapsed onto a few classes);
+  - confidence (max probability): two-sample Kolmogorov-Smirnov against the
+    reference confidences (catches inputs the model is unsure about, e.g.
+    noise or inverted images, even when the classes still look balanced);
+  - entropy: Population Stability Index over the reference's decile bins
+    (the industry-standard drift score; > 0.25 is the usual "major shift").
+* ``values``: any real-valued output, each row summarised by its mean and
+  its standard deviation (over the row's elements):
+  - row mean and row spread: two-sample KS against the reference's;
+  - row mean: PSI over the reference's decile bins.
 
-An alarm needs a p-value below `p_alarm` (chi-squared or KS) or a PSI above
-`psi_alarm`. With three statistics over overlapping windows, p_alarm = 1e-4
+An alarm needs a p-value below `p_alarm` or a PSI above `psi_alarm`, with a
+full window. With three statistics over overlapping windows, p_alarm = 1e-4
 keeps the measured false-alarm rate on clean traffic under 1% of windows
-(scripts/eval_drift.py measures it). Computing the statistics is kept off
-the request path: `observe` only copies a batch into ring buffers.
+(scripts/eval_drift.py measures it). The statistics run beside the request
+path: `DriftMonitor.observe` only copies rows into a ring buffer
+(triton_guard.drift.ring).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats
 
 from triton_guard import defaults
+from triton_guard.drift.ring import RowRing
 
-REFERENCE_FILE = "reference.json"  # inside the canary's goldens folder
+KINDS = ("probs", "values")
+REFERENCE_FORMAT = 1
+# The demo's old location (model_repository/canary/goldens/); references now live with their model.
+REFERENCE_FILE = "reference.json"
 _EPS = 1e-4  # smoothing for empty bins in PSI
+
+
+class ReferenceError(ValueError):
+    """A reference file that cannot be used; the message names the file."""
+
+
+def is_probe_parameters(parameters_json: str) -> bool:
+    """True when a request's parameters (Triton's JSON text) carry the probe marker."""
+    key = defaults.PROBE_PARAMETER
+    return f'"{key}"' in parameters_json and bool(json.loads(parameters_json).get(key))
 
 
 def confidence_and_entropy(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,43 +64,19 @@ def confidence_and_entropy(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return confidence, entropy
 
 
-@dataclass(frozen=True)
-class Reference:
-    class_freq: np.ndarray  # [n_classes], sums to 1
-    confidence: np.ndarray  # the reference sample, sorted
-    entropy_edges: np.ndarray  # inner decile edges of the reference entropy
+def row_mean_and_spread(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows.mean(axis=1), rows.std(axis=1)
 
-    @classmethod
-    def from_probs(cls, probs: np.ndarray, n_bins: int = 10) -> "Reference":
-        probs = np.asarray(probs)
-        labels = probs.argmax(axis=1)
-        n_classes = probs.shape[1]
-        class_freq = np.bincount(labels, minlength=n_classes) / len(labels)
-        confidence, entropy = confidence_and_entropy(probs)
-        edges = np.quantile(entropy, np.linspace(0, 1, n_bins + 1)[1:-1])
-        return cls(class_freq, np.sort(confidence), edges)
 
-    def entropy_freq(self) -> np.ndarray:
-        """Reference mass per entropy bin: 1/n_bins each by construction (deciles)."""
-        return np.full(len(self.entropy_edges) + 1, 1.0 / (len(self.entropy_edges) + 1))
+def _finite_rows(rows: np.ndarray, width: int) -> np.ndarray:
+    """Rows [n, width] as float64 without those holding NaN or inf (a broken answer is the goldens' business)."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, width)
+    return rows[np.isfinite(rows).all(axis=1)]
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "class_freq": self.class_freq.tolist(),
-                "confidence": self.confidence.tolist(),
-                "entropy_edges": self.entropy_edges.tolist(),
-            }
-        )
 
-    @classmethod
-    def load(cls, path: Path) -> "Reference":
-        data = json.loads(Path(path).read_text())
-        return cls(
-            np.array(data["class_freq"], dtype=np.float64),
-            np.array(data["confidence"], dtype=np.float64),
-            np.array(data["entropy_edges"], dtype=np.float64),
-        )
+def _decile_edges(sample: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    return np.quantile(sample, np.linspace(0, 1, n_bins + 1)[1:-1])
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -91,13 +86,17 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def _psi_on_edges(edges: np.ndarray, sample: np.ndarray) -> float:
+    counts = np.bincount(np.searchsorted(edges, sample), minlength=len(edges) + 1)
+    return psi(np.full(len(edges) + 1, 1.0 / (len(edges) + 1)), counts / len(sample))
+
+
 @dataclass(frozen=True)
 class DriftScores:
+    kind: str
     n: int  # answers in the window
     window_size: int
-    chi2_p: float
-    ks_p: float
-    psi_entropy: float
+    statistics: dict  # name -> value: p-values end in _p, PSIs start with psi_
     alarm: bool
     reasons: tuple[str, ...]
 
@@ -106,9 +105,81 @@ class DriftScores:
         return self.n / self.window_size
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["reasons"] = list(self.reasons)
-        return d
+        return {
+            "kind": self.kind,
+            "n": self.n,
+            "window_size": self.window_size,
+            "statistics": dict(self.statistics),
+            "alarm": self.alarm,
+            "reasons": list(self.reasons),
+        }
+
+
+def _verdict(kind, n, window_size, statistics, p_texts, psi_texts, p_alarm, psi_alarm, min_fill) -> DriftScores:
+    reasons = []
+    if n and n >= min_fill * window_size:
+        for name, text in p_texts.items():
+            if statistics[name] < p_alarm:
+                test = "chi-squared" if name.startswith("chi2") else "KS"
+                reasons.append(f"{text} shifted ({test} p={statistics[name]:.2g} < {p_alarm:g})")
+        for name, text in psi_texts.items():
+            if statistics[name] > psi_alarm:
+                reasons.append(f"{text} PSI {statistics[name]:.2f} > {psi_alarm:g}")
+    return DriftScores(kind, n, window_size, statistics, bool(reasons), tuple(reasons))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Reference of a class-probabilities output (kind ``probs``)."""
+
+    class_freq: np.ndarray  # [n_classes], sums to 1
+    confidence: np.ndarray  # the reference sample, sorted
+    entropy_edges: np.ndarray  # inner decile edges of the reference entropy
+    kind = "probs"
+
+    @property
+    def row_width(self) -> int:
+        return len(self.class_freq)
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray, n_bins: int = 10) -> "Reference":
+        probs = np.asarray(probs)
+        labels = probs.argmax(axis=1)
+        class_freq = np.bincount(labels, minlength=probs.shape[1]) / len(labels)
+        confidence, entropy = confidence_and_entropy(probs)
+        return cls(class_freq, np.sort(confidence), _decile_edges(entropy, n_bins))
+
+    def entropy_freq(self) -> np.ndarray:
+        """Reference mass per entropy bin: 1/n_bins each by construction (deciles)."""
+        return np.full(len(self.entropy_edges) + 1, 1.0 / (len(self.entropy_edges) + 1))
+
+    def fields(self) -> dict:
+        return {
+            "class_freq": self.class_freq.tolist(),
+            "confidence": self.confidence.tolist(),
+            "entropy_edges": self.entropy_edges.tolist(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, **self.fields()})
+
+    @classmethod
+    def from_fields(cls, data: dict) -> "Reference":
+        return cls(*(np.array(data[k], dtype=np.float64) for k in ("class_freq", "confidence", "entropy_edges")))
+
+    @classmethod
+    def load(cls, path: Path) -> "Reference":
+        reference = load_reference(path)
+        if not isinstance(reference, cls):
+            raise ReferenceError(f"{path}: a '{reference.kind}' reference, not '{cls.kind}'")
+        return reference
+
+    def score(self, rows: np.ndarray, window_size: int, p_alarm=defaults.DRIFT_P_ALARM,
+              psi_alarm=defaults.DRIFT_PSI_ALARM, min_fill=defaults.DRIFT_MIN_FILL) -> DriftScores:
+        rows = _finite_rows(rows, self.row_width)
+        confidence, entropy = confidence_and_entropy(rows) if len(rows) else (np.zeros(0), np.zeros(0))
+        return score(self, rows.argmax(axis=1) if len(rows) else np.zeros(0, np.int64), confidence, entropy,
+                     window_size, p_alarm, psi_alarm, min_fill)
 
 
 def score(
@@ -121,63 +192,160 @@ def score(
     psi_alarm: float = defaults.DRIFT_PSI_ALARM,
     min_fill: float = defaults.DRIFT_MIN_FILL,
 ) -> DriftScores:
-    """Compare one window of answers with the reference; no alarm before min_fill."""
+    """Compare one window of class-probability answers with the reference; no alarm before min_fill."""
     n = len(labels)
     n_classes = len(reference.class_freq)
     observed = np.bincount(labels, minlength=n_classes).astype(np.float64)
     expected = np.clip(reference.class_freq, _EPS, None)
     expected = expected / expected.sum() * n
-    chi2_p = float(stats.chisquare(observed, expected).pvalue) if n else 1.0
-    ks_p = float(stats.ks_2samp(confidence, reference.confidence).pvalue) if n else 1.0
-    counts = np.bincount(np.searchsorted(reference.entropy_edges, entropy), minlength=len(reference.entropy_edges) + 1)
-    psi_entropy = psi(reference.entropy_freq(), counts / n) if n else 0.0
-    reasons = []
-    if n >= min_fill * window_size:
-        if chi2_p < p_alarm:
-            reasons.append(f"class distribution shifted (chi-squared p={chi2_p:.2g} < {p_alarm:g})")
-        if ks_p < p_alarm:
-            reasons.append(f"confidence distribution shifted (KS p={ks_p:.2g} < {p_alarm:g})")
-        if psi_entropy > psi_alarm:
-            reasons.append(f"entropy PSI {psi_entropy:.2f} > {psi_alarm:g}")
-    return DriftScores(n, window_size, chi2_p, ks_p, psi_entropy, bool(reasons), tuple(reasons))
+    statistics = {
+        "chi2_p": float(stats.chisquare(observed, expected).pvalue) if n else 1.0,
+        "ks_p": float(stats.ks_2samp(confidence, reference.confidence).pvalue) if n else 1.0,
+        "psi_entropy": _psi_on_edges(reference.entropy_edges, entropy) if n else 0.0,
+    }
+    return _verdict("probs", n, window_size, statistics,
+                    {"chi2_p": "class distribution", "ks_p": "confidence distribution"},
+                    {"psi_entropy": "entropy"}, p_alarm, psi_alarm, min_fill)
+
+
+@dataclass(frozen=True)
+class ValuesReference:
+    """Reference of a real-valued output (kind ``values``): per-row mean and spread."""
+
+    row_width: int
+    mean: np.ndarray  # per-row means of the reference sample, sorted
+    spread: np.ndarray  # per-row standard deviations, sorted
+    mean_edges: np.ndarray  # inner decile edges of the row means
+    kind = "values"
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray, n_bins: int = 10) -> "ValuesReference":
+        rows = np.asarray(rows, dtype=np.float64)
+        mean, spread = row_mean_and_spread(rows)
+        return cls(rows.shape[1], np.sort(mean), np.sort(spread), _decile_edges(mean, n_bins))
+
+    def fields(self) -> dict:
+        return {"row_width": self.row_width, "mean": self.mean.tolist(), "spread": self.spread.tolist(),
+                "mean_edges": self.mean_edges.tolist()}
+
+    @classmethod
+    def from_fields(cls, data: dict) -> "ValuesReference":
+        return cls(int(data["row_width"]), *(np.array(data[k], dtype=np.float64) for k in ("mean", "spread", "mean_edges")))
+
+    def score(self, rows: np.ndarray, window_size: int, p_alarm=defaults.DRIFT_P_ALARM,
+              psi_alarm=defaults.DRIFT_PSI_ALARM, min_fill=defaults.DRIFT_MIN_FILL) -> DriftScores:
+        rows = _finite_rows(rows, self.row_width)
+        n = len(rows)
+        statistics = {"ks_mean_p": 1.0, "ks_spread_p": 1.0, "psi_mean": 0.0}
+        if n:
+            mean, spread = row_mean_and_spread(rows)
+            statistics["ks_mean_p"] = float(stats.ks_2samp(mean, self.mean).pvalue)
+            # A one-element row has no spread: the statistic would only repeat zeros.
+            if self.row_width > 1:
+                statistics["ks_spread_p"] = float(stats.ks_2samp(spread, self.spread).pvalue)
+            statistics["psi_mean"] = _psi_on_edges(self.mean_edges, mean)
+        p_texts = {"ks_mean_p": "row mean distribution"}
+        if self.row_width > 1:
+            p_texts["ks_spread_p"] = "row spread distribution"
+        return _verdict("values", n, window_size, statistics, p_texts, {"psi_mean": "row mean"},
+                        p_alarm, psi_alarm, min_fill)
+
+
+REFERENCE_KINDS = {"probs": Reference, "values": ValuesReference}
+
+
+def build_reference(kind: str, rows: np.ndarray):
+    """A reference of `kind` from output rows [n, width] (ReferenceError when they do not fit the kind)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if kind not in REFERENCE_KINDS:
+        raise ReferenceError(f"unknown kind '{kind}': expected one of {', '.join(KINDS)}")
+    if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] == 0:
+        raise ReferenceError(f"expected rows [n, width] with n, width > 0, got shape {list(rows.shape)}")
+    if not np.all(np.isfinite(rows)):
+        raise ReferenceError("the outputs hold NaN or infinite values")
+    if kind == "probs":
+        if rows.shape[1] < 2:
+            raise ReferenceError("class probabilities need at least 2 classes per row: use --kind values")
+        sums = rows.sum(axis=1)
+        bad = np.flatnonzero((rows.min(axis=1) < 0) | (np.abs(sums - 1.0) > 1e-3))
+        if len(bad):
+            raise ReferenceError(
+                f"row {bad[0]} is not a probability distribution (sum {sums[bad[0]]:.4g}, min {rows[bad[0]].min():.4g}): "
+                "use --kind values for other outputs")
+        return Reference.from_probs(rows)
+    return ValuesReference.from_rows(rows)
+
+
+def reference_document(reference, model: str, output: str, batched: bool, extra: dict | None = None) -> dict:
+    """The JSON document of a reference file (what `triton-guard drift record` writes)."""
+    return {"format": REFERENCE_FORMAT, "kind": reference.kind, "model": model, "output": output,
+            "batched": batched, **(extra or {}), **reference.fields()}
+
+
+def load_reference(path: Path):
+    """The reference in `path` (either kind; the old demo file without `kind` is a probs reference)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ReferenceError(f"cannot read drift reference {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ReferenceError(f"drift reference {path} is not JSON: {exc}") from None
+    kind = data.get("kind", "probs") if isinstance(data, dict) else None
+    if kind not in REFERENCE_KINDS:
+        raise ReferenceError(f"drift reference {path}: unknown kind {kind!r}")
+    try:
+        return REFERENCE_KINDS[kind].from_fields(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReferenceError(f"drift reference {path}: malformed '{kind}' reference ({exc!r})") from None
 
 
 class DriftMonitor:
-    """The last `window_size` answers in ring buffers; `evaluate()` scores them.
+    """The last `window_size` answers in a ring buffer; `evaluate()` scores them.
 
-    `observe` runs on the request path (a few numpy copies per batch);
+    `observe` runs on the request path (one copy of the batch's rows);
     `evaluate` runs beside it (a background thread) or in an offline script.
+    The ring is in memory by default; a shared one (RowRing on a file) lets
+    every model instance of a server feed one window.
     """
 
-    def __init__(self, reference: Reference, window_size: int = defaults.DRIFT_WINDOW) -> None:
+    def __init__(self, reference, window_size: int = defaults.DRIFT_WINDOW, ring: RowRing | None = None) -> None:
         self.reference = reference
         self.window_size = window_size
-        self._labels = np.zeros(window_size, dtype=np.int64)
-        self._confidence = np.zeros(window_size)
-        self._entropy = np.zeros(window_size)
-        self._next = 0
-        self._count = 0
-        self.observed_total = 0
-        self._lock = threading.Lock()
+        self.ring = ring if ring is not None else RowRing(reference.row_width, window_size)
 
-    def observe(self, probs: np.ndarray) -> None:
-        probs = np.asarray(probs)
-        answers = len(probs)
-        probs = probs[-self.window_size :]  # older rows of a huge batch would be overwritten anyway
-        labels = probs.argmax(axis=1)
-        confidence, entropy = confidence_and_entropy(probs)
-        k = len(probs)
-        with self._lock:
-            idx = (self._next + np.arange(k)) % self.window_size
-            self._labels[idx] = labels
-            self._confidence[idx] = confidence
-            self._entropy[idx] = entropy
-            self._next = (self._next + k) % self.window_size
-            self._count = min(self._count + k, self.window_size)
-            self.observed_total += answers
+    @property
+    def observed_total(self) -> int:
+        return self.ring.total()
+
+    def observe(self, rows: np.ndarray) -> None:
+        self.ring.write(np.asarray(rows).reshape(-1, self.reference.row_width))
+
+    def observe_answers(self, rows: np.ndarray, probes: Sequence[bool],
+                        batch_sizes: Callable[[], Sequence[int]] | None = None) -> bool:
+        """Observe the rows of the requests that are not probes; count the probes' rows as skipped.
+
+        `probes[i]`: request i carries the probe parameter. Rows follow the
+        requests in order; `batch_sizes()` gives each request's row count
+        (asked only for a batch that mixes probes and other requests; None:
+        the rows are shared equally, as for an unbatched model). False when
+        the row counts do not add up (nothing observed).
+        """
+        rows = np.asarray(rows).reshape(-1, self.reference.row_width)
+        if not any(probes):
+            self.ring.write(rows)
+            return True
+        if all(probes):
+            self.ring.skip(len(rows))
+            return True
+        counts = list(batch_sizes()) if batch_sizes is not None else [len(rows) // len(probes)] * len(probes)
+        if len(counts) != len(probes) or sum(counts) != len(rows):
+            return False
+        keep = np.repeat(np.logical_not(probes), counts)
+        self.ring.write(rows[keep])
+        self.ring.skip(int(len(rows) - keep.sum()))
+        return True
 
     def evaluate(self, **thresholds) -> DriftScores:
-        with self._lock:
-            n = self._count
-            labels, confidence, entropy = self._labels[:n].copy(), self._confidence[:n].copy(), self._entropy[:n].copy()
-        return score(self.reference, labels, confidence, entropy, self.window_size, **thresholds)
+        rows, _ = self.ring.snapshot()
+        return self.reference.score(rows, self.window_size, **thresholds)

@@ -143,11 +143,12 @@ def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
     `params` are config.pbtxt `parameters` without `upstream_model` (the
     caller's). Raises ConfigError naming the first unknown or bad parameter.
     """
-    unknown = sorted(set(params) - GuardConfig.parameter_names() - EXTRA_PARAMETERS)
+    unknown = sorted(set(params) - GuardConfig.parameter_names() - EXTRA_PARAMETERS - DRIFT_PARAMETERS)
     if unknown:
-        known = sorted(GuardConfig.parameter_names() | EXTRA_PARAMETERS)
+        known = sorted(GuardConfig.parameter_names() | EXTRA_PARAMETERS | DRIFT_PARAMETERS)
         raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {known}")
     config = GuardConfig.from_parameters(params)
+    DriftConfig.from_parameters("upstream", params)  # the drift_* block below
     pattern = params.get("client_error_pattern")
     try:
         FailureClassifier(pattern)
@@ -157,3 +158,74 @@ def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
     if heal not in ("true", "false"):
         raise _reject("heal_dead_upstream", heal, "true or false")
     return config
+
+
+# --- Output drift monitoring (triton_guard.drift; README "Output drift monitor") ---
+
+DRIFT_WINDOW_MIN, DRIFT_WINDOW_MAX = 10, 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftConfig:
+    """Which upstream output a guard monitors, and how; from the guard's `drift_*` parameters.
+
+    Monitoring is on when `drift_output` is given. `reference` is relative to
+    the model repository's root unless absolute; by default the file
+    `triton-guard drift record` writes: <upstream>/drift/<output>.json.
+    `kind` None: whatever the reference file says.
+    """
+
+    output: str
+    reference: str
+    kind: str | None = None
+    window: int = defaults.DRIFT_WINDOW
+    p_alarm: float = defaults.DRIFT_P_ALARM
+    psi_alarm: float = defaults.DRIFT_PSI_ALARM
+
+    def __post_init__(self) -> None:
+        if not self.output.strip():
+            raise _reject("drift_output", self.output, "the name of one of the upstream's outputs")
+        if self.kind is not None and self.kind not in ("probs", "values"):
+            raise _reject("drift_kind", self.kind, "probs (class probabilities) or values (real-valued rows)")
+        if isinstance(self.window, bool) or not DRIFT_WINDOW_MIN <= self.window <= DRIFT_WINDOW_MAX:
+            raise _reject("drift_window", self.window, f"an integer between {DRIFT_WINDOW_MIN} and {DRIFT_WINDOW_MAX}")
+        if not (math.isfinite(self.p_alarm) and 0.0 < self.p_alarm < 1.0):
+            raise _reject("drift_p_alarm", self.p_alarm, "a p-value in (0, 1)")
+        if not (math.isfinite(self.psi_alarm) and self.psi_alarm > 0.0):
+            raise _reject("drift_psi_alarm", self.psi_alarm, "a PSI > 0")
+
+    @classmethod
+    def from_parameters(cls, upstream: str, params: Mapping[str, Any]) -> DriftConfig | None:
+        """None when `drift_output` is absent (then no other drift_* parameter may be given)."""
+        raw = {name: params[name] for name in DRIFT_PARAMETERS if name in params}
+        raw = {k: v["string_value"] if isinstance(v, Mapping) and "string_value" in v else v for k, v in raw.items()}
+        for name, value in raw.items():
+            if not isinstance(value, str):
+                raise _reject(name, value, "a string")
+        output = raw.get("drift_output", "").strip()
+        if not output:
+            if raw:
+                raise ConfigError(f"{sorted(raw)[0]} is given without drift_output (the output to monitor)")
+            return None
+        kind = raw.get("drift_kind", "").strip() or None
+        values: dict[str, Any] = {
+            "output": output,
+            "reference": raw.get("drift_reference", "").strip()
+            or f"{upstream}/{defaults.DRIFT_REFERENCE_DIR}/{output}.json",
+            "kind": kind,
+        }
+        if "drift_window" in raw:
+            values["window"] = _parse("drift_window", raw["drift_window"], int, "an integer")
+        if "drift_p_alarm" in raw:
+            values["p_alarm"] = _parse("drift_p_alarm", raw["drift_p_alarm"], float, "a number")
+        if "drift_psi_alarm" in raw:
+            values["psi_alarm"] = _parse("drift_psi_alarm", raw["drift_psi_alarm"], float, "a number")
+        return cls(**values)
+
+    def thresholds(self) -> dict[str, float]:
+        return {"p_alarm": self.p_alarm, "psi_alarm": self.psi_alarm}
+
+
+DRIFT_PARAMETERS = frozenset(
+    {"drift_output", "drift_kind", "drift_reference", "drift_window", "drift_p_alarm", "drift_psi_alarm"}
+)

@@ -29,7 +29,8 @@ from triton_guard.canary import checks as canary
 from triton_guard.canary import memory
 from triton_guard.canary.runner import Canary, GoldenStore, HttpServer, repositories_from_environment
 from triton_guard.guard.breaker import BreakerSnapshot
-from triton_guard.guard.shared_state import SharedFileStore, default_state_dir, read_json_state
+from triton_guard.drift.state import read_states
+from triton_guard.guard.shared_state import SharedFileStore, default_state_dir
 from triton_guard.pins import observe_runtime
 
 
@@ -98,6 +99,7 @@ class _TritonFacts(HttpServer):
             model_name=model,
             inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
             requested_output_names=outputs,
+            parameters={defaults.PROBE_PARAMETER: True},  # golden answers stay out of every drift window
         )
         response = request.exec()
         if response.has_error():
@@ -121,7 +123,7 @@ class _TritonFacts(HttpServer):
         return snapshots
 
     def drift_state(self):
-        return read_json_state(self.store.directory, defaults.DRIFT_STATE_FILE)
+        return read_states(self.store.directory)
 
     def system_memory(self):
         return memory.read_system_memory()

@@ -35,12 +35,13 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
 from triton_guard.backends.bls import EXTRA_PARAMETERS, GuardedUpstream, _Healer
-from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.guard.config import DRIFT_PARAMETERS, ConfigError, GuardConfig
 from triton_guard.guard.failures import Failure
 
 MODEL_FILE = "model.py"
@@ -87,10 +88,19 @@ class InProcessGuard:
             # GuardedUpstream gives the breaker (shared per server, named after
             # this model), the Guard, the metrics buffer and its publisher; its
             # BLS `infer` is not used here.
-            self.guarded = GuardedUpstream(self.name, instance_name=args["model_instance_name"], **guard_params)
+            self.guarded = GuardedUpstream(
+                self.name, instance_name=args["model_instance_name"],
+                repository=Path(args["model_repository"]).parent,  # resolves a relative drift_reference
+                **guard_params)
         except (ConfigError, ValueError) as exc:
             raise pb_utils.TritonModelException(f"guard model '{self.name}': {exc}") from None
         self.guard = self.guarded.guard
+        self.drift = self.guarded.drift  # the output drift monitor, when drift_output is given
+        outputs = [o["name"] for o in config.get("output", [])]
+        if self.drift is not None and self.drift.config.output not in outputs:
+            self.guarded.close()
+            raise pb_utils.TritonModelException(
+                f"guard model '{self.name}': drift_output={self.drift.config.output!r} is not one of its outputs {outputs}")
         self.stamped = any(i["name"] == defaults.ARRIVAL_INPUT for i in config.get("input", []))
         try:
             module = _import_model(model_file, self.name, args["model_version"])
@@ -128,7 +138,15 @@ class InProcessGuard:
                 answers = [self.guarded.error_response(result) for _ in part.requests]
             for i, answer in zip(part.requests, answers):
                 responses[i] = answer
+        if self.drift is not None:  # a copy of the answers into the monitor's window
+            self.drift.observe_per_request([self._monitored(r) for r in responses], requests)
         return responses
+
+    def _monitored(self, response):
+        if response.has_error():
+            return None
+        tensor = pb_utils.get_output_tensor_by_name(response, self.drift.config.output)
+        return None if tensor is None else {self.drift.config.output: tensor.as_numpy()}
 
     def finalize(self) -> None:
         try:
@@ -182,4 +200,4 @@ def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
 
 _HEALERS: dict = {}
 # The config's other parameters are the model's own: passed to it untouched.
-_GUARD_PARAMETER_NAMES = GuardConfig.parameter_names() | EXTRA_PARAMETERS
+_GUARD_PARAMETER_NAMES = GuardConfig.parameter_names() | EXTRA_PARAMETERS | DRIFT_PARAMETERS

@@ -56,6 +56,7 @@ class TritonPythonModel:
                 instance_name=args["model_instance_name"],
                 # Same inputs and batching as the upstream: its requests can be concatenated.
                 upstream_batches=model_config.get("max_batch_size", 0) > 0,
+                repository=Path(args["model_repository"]).parent,  # resolves a relative drift_reference
                 **params,
             )
         except (ConfigError, ValueError) as exc:  # a bad client_error_pattern is a re.error (ValueError)
@@ -63,6 +64,11 @@ class TritonPythonModel:
         # The arrival stamp is the guard's own input; everything else goes upstream.
         self.input_names = [i["name"] for i in model_config["input"] if i["name"] != defaults.ARRIVAL_INPUT]
         self.output_names = [o["name"] for o in model_config["output"]]
+        drift = self.upstream.drift
+        if drift is not None and drift.config.output not in self.output_names:
+            self.upstream.close()
+            raise pb_utils.TritonModelException(
+                f"guard model '{name}': drift_output={drift.config.output!r} is not one of its outputs {self.output_names}")
 
     def execute(self, requests):
         # Deadlines, the expired-before-the-guard rule and the split-batch rule
@@ -71,6 +77,7 @@ class TritonPythonModel:
             {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names} for r in requests
         ]
         results = self.upstream.infer_requests(inputs, self.output_names, [_arrival_s(r) for r in requests])
+        self.upstream.observe_results(results, requests)  # output drift monitor: a copy of the answers into its window
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(n, result.value[n]) for n in self.output_names])
             if result.ok
