@@ -38,7 +38,7 @@ class _Response:
         return self._error
 
 
-_IMPORTED = ("metric_families", "bls", "guard.in_process")  # what importing in_process binds to the fake
+_IMPORTED = ("metric_families", "drift_tap", "bls", "guard.in_process")  # what importing in_process binds to the fake
 
 
 @pytest.fixture
