@@ -1,21 +1,34 @@
-"""Guard benchmark: what the guard costs a caller, and how fast it says no.
+"""Guard benchmark: what each placement of the guard costs, beside a light and a heavier model.
 
-    .venv/bin/python scripts/bench_guard.py [--measurement-ms 5000]
-        [--concurrency 1,4,16] [--repeats 1] [--out out/bench-guard]
+    .venv/bin/python scripts/bench_guard.py [--measurement-ms 3000]
+        [--concurrency 1,16,64] [--repeats 1] [--suites digits,cnn] [--out out/bench-guard]
 
-One tritonserver (free ports, the project's model_repository) and
-perf_analyzer over gRPC with real digits on three ensembles that differ only
-in the guard: `pipeline_unguarded`, `pipeline` (guard as its own ensemble
-step) and `pipeline_inline` (guard as a library call in preprocessing). The
-three run back to back per concurrency, in a rotating order, so that noise
-on a shared machine lands on all of them alike; --repeats N runs the whole
-matrix N times and keeps the median of each number per cell.
+Two suites, one tritonserver each (free ports), perf_analyzer over gRPC with
+real digits. Every suite serves the same steps four ways that differ only in
+the guard: unguarded (the baseline), in-process (the model guarded in its own
+stub: `backend: "guard"` with its own model.py), guard step (a `guard` model
+calling the model through BLS) and library call (a guarded BLS call inside
+preprocessing).
 
-Then the breaker for `classifier` is forced OPEN through the server's shared
-state file and sequential requests to `pipeline` time the fast rejection,
-client-side and server-side (Triton's statistics for `classifier_guard`).
+* digits: the project's model_repository (`pipeline_unguarded`, `pipeline`,
+  `pipeline_guard_step`, `pipeline_inline`), a torch MLP of ~0.1 ms a batch.
+* cnn: bench/heavy_repository, a small torch CNN of ~2 ms an image on one
+  CPU thread (`heavy_unguarded`, `heavy`, `heavy_guard_step`, `heavy_inline`),
+  to show how the ratios move with the model's cost.
 
-Writes report.md, results.json and tritonserver.log to OUT/<timestamp>/ and
+At each concurrency the placements run back to back in a rotating order, so
+that noise on a shared machine lands on all of them alike; --repeats N runs
+the whole matrix N times and keeps the median of each number per cell. Each
+run also reads the CPU time of tritonserver and all its stubs from /proc and
+the ensemble's request count from Triton's statistics: server CPU seconds
+per 1,000 requests.
+
+Then, in the digits suite, each guard's breaker is forced OPEN through the
+server's shared state file and sequential requests (concurrency 1) time the
+rejection client-side, and server-side from Triton's statistics of the
+guarding model (mean only: Triton keeps sums).
+
+Writes report.md, results.json and the servers' logs to OUT/<timestamp>/ and
 prints the report. The issue's targets are reported, not asserted.
 """
 
@@ -41,35 +54,59 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard.guard.breaker import CircuitBreaker, Rejection, State  # noqa: E402
 from triton_guard.guard.core import UNAVAILABLE_PREFIX  # noqa: E402
 from triton_guard.guard.config import GuardConfig  # noqa: E402
-from triton_guard.perf import PerfResult, measure, source_revision, start_run, warm_up  # noqa: E402
+from triton_guard.perf import PerfAnalyzerError, PerfResult, run_perf_analyzer, source_revision, start_run, warm_up  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
 from triton_guard.guard.shared_state import SharedFileStore  # noqa: E402
 
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 INPUT_DATA = REPO_ROOT / "bench" / "digits_perf_input.json"
 OUT_DIR = REPO_ROOT / "out" / "bench-guard"
 
 BASELINE = "unguarded"
-VARIANTS = {  # variant -> ensemble; the same steps but for the guard
-    BASELINE: "pipeline_unguarded",
-    "guard step": "pipeline",
-    "library call": "pipeline_inline",
-}
-GUARD_STEP_ENSEMBLE = "pipeline"
-GUARD_MODEL = "classifier_guard"  # the step whose Triton statistics time a rejection
-UPSTREAM = "classifier"  # the breaker's name: one breaker per upstream per server
+IN_PROCESS = "in-process"
+GUARD_STEP = "guard step"
+LIBRARY = "library call"
 
-CONCURRENCIES = (1, 4, 16)
-MEASUREMENT_MS = 5000
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    repository: Path
+    ensembles: dict  # placement -> ensemble; the same steps but for the guard
+    model_note: str
+
+
+SUITES = {
+    "digits": Suite(
+        REPO_ROOT / "model_repository",
+        {BASELINE: "pipeline_unguarded", IN_PROCESS: "pipeline", GUARD_STEP: "pipeline_guard_step",
+         LIBRARY: "pipeline_inline"},
+        "torch MLP 64-128-10 (model_repository)",
+    ),
+    "cnn": Suite(
+        REPO_ROOT / "bench" / "heavy_repository",
+        {BASELINE: "heavy_unguarded", IN_PROCESS: "heavy", GUARD_STEP: "heavy_guard_step",
+         LIBRARY: "heavy_inline"},
+        "torch CNN, ~2 ms an image on one thread (bench/heavy_repository)",
+    ),
+}  # fmt: skip
+
+# Fast rejections (digits suite): placement -> (ensemble called, breaker name, model whose statistics time it).
+REJECTION_PATHS = {
+    IN_PROCESS: ("pipeline", "classifier", "classifier"),
+    GUARD_STEP: ("pipeline_guard_step", "classifier_unguarded", "classifier_guard"),
+}
+
+CONCURRENCIES = (1, 16, 64)
+MEASUREMENT_MS = 3000
 REPEATS = 1
-REJECTIONS = 500  # sequential requests timed with the breaker OPEN
+REJECTIONS = 500  # sequential requests timed with the breaker OPEN, per placement
+STABILITY_PERCENTAGE = 10  # perf_analyzer's default: its windows must agree within this
+UNSTABLE_RETRIES = 1  # an unstable cell is measured once more with the window doubled
 
 # From the issue; the report says whether each was met.
 TARGET_CONCURRENCY = 16
-TARGET_THROUGHPUT_RATIO = 0.90  # guarded/unguarded, at least
-TARGET_P99_RATIO = 1.25  # guarded/unguarded, at most
-TARGET_ADDED_P50_MS = 0.5  # at concurrency 1, at most
-TARGET_REJECTION_P99_MS = 5.0  # server-side, breaker OPEN, at most
+TARGET_THROUGHPUT_RATIO = 0.95  # guarded/unguarded, at least
+TARGET_ADDED_P50_MS = 0.2  # at concurrency 1, at most
+TARGET_REJECTION_P99_MS = 2.0  # client-side, breaker OPEN, concurrency 1, at most
 
 
 class BenchError(RuntimeError):
@@ -86,15 +123,50 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated concurrencies (default: %(default)s)",
     )
     parser.add_argument("--repeats", type=int, default=REPEATS, help="whole-matrix repeats; median per cell")
+    parser.add_argument(
+        "--suites", type=lambda text: tuple(dict.fromkeys(text.split(","))), default=tuple(SUITES),
+        help=f"comma-separated, of {', '.join(SUITES)} (default: all)",
+    )
+    parser.add_argument(
+        "--stability-percentage", type=int, default=STABILITY_PERCENTAGE,
+        help="perf_analyzer's window agreement (default %(default)s; a loaded shared machine may need more)",
+    )
+    parser.add_argument("--rejections", type=int, default=REJECTIONS, help="requests timed with the breaker OPEN")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="a timestamped run folder goes here")
     args = parser.parse_args()
-    if args.measurement_ms <= 0 or args.repeats <= 0 or min(args.concurrency) <= 0:
-        parser.error("--measurement-ms, --repeats and every --concurrency must be positive")
+    if args.measurement_ms <= 0 or args.repeats <= 0 or min(args.concurrency) <= 0 or args.rejections <= 0:
+        parser.error("--measurement-ms, --repeats, --rejections and every --concurrency must be positive")
+    unknown = sorted(set(args.suites) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite(s) {unknown}; known: {', '.join(SUITES)}")
     return args
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# --- server CPU ----------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids) -> float:
+    """utime + stime of these processes (tritonserver and its stubs), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone: a stub that died does not count from now on
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / CLOCK_TICKS
+
+
+def success_count(client: grpcclient.InferenceServerClient, model: str) -> int:
+    reply = client.get_inference_statistics(model, as_json=True)
+    (stats,) = [m["inference_stats"] for m in reply["model_stats"] if m["name"] == model]
+    return int(stats.get("success", {}).get("count", 0))
 
 
 # --- throughput and latency ------------------------------------------------------------
@@ -106,52 +178,85 @@ def median_result(runs: list[dict]) -> dict | None:
     if not measured:
         return None
     median = {}
-    for field in dataclasses.fields(PerfResult):
-        values = [run[field.name] for run in measured]
+    for field in [f.name for f in dataclasses.fields(PerfResult)] + ["cpu_s_per_1000"]:
+        values = [run.get(field) for run in measured]
         if None in values:
-            median[field.name] = None
-        elif field.name == "throughput":
-            median[field.name] = statistics.median(values)
+            median[field] = None
+        elif field in ("throughput", "cpu_s_per_1000"):
+            median[field] = statistics.median(values)
         else:
-            median[field.name] = round(statistics.median(values))
+            median[field] = round(statistics.median(values))
     return median
 
 
 def ratios(guarded: dict | None, baseline: dict | None) -> dict | None:
     if guarded is None or baseline is None:
         return None
+    cpu = guarded.get("cpu_s_per_1000"), baseline.get("cpu_s_per_1000")
     return {
         "throughput_ratio": guarded["throughput"] / baseline["throughput"],
         "p99_ratio": guarded["p99_us"] / baseline["p99_us"],
         "added_p50_ms": (guarded["p50_us"] - baseline["p50_us"]) / 1000,
+        "cpu_ratio": cpu[0] / cpu[1] if None not in cpu and cpu[1] > 0 else None,
     }
 
 
-def run_matrix(url: str, concurrencies: tuple[int, ...], measurement_ms: int, repeats: int) -> list[dict]:
-    """Every (concurrency, variant) cell with its runs, median and ratios to the baseline."""
-    runs: dict[tuple[int, str], list[dict]] = {(c, v): [] for c in concurrencies for v in VARIANTS}
-    names = list(VARIANTS)
+def measure(model: str, url: str, concurrency: int, measurement_ms: int, stability_percentage: int) -> dict:
+    """One cell, never raising: the PerfResult as a dict, or {"error": ..., "unstable": bool}."""
+    window_ms, extra = measurement_ms, ["--stability-percentage", str(stability_percentage)]
+    for attempt in range(UNSTABLE_RETRIES + 1):
+        try:
+            result = run_perf_analyzer(model, url, concurrency, INPUT_DATA, window_ms, extra)
+            return {**result.to_dict(), "measurement_ms": window_ms}
+        except PerfAnalyzerError as exc:
+            if not exc.unstable or attempt == UNSTABLE_RETRIES:
+                return {"error": str(exc), "unstable": exc.unstable, "measurement_ms": window_ms}
+        window_ms *= 2
+        log(f"  unstable; again with a {window_ms} ms window")
+
+
+def measure_cell(server: LocalServer, model: str, concurrency: int, measurement_ms: int, stability: int) -> dict:
+    """One perf_analyzer run, with the server's CPU seconds per 1,000 requests over the same span."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    pids = [server.process.pid, *server.stub_pids().values()]
+    count_before, cpu_before = success_count(client, model), cpu_seconds(pids)
+    run = measure(model, server.grpc_url, concurrency, measurement_ms, stability)
+    cpu, requests = cpu_seconds(pids) - cpu_before, success_count(client, model) - count_before
+    client.close()
+    run["server_cpu_s"], run["server_requests"] = cpu, requests
+    run["cpu_s_per_1000"] = cpu / requests * 1000 if requests else None
+    return run
+
+
+def run_matrix(server: LocalServer, suite: str, concurrencies, measurement_ms: int, repeats: int,
+               stability: int) -> list[dict]:
+    """Every (concurrency, placement) cell of a suite with its runs, median and ratios to the baseline."""
+    ensembles = SUITES[suite].ensembles
+    runs: dict[tuple[int, str], list[dict]] = {(c, v): [] for c in concurrencies for v in ensembles}
+    names = list(ensembles)
     total, done = len(runs) * repeats, 0
     for repeat in range(repeats):
         for position, concurrency in enumerate(concurrencies):
-            # Rotate the order so that no variant always runs first (or right after another).
+            # Rotate the order so that no placement always runs first (or right after another).
             shift = (repeat + position) % len(names)
             for variant in names[shift:] + names[:shift]:
                 done += 1
-                log(f"[{done}/{total}] concurrency {concurrency}: {VARIANTS[variant]}")
-                run = measure(VARIANTS[variant], url, concurrency, INPUT_DATA, measurement_ms, log=log)
+                log(f"[{suite} {done}/{total}] concurrency {concurrency}: {ensembles[variant]}")
+                run = measure_cell(server, ensembles[variant], concurrency, measurement_ms, stability)
                 if "error" in run:
                     log(f"  {run['error']}")
                 else:
-                    log(f"  {run['throughput']:.1f} infer/s, p50 {run['p50_us']} us, p99 {run['p99_us']} us")
+                    log(f"  {run['throughput']:.1f} infer/s, p50 {run['p50_us']} us, p99 {run['p99_us']} us, "
+                        f"server CPU {fmt(run['cpu_s_per_1000'])} s per 1000")
                 runs[concurrency, variant].append(run)
     cells = []
     for concurrency in concurrencies:
         baseline = median_result(runs[concurrency, BASELINE])
-        for variant, model in VARIANTS.items():
+        for variant, model in ensembles.items():
             median = median_result(runs[concurrency, variant])
             cells.append(
                 {
+                    "suite": suite,
                     "concurrency": concurrency,
                     "variant": variant,
                     "model": model,
@@ -167,7 +272,7 @@ def run_matrix(url: str, concurrencies: tuple[int, ...], measurement_ms: int, re
 
 
 def force_open(breaker: CircuitBreaker, config: GuardConfig) -> None:
-    """Fail calls on the guard's own breaker until it is OPEN (as a failing upstream would)."""
+    """Fail calls on the guard's own breaker until it is OPEN (as a failing model would)."""
     for _ in range(config.failure_threshold):
         decision = breaker.acquire()
         if isinstance(decision, Rejection):
@@ -178,15 +283,15 @@ def force_open(breaker: CircuitBreaker, config: GuardConfig) -> None:
         raise BenchError(f"breaker for {breaker.name!r} is {state.name} after forcing it OPEN")
 
 
-def guard_stats(client: grpcclient.InferenceServerClient) -> dict[str, int]:
-    """Cumulative success/fail counts and durations (ns) Triton keeps for the guard step.
+def model_stats(client: grpcclient.InferenceServerClient, model: str) -> dict[str, int]:
+    """Cumulative success/fail counts and durations (ns) Triton keeps for a model.
 
-    Triton 2.51 counts a guard rejection as a *success* of classifier_guard
+    Triton 2.51 counts a guard rejection as a *success* of the guarding model
     (the Python model ran and sent a response; that it carries an error does
     not matter), so both are read.
     """
-    reply = client.get_inference_statistics(GUARD_MODEL, as_json=True)
-    (stats,) = [m["inference_stats"] for m in reply["model_stats"] if m["name"] == GUARD_MODEL]
+    reply = client.get_inference_statistics(model, as_json=True)
+    (stats,) = [m["inference_stats"] for m in reply["model_stats"] if m["name"] == model]
     return {
         f"{kind}_{unit}": int(stats.get(kind, {}).get(unit, 0))
         for kind in ("success", "fail")
@@ -199,41 +304,46 @@ def first_image() -> np.ndarray:
     return np.array(entry["content"], dtype=np.uint8).reshape(1, *entry["shape"])
 
 
-def measure_rejections(server: LocalServer, count: int) -> dict:
+def measure_rejections(server: LocalServer, placement: str, count: int) -> dict:
     """Client-side latency of each rejection, and Triton's server-side mean for them.
 
-    With the breaker OPEN throughout, every request classifier_guard executes
-    meanwhile is a rejection, so its whole count and duration delta is theirs.
+    With the breaker OPEN throughout, every request the guarding model
+    executes meanwhile is a rejection, so its whole count and duration delta
+    is theirs.
     """
-    config = GuardConfig()  # classifier_guard's config.pbtxt keeps the defaults
-    breaker = CircuitBreaker(UPSTREAM, config, SharedFileStore(server.state_dir))
+    ensemble, breaker_name, guarding_model = REJECTION_PATHS[placement]
+    config = GuardConfig()  # both guards' config.pbtxt keep the defaults
+    breaker = CircuitBreaker(breaker_name, config, SharedFileStore(server.state_dir))
     client = grpcclient.InferenceServerClient(server.grpc_url)
     pixels = first_image()
     image = grpcclient.InferInput("IMAGE", list(pixels.shape), "UINT8")
     image.set_data_from_numpy(pixels)
 
     force_open(breaker, config)
-    before = guard_stats(client)
+    before = model_stats(client, guarding_model)
     latencies_s = []
     for _ in range(count):
         if breaker.snapshot().state is not State.OPEN:  # recovery_ms passed: re-open
             force_open(breaker, config)
         started = time.perf_counter()
         try:
-            client.infer(GUARD_STEP_ENSEMBLE, [image])
+            client.infer(ensemble, [image])
         except InferenceServerException as exc:
             latencies_s.append(time.perf_counter() - started)
             if exc.status() != "StatusCode.UNAVAILABLE" or UNAVAILABLE_PREFIX not in (exc.message() or ""):
                 raise BenchError(f"expected a fast rejection, got {exc.status()}: {exc.message()}") from None
         else:
-            raise BenchError(f"{GUARD_STEP_ENSEMBLE} answered with the breaker OPEN")
-    after = guard_stats(client)
+            raise BenchError(f"{ensemble} answered with the breaker OPEN")
+    after = model_stats(client, guarding_model)
     client.close()
 
     delta = {key: after[key] - before[key] for key in before}
     server_count = delta["success_count"] + delta["fail_count"]
     latencies_ms = np.array(latencies_s) * 1000
     return {
+        "placement": placement,
+        "ensemble": ensemble,
+        "guarding_model": guarding_model,
         "requests": count,
         "client_p50_ms": float(np.percentile(latencies_ms, 50)),
         "client_p99_ms": float(np.percentile(latencies_ms, 99)),
@@ -249,21 +359,18 @@ def measure_rejections(server: LocalServer, count: int) -> dict:
 
 def targets(cells: list[dict], rejections: dict) -> list[dict]:
     """Each issue target with the measured value; None where the run did not measure it."""
-    by_cell = {(c["concurrency"], c["variant"]): c["ratios"] for c in cells}
-    rows = []
-    for variant in VARIANTS:
-        if variant == BASELINE:
-            continue
-        at_target = by_cell.get((TARGET_CONCURRENCY, variant)) or {}
-        at_one = by_cell.get((1, variant)) or {}
-        rows += [
-            (f"{variant}: throughput ratio at concurrency {TARGET_CONCURRENCY}", at_target.get("throughput_ratio"), ">=", TARGET_THROUGHPUT_RATIO),
-            (f"{variant}: p99 ratio at concurrency {TARGET_CONCURRENCY}", at_target.get("p99_ratio"), "<=", TARGET_P99_RATIO),
-            (f"{variant}: added p50 at concurrency 1 (ms)", at_one.get("added_p50_ms"), "<=", TARGET_ADDED_P50_MS),
-        ]  # fmt: skip
-    # Triton keeps only sums per model, so no server-side p99: the client-side
-    # p99 bounds it from above (it adds gRPC and the ensemble's other steps).
-    rows.append(("breaker OPEN: rejection p99, client-side (ms)", rejections.get("client_p99_ms"), "<=", TARGET_REJECTION_P99_MS))
+    by_cell = {(c["suite"], c["concurrency"], c["variant"]): c["ratios"] for c in cells}
+    at_target = by_cell.get(("digits", TARGET_CONCURRENCY, IN_PROCESS)) or {}
+    at_one = by_cell.get(("digits", 1, IN_PROCESS)) or {}
+    rows = [
+        (f"`pipeline` / `pipeline_unguarded` throughput at concurrency {TARGET_CONCURRENCY}", at_target.get("throughput_ratio"), ">=", TARGET_THROUGHPUT_RATIO),
+        ("`pipeline`: added p50 at concurrency 1 (ms)", at_one.get("added_p50_ms"), "<=", TARGET_ADDED_P50_MS),
+        ("`pipeline`, breaker OPEN: rejection p99 client-side, concurrency 1 (ms)", (rejections.get(IN_PROCESS) or {}).get("client_p99_ms"), "<=", TARGET_REJECTION_P99_MS),
+    ]  # fmt: skip
+    for variant in SUITES["cnn"].ensembles:
+        if variant != BASELINE:
+            value = (by_cell.get(("cnn", TARGET_CONCURRENCY, variant)) or {}).get("throughput_ratio")
+            rows.append((f"cnn, {variant}: throughput ratio at concurrency {TARGET_CONCURRENCY}", value, ">=", TARGET_THROUGHPUT_RATIO))
     return [
         {"target": name, "value": value, "limit": f"{op} {limit}",
          "met": None if value is None else (value >= limit if op == ">=" else value <= limit)}
@@ -282,53 +389,62 @@ def render_report(results: dict) -> str:
         "",
         f"Commit {results['commit']}; {results['machine']['cpus']} CPUs, load average "
         f"{results['machine']['loadavg_start']:.2f} at start, {results['machine']['loadavg_end']:.2f} at end. "
-        f"perf_analyzer over gRPC, {settings['measurement_ms']} ms windows, median of {settings['repeats']} "
-        "run(s) per cell; ratios are guarded/unguarded at the same concurrency.",
-        "",
-        "| concurrency | variant | throughput (infer/s) | p50 (ms) | p99 (ms) | throughput ratio | p99 ratio | added p50 (ms) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        f"perf_analyzer over gRPC, {settings['measurement_ms']} ms windows agreeing within "
+        f"{settings['stability_percentage']} %, median of {settings['repeats']} "
+        "run(s) per cell; ratios are guarded/unguarded at the same concurrency in the same run. "
+        "Server CPU: seconds of CPU (user + system) of tritonserver and all its stubs per 1,000 "
+        "requests of the measured ensemble (the canary's own runs included, alike for all).",
     ]
-    for cell in results["cells"]:
-        name = f"{cell['variant']} (`{cell['model']}`)"
-        median, cell_ratios = cell["median"], cell["ratios"] or {}
-        if median is None:
-            reason = "unstable" if all(run.get("unstable") for run in cell["runs"]) else "failed"
-            lines.append(f"| {cell['concurrency']} | {name} | {reason} | — | — | — | — | — |")
-            continue
-        lines.append(
-            f"| {cell['concurrency']} | {name} | {median['throughput']:.1f} | {median['p50_us'] / 1000:.2f} "
-            f"| {median['p99_us'] / 1000:.2f} | {fmt(cell_ratios.get('throughput_ratio'))} "
-            f"| {fmt(cell_ratios.get('p99_ratio'))} | {fmt(cell_ratios.get('added_p50_ms'))} |"
-        )
-    rej = results["rejections"]
-    if "error" in rej:
-        lines += ["", f"Breaker OPEN: measured nothing: {rej['error']}"]
-    else:
+    for suite in settings["suites"]:
         lines += [
             "",
-            f"Breaker for `{UPSTREAM}` OPEN: {rej['requests']} sequential requests to `{GUARD_STEP_ENSEMBLE}`, "
-            "every one rejected with UNAVAILABLE.",
+            f"## {suite}: {SUITES[suite].model_note}",
             "",
-            "| client p50 (ms) | client p99 (ms) | client max (ms) | server-side requests | server-side mean (ms) |",
-            "|---:|---:|---:|---:|---:|",
-            f"| {rej['client_p50_ms']:.2f} | {rej['client_p99_ms']:.2f} | {rej['client_max_ms']:.2f} "
-            f"| {rej['server_count']} | {fmt(rej['server_mean_ms'], 3)} |",
-            "",
-            f"Server-side: the change in Triton's inference statistics for `{GUARD_MODEL}` over the "
-            f"rejections (count and duration; Triton counts {rej['server_stats_delta']['success_count']} "
-            f"of them as success, {rej['server_stats_delta']['fail_count']} as fail). Triton keeps sums "
-            "only, so there is no server-side p99: the client-side p99 bounds it from above.",
+            "| concurrency | placement | throughput (infer/s) | p50 (ms) | p99 (ms) | server CPU s / 1000 req "
+            "| throughput ratio | p99 ratio | added p50 (ms) | CPU ratio |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-    lines += [
-        "",
-        "| target | measured | limit | met |",
-        "|---|---:|---:|---|",
-    ]
+        for cell in (c for c in results["cells"] if c["suite"] == suite):
+            name = f"{cell['variant']} (`{cell['model']}`)"
+            median, r = cell["median"], cell["ratios"] or {}
+            if median is None:
+                reason = "unstable" if all(run.get("unstable") for run in cell["runs"]) else "failed"
+                lines.append(f"| {cell['concurrency']} | {name} | {reason} | — | — | — | — | — | — | — |")
+                continue
+            lines.append(
+                f"| {cell['concurrency']} | {name} | {median['throughput']:.1f} | {median['p50_us'] / 1000:.2f} "
+                f"| {median['p99_us'] / 1000:.2f} | {fmt(median['cpu_s_per_1000'])} "
+                f"| {fmt(r.get('throughput_ratio'))} | {fmt(r.get('p99_ratio'))} "
+                f"| {fmt(r.get('added_p50_ms'))} | {fmt(r.get('cpu_ratio'))} |"
+            )
+    if results["rejections"]:
+        lines += [
+            "",
+            "## Breaker OPEN (digits)",
+            "",
+            f"Sequential requests (concurrency 1, gRPC), the breaker forced OPEN; every one rejected with UNAVAILABLE. "
+            "Server-side: the change in Triton's statistics of the guarding model over the rejections "
+            "(Triton keeps sums only: a mean, no p99; the client-side p99 bounds it from above).",
+            "",
+            "| placement | ensemble called | client p50 (ms) | client p99 (ms) | client max (ms) "
+            "| guarding model | server-side requests | server-side mean (ms) |",
+            "|---|---|---:|---:|---:|---|---:|---:|",
+        ]
+        for placement, rej in results["rejections"].items():
+            if "error" in rej:
+                lines.append(f"| {placement} | measured nothing: {rej['error']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {placement} | `{rej['ensemble']}` | {rej['client_p50_ms']:.2f} | {rej['client_p99_ms']:.2f} "
+                f"| {rej['client_max_ms']:.2f} | `{rej['guarding_model']}` | {rej['server_count']} "
+                f"| {fmt(rej['server_mean_ms'], 3)} |"
+            )
+    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
         lines.append(f"| {row['target']} | {fmt(row['value'])} | {row['limit']} | {met} |")
     failures = [
-        f"- concurrency {c['concurrency']} `{c['model']}`: {run['error']}"
+        f"- {c['suite']} concurrency {c['concurrency']} `{c['model']}`: {run['error']}"
         for c in results["cells"] for run in c["runs"] if "error" in run
     ]  # fmt: skip
     if failures:
@@ -336,33 +452,49 @@ def render_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    args = parse_args()
-    started, run_dir, loadavg_start = start_run(args.out)
-    with open(run_dir / "tritonserver.log", "w") as server_log:
-        server = LocalServer(model_repository=MODEL_REPOSITORY, ports=Ports.free(), log=server_log)
-        log(f"starting tritonserver (log: {run_dir / 'tritonserver.log'})")
+def run_suite(suite: str, args, run_dir: Path) -> tuple[list[dict], dict]:
+    with open(run_dir / f"tritonserver-{suite}.log", "w") as server_log:
+        server = LocalServer(model_repository=SUITES[suite].repository, ports=Ports.free(), log=server_log)
+        log(f"{suite}: starting tritonserver (log: {run_dir / f'tritonserver-{suite}.log'})")
         with server:
-            for model in VARIANTS.values():
+            for model in SUITES[suite].ensembles.values():
                 log(f"warm-up: {model}")
                 error = warm_up(model, server.grpc_url, max(args.concurrency), INPUT_DATA, args.measurement_ms)
                 if error is not None:  # only the load matters here, not the numbers
                     log(f"  (warm-up measured nothing: {error})")
-            cells = run_matrix(server.grpc_url, args.concurrency, args.measurement_ms, args.repeats)
-            log(f"breaker OPEN: {REJECTIONS} requests to {GUARD_STEP_ENSEMBLE}")
-            try:
-                rejections = measure_rejections(server, REJECTIONS)
-            except (BenchError, InferenceServerException) as exc:  # keep the matrix's results
-                rejections = {"error": str(exc)}
+            cells = run_matrix(server, suite, args.concurrency, args.measurement_ms, args.repeats,
+                               args.stability_percentage)
+            rejections = {}
+            if suite == "digits":
+                for placement in REJECTION_PATHS:
+                    log(f"breaker OPEN: {args.rejections} requests, {placement}")
+                    try:
+                        rejections[placement] = measure_rejections(server, placement, args.rejections)
+                    except (BenchError, InferenceServerException) as exc:  # keep the matrix's results
+                        rejections[placement] = {"error": str(exc)}
+    return cells, rejections
+
+
+def main() -> int:
+    args = parse_args()
+    started, run_dir, loadavg_start = start_run(args.out)
+    cells, rejections = [], {}
+    for suite in args.suites:
+        suite_cells, suite_rejections = run_suite(suite, args, run_dir)
+        cells += suite_cells
+        rejections.update(suite_rejections)
     results = {
         "started": started,
         "commit": source_revision(REPO_ROOT),
+        "command": " ".join(["scripts/bench_guard.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()[0]},
         "settings": {
             "measurement_ms": args.measurement_ms,
             "concurrency": list(args.concurrency),
             "repeats": args.repeats,
-            "variants": VARIANTS,
+            "stability_percentage": args.stability_percentage,
+            "suites": list(args.suites),
+            "ensembles": {s: SUITES[s].ensembles for s in args.suites},
             "input_data": str(INPUT_DATA.relative_to(REPO_ROOT)),
         },
         "cells": cells,
@@ -374,7 +506,7 @@ def main() -> int:
     (run_dir / "report.md").write_text(report)
     print(report)
     log(f"written: {run_dir / 'report.md'}, {run_dir / 'results.json'}")
-    measured_all = all(cell["median"] is not None for cell in cells) and "error" not in rejections
+    measured_all = all(c["median"] is not None for c in cells) and all("error" not in r for r in rejections.values())
     return 0 if measured_all else 1
 
 

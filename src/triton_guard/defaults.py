@@ -112,7 +112,7 @@ CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run i
 # Set only by `serve --chaos`: without it no model builds a chaos hook.
 CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
 CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode
-CHAOS_TARGET_MODEL = "classifier"  # the torch upstream: the model the incident was about
+CHAOS_TARGET_MODEL = "classifier"  # the torch model `pipeline` runs (guarded in-process): the incident's model
 CHAOS_SLOW_MS = 500  # slow, yet far inside the guard's 10 s timeout
 CHAOS_LEAK_MB_PER_S = 10.0  # a trend a memory check can see, not an instant OOM
 CHAOS_LEAK_CAP_MB = 512.0  # bounded: a forgotten leak cannot take the host down

@@ -25,8 +25,9 @@ def fast_model_repository(tmp_path: Path, canary: dict | None = None, **guard_pa
     copy = tmp_path / "model_repository"
     shutil.copytree(MODEL_REPOSITORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
     if guard_params:
-        # Every guard of the classifier shares its breaker, so all get the same limits.
-        for guard in ("classifier_guard", "preprocess_guarded"):
+        # Every guard shares its upstream's breaker, so all get the same limits: the
+        # in-process classifier (`pipeline`), and both guards of classifier_unguarded.
+        for guard in ("classifier", "classifier_guard", "preprocess_guarded"):
             set_parameters(copy / guard / CONFIG_FILE, guard_params)
     if canary:
         set_parameters(copy / "canary" / CONFIG_FILE, canary)

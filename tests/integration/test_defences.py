@@ -249,20 +249,23 @@ def test_leak_fails_the_trend_check_before_the_floor_is_reached(server):
     chaos(server, "clear")
 
 
-def test_killed_upstream_stub_opens_fails_readiness_then_heals_without_a_restart(server, heldout):
+def test_killed_stub_of_the_in_process_model_fails_readiness_then_the_canary_heals_it(server, heldout):
+    """`pipeline` guards the classifier in its own stub: when that stub dies the guard dies with
+    it, so the canary, which sees "Stub process ... is not healthy" through the pipeline, reloads it."""
     validator = ModelHealthValidator(server.grpc_url, timeout_s=PROBE_TIMEOUT_S)
-    os.kill(server.stub_pids()["classifier_0_0"], signal.SIGKILL)
-    seen_open = seen_not_ready = False
+    killed = server.stub_pids()["classifier_0_0"]
+    os.kill(killed, signal.SIGKILL)
+    seen_stub_dead = seen_not_ready = False
     deadline = time.monotonic() + 20
-    # The guard heals the model within seconds, so watch closely from the kill on.
-    while not (seen_open and seen_not_ready) and time.monotonic() < deadline:
-        call_pipeline(server, heldout[:1])
-        seen_open = seen_open or state(server) is State.OPEN
+    # The canary (every second here) heals it within seconds, so watch closely from the kill on.
+    while not (seen_stub_dead and seen_not_ready) and time.monotonic() < deadline:
+        ok, error, _ = call_pipeline(server, heldout[:1], client_timeout_s=5)
+        seen_stub_dead = seen_stub_dead or (not ok and "is not healthy" in str(error))
         seen_not_ready = seen_not_ready or not validator.check().ready
-    assert seen_open and seen_not_ready, (seen_open, seen_not_ready)
-    # The guard reloads the dead model; the next trial call closes the breaker.
+    assert seen_stub_dead and seen_not_ready, (seen_stub_dead, seen_not_ready)
+    wait_until(lambda: call_pipeline(server, heldout[:1], client_timeout_s=5)[0], 30, "pipeline answering again")
     recover(server, heldout)
-    assert server.stub_pids()["classifier_0_0"]
+    assert server.stub_pids()["classifier_0_0"] != killed  # a new stub: reloaded, not restarted by hand
 
 
 def test_probe_against_nothing_listening_is_unreachable_within_its_timeout():

@@ -70,7 +70,7 @@ def test_outputs_are_a_distribution_and_label_is_its_argmax(pipeline_server, hel
     assert (labels[:, 0] == probs.argmax(axis=1)).all()
 
 
-@pytest.mark.parametrize("variant", ["pipeline_unguarded", "pipeline_inline"])
+@pytest.mark.parametrize("variant", ["pipeline_unguarded", "pipeline_guard_step", "pipeline_inline"])
 def test_every_pipeline_variant_gives_the_same_answers(pipeline_server, heldout, variant):
     test_x, _ = heldout
     guarded = grpc_infer(pipeline_server, test_x[:32], "pipeline")

@@ -8,15 +8,23 @@ metrics on Triton's /metrics) and translates requests and reports.
 
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# As backends/guard/model.py: import the triton_guard this file ships in
+# (Triton's embedded Python ignores PYTHONPATH).
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+if _PACKAGE_ROOT not in sys.path:
+    sys.path.insert(0, _PACKAGE_ROOT)
+
+import numpy as np  # noqa: E402  (after the path fix above, as the imports below)
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends import metric_families
+from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import checks as canary
 from triton_guard.canary import memory
 from triton_guard.canary.runner import Canary, GoldenStore, HttpServer, repositories_from_environment
@@ -37,7 +45,7 @@ class TritonPythonModel:
         repositories = repositories_from_environment(os.environ, Path(args["model_repository"]))
         # Observed once, here: importing torch takes a second; probes must not wait for it.
         runtime = observe_runtime()
-        self.canary = Canary(config, _TritonFacts(), GoldenStore(repositories), runtime)
+        self.canary = Canary(config, _TritonFacts(config.interval_ms / 1000), GoldenStore(repositories), runtime)
         self.canary.start()
 
     def execute(self, requests):
@@ -76,9 +84,10 @@ def _options(request):
 class _TritonFacts(HttpServer):
     """triton_guard.canary.runner.ServerFacts inside a Triton Python stub."""
 
-    def __init__(self):
+    def __init__(self, heal_interval_s):
         super().__init__(os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}"),
                          os.environ.get(defaults.METRICS_URL_ENV))
+        self.heal_interval_s = heal_interval_s
         self.store = SharedFileStore(default_state_dir())
         self.metrics = _CanaryMetrics()
 
@@ -94,7 +103,10 @@ class _TritonFacts(HttpServer):
         )
         response = request.exec()
         if response.has_error():
-            raise RuntimeError(response.error().message())
+            message = response.error().message()
+            # A model guarded in-process cannot heal its own dead stub: the canary reloads it.
+            heal_dead_stub(message, self.heal_interval_s)
+            raise RuntimeError(message)
         answer = {}
         for name in outputs:
             tensor = pb_utils.get_output_tensor_by_name(response, name)

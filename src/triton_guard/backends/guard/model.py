@@ -26,10 +26,16 @@ from triton_guard import defaults
 from triton_guard.backends.bls import GuardedUpstream
 from triton_guard.guard.config import ConfigError
 from triton_guard.model_config import ModelConfigError, check_guard_interface
+from triton_guard.backends.guard import in_process
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        own_model = in_process.own_model_file(args)
+        if own_model is not None:  # no upstream_model, a model.py of its own: guard it in this process
+            guarded = in_process.InProcessGuard(args, own_model)
+            self.execute, self.finalize = guarded.execute, guarded.finalize
+            return
         model_config = json.loads(args["model_config"])
         name = model_config["name"]
         params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}

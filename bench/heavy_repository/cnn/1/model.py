@@ -1,0 +1,1 @@
+../../cnn_unguarded/1/model.py

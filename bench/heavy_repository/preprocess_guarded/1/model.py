@@ -1,0 +1,1 @@
+../../../../model_repository/preprocess_guarded/1/model.py

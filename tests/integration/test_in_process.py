@@ -1,0 +1,232 @@
+"""The in-process placement against a real tritonserver: a Python model guarded in its own stub.
+
+repos/in_process/faulty is `backend: "guard"` with no upstream_model and its
+own model.py; a test sets its behaviour through a file. Limits: timeout
+300 ms, 5 failures in a row open, recovery 1 s, 2 calls in flight at most.
+(Who heals a dead stub of an in-process model, the canary, is tested on the
+demo pipeline in test_defences.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import running_server, wait_until
+from triton_guard.defaults import QUEUE_IDLE_GAP_S
+from triton_guard.guard.breaker import CircuitBreaker, State
+from triton_guard.guard.config import GuardConfig
+from triton_guard.guard.shared_state import SharedFileStore
+
+pytestmark = pytest.mark.integration
+
+REPOS = Path(__file__).parent / "repos"
+MODEL = "faulty"
+TIMEOUT_S = 0.300
+RECOVERY_S = 1.0
+FAILURE_THRESHOLD = 5
+MAX_INFLIGHT = 2
+SCALE = 2.0  # the model's own `scale` parameter
+# A caller may also wait in Triton's queue behind an execute the guard is abandoning.
+DEADLINE_S = TIMEOUT_S + 1.0
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    copy = tmp_path_factory.mktemp("in-process") / "repository"
+    shutil.copytree(REPOS / "in_process", copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(repository, tmp_path_factory, faults):
+    log = tmp_path_factory.mktemp("in-process-server") / "tritonserver.log"
+    with running_server(repository, log, env={"TRITON_GUARD_TEST_FAULTS": str(faults)}) as srv:
+        yield srv
+
+
+def set_fault(faults: Path, mode: str) -> None:
+    tmp = faults / f".{MODEL}.tmp"
+    tmp.write_text(json.dumps({"mode": mode}))
+    os.replace(tmp, faults / f"{MODEL}.json")  # atomic: the model never reads half a file
+
+
+def executes(faults: Path) -> int:
+    """How many times the model's own execute has run."""
+    path = faults / f"{MODEL}.calls"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def state(server) -> State:
+    return CircuitBreaker(MODEL, GuardConfig(), SharedFileStore(server.state_dir)).snapshot().state
+
+
+def inputs(x):
+    tensor = grpcclient.InferInput("X", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def call(server, x=None, client_timeout_s: float = 30.0):
+    """(ok, Y or the error, seconds) for one request."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = np.ones((1, 4), np.float32) if x is None else x
+    started = time.monotonic()
+    try:
+        result = client.infer(MODEL, inputs(x), client_timeout=client_timeout_s)
+        return True, result.as_numpy("Y"), time.monotonic() - started
+    except InferenceServerException as exc:
+        return False, exc, time.monotonic() - started
+
+
+@pytest.fixture(autouse=True)
+def healthy_model(server, faults):
+    """Every test starts with the fault cleared, nothing in flight and the breaker CLOSED."""
+    set_fault(faults, "ok")
+
+    def closed():
+        return call(server)[0] and state(server) is State.CLOSED  # a trial call once recovery has passed
+
+    wait_until(closed, RECOVERY_S + 10, "breaker CLOSED and the model answering")
+    # Abandoned calls of an earlier test finish once the fault is cleared: a
+    # call that needs both bulkhead slots goes through only then.
+    with ThreadPoolExecutor(MAX_INFLIGHT) as pool:
+        wait_until(lambda: all(ok for ok, _, _ in pool.map(lambda _: call(server), range(MAX_INFLIGHT))),
+                   10, "bulkhead free")
+    yield
+    set_fault(faults, "ok")
+
+
+def test_answers_are_the_models_own_with_its_own_parameters(server):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    ok, y, _ = call(server, x)
+    assert ok, y
+    np.testing.assert_array_equal(y, SCALE * x)
+
+
+def test_concurrent_callers_each_get_their_own_answer(server):
+    xs = [np.full((1, 4), i, np.float32) for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda x: call(server, x), xs))
+    for x, (ok, y, _) in zip(xs, results):
+        assert ok, y
+        np.testing.assert_array_equal(y, SCALE * x)
+
+
+def test_hung_execute_is_unavailable_by_timeout_ms_and_counted_by_the_bulkhead(server, faults):
+    set_fault(faults, "hang")
+    for _ in range(MAX_INFLIGHT):  # each one abandons a worker still inside the model
+        # Apart by more than the guard's idle gap: a request right behind a timed-out
+        # execute may have queued behind it, and is answered as expired instead.
+        time.sleep(2 * QUEUE_IDLE_GAP_S)
+        ok, error, seconds = call(server)
+        assert not ok
+        assert error.status() == "StatusCode.UNAVAILABLE", error
+        assert f"did not answer within timeout_ms={int(TIMEOUT_S * 1000)}" in error.message()
+        assert TIMEOUT_S * 0.9 <= seconds < DEADLINE_S, seconds
+    before = executes(faults)
+    time.sleep(2 * QUEUE_IDLE_GAP_S)
+    ok, error, seconds = call(server)
+    assert not ok and "overloaded" in error.message(), error
+    assert error.status() == "StatusCode.UNAVAILABLE"
+    assert seconds < TIMEOUT_S, seconds  # refused at once: the bulkhead is full of abandoned calls
+    assert executes(faults) == before  # the model's code was not entered
+
+
+def test_no_duplicate_or_late_answer_after_a_timeout(server, faults):
+    """One answer per request on a stream; the abandoned call's late answer goes nowhere."""
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        set_fault(faults, "hang")
+        client.async_stream_infer(MODEL, inputs(np.full((1, 4), 7, np.float32)), request_id="hung")
+        result, error = answers.get(timeout=DEADLINE_S + 2)
+        assert result is None and "did not answer within" in str(error), (result, error)
+        set_fault(faults, "ok")  # the abandoned execute now returns 14s
+        time.sleep(0.5)
+        client.async_stream_infer(MODEL, inputs(np.full((1, 4), 3, np.float32)), request_id="fresh")
+        result, error = answers.get(timeout=10)
+        assert error is None, error
+        assert result.get_response().id == "fresh"
+        np.testing.assert_array_equal(result.as_numpy("Y"), np.full((1, 4), 3 * SCALE, np.float32))
+        time.sleep(0.5)
+        assert answers.empty(), answers.get()  # nothing else came, for either request
+    finally:
+        client.stop_stream()
+
+
+def test_threshold_opens_and_then_rejects_fast_without_entering_the_model(server, faults):
+    set_fault(faults, "error")
+    for _ in range(FAILURE_THRESHOLD):
+        ok, error, _ = call(server)
+        assert not ok and "injected model failure" in error.message(), error
+    assert state(server) is State.OPEN
+    before = executes(faults)
+    for _ in range(20):
+        ok, error, seconds = call(server)
+        assert not ok
+        assert error.status() == "StatusCode.UNAVAILABLE"
+        assert f"circuit breaker for model '{MODEL}' is OPEN" in error.message(), error
+        assert seconds < TIMEOUT_S, seconds
+    assert executes(faults) == before
+
+
+def test_recovers_after_recovery_ms_with_a_good_trial_call(server, faults):
+    set_fault(faults, "error")
+    for _ in range(FAILURE_THRESHOLD):
+        call(server)
+    assert state(server) is State.OPEN
+    set_fault(faults, "ok")
+    assert not call(server)[0]  # still OPEN: recovery_ms has not passed
+    time.sleep(RECOVERY_S + 0.1)
+    ok, y, _ = call(server)  # the trial call
+    assert ok, y
+    assert state(server) is State.CLOSED
+
+
+def test_exception_in_execute_is_a_failure_with_the_models_message(server, faults):
+    set_fault(faults, "raise")
+    ok, error, _ = call(server)
+    assert not ok
+    assert error.status() == "StatusCode.INTERNAL", error
+    assert "injected exception in execute" in error.message(), error
+    for _ in range(FAILURE_THRESHOLD - 1):
+        call(server)
+    assert state(server) is State.OPEN  # it counted
+
+
+def test_client_errors_are_the_models_answers_and_never_trip(server):
+    bad = np.full((1, 4), -1, np.float32)
+    for _ in range(3 * FAILURE_THRESHOLD):
+        ok, error, _ = call(server, bad)
+        assert not ok
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+        assert "X must be non-negative" in error.message()
+    assert state(server) is State.CLOSED
+    assert call(server)[0]
+
+
+def test_a_model_whose_initialize_raises_fails_its_load_with_its_message(server, repository):
+    shutil.copytree(REPOS / "not_served" / "broken_init", repository / "broken_init")
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as failed:
+        client.load_model("broken_init")
+    assert "weights file /nonexistent/weights.pt is missing" in failed.value.message()
+    assert not client.is_model_ready("broken_init")
+    assert call(server)[0]  # the other model is untouched
