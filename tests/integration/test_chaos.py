@@ -107,11 +107,16 @@ def test_nan_outputs_are_stopped_by_the_guard_and_reach_an_unguarded_client(chao
     ok, error, _ = call(chaotic, images)  # through the guard: a failure naming the output, not an answer
     assert not ok and error.status() == "StatusCode.INTERNAL"
     assert f"output 'PROBS' holds {len(images) * 10} non-finite value(s)" in error.message()
-    client = grpcclient.InferenceServerClient(chaotic.grpc_url)
-    image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
-    image.set_data_from_numpy(images)
-    probs = client.infer("pipeline_unguarded", [image], client_timeout=10).as_numpy("PROBS")
-    assert probs.shape == (len(images), 10) and np.isnan(probs).all()  # the fault itself works
+    # pipeline_unguarded's classifier is a model of its own (the same code, no guard).
+    assert chaos(chaotic.grpc_url, "nan", "--model", "classifier_unguarded").returncode == 0
+    try:
+        client = grpcclient.InferenceServerClient(chaotic.grpc_url)
+        image = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+        image.set_data_from_numpy(images)
+        probs = client.infer("pipeline_unguarded", [image], client_timeout=10).as_numpy("PROBS")
+        assert probs.shape == (len(images), 10) and np.isnan(probs).all()  # the fault itself works
+    finally:
+        chaos(chaotic.grpc_url, "clear", "--model", "classifier_unguarded")
 
 
 def test_drift_changes_the_numbers_not_most_labels(chaotic, images):

@@ -3,8 +3,8 @@
 One `serve --chaos`-style server (LocalServer, chaos=True) on a copy of the
 project's repository with short guard limits (timeout 1 s, 3 failures open,
 recovery 2 s), restricted APIs behind a generated key. Load comes from
-client threads over gRPC through `pipeline` (classifier_guard) and
-`pipeline_inline` (preprocess_guarded): both guards share the classifier's
+client threads over gRPC through `pipeline_guard_step` (classifier_guard) and
+`pipeline_inline` (preprocess_guarded): both guards share classifier_unguarded's
 breaker file.
 """
 
@@ -44,7 +44,7 @@ CLI = Path(sys.executable).parent / "triton-guard"
 TIMEOUT_S = 1.0
 RECOVERY_S = 2.0
 FAILURE_THRESHOLD = 3
-TARGET = "classifier"
+TARGET = "classifier_unguarded"  # the upstream both BLS guards share (pipeline itself guards `classifier` in-process)
 GUARDS = ("classifier_guard", "preprocess_guarded")
 
 
@@ -79,7 +79,7 @@ def infer(server, model: str, images: np.ndarray, timeout_s: float = 30.0):
 class Load:
     """`clients` threads calling `models` in turn until stopped: (ok, seconds, message) per request."""
 
-    def __init__(self, server, images, clients: int, models=("pipeline", "pipeline_inline")) -> None:
+    def __init__(self, server, images, clients: int, models=("pipeline_guard_step", "pipeline_inline")) -> None:
         self.results: list[tuple[bool, float, str]] = []
         self._stop = threading.Event()
         self._threads = [
@@ -110,7 +110,7 @@ def guard_stubs(server) -> dict[str, int]:
 
 
 def healthy(server, images) -> bool:
-    return all(infer(server, m, images[:1])[0] for m in ("pipeline", "pipeline_inline"))
+    return all(infer(server, m, images[:1])[0] for m in ("pipeline_guard_step", "pipeline_inline"))
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_unauthenticated_unload_and_shm_registration_are_refused_while_inference
     assert client.get_model_repository_index(headers=calm.grpc_admin_headers) is not None
     status, _ = post(f"{http}/v2/repository/index", {}, calm.admin_headers)
     assert status == 200
-    ok, result, _ = infer(calm, "pipeline", images[0])
+    ok, result, _ = infer(calm, "pipeline_guard_step", images[0])
     assert ok and (result.as_numpy("LABEL")[:, 0] == images[1]).sum() >= 7
     probe = subprocess.run([str(CLI), "probe", "--url", calm.grpc_url, "--timeout", "20"], capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stdout + probe.stderr
@@ -202,7 +202,7 @@ def test_unauthenticated_unload_and_shm_registration_are_refused_while_inference
 
 def test_error_fault_at_16_clients_leaves_the_server_up_with_clean_errors(calm, images):
     ChaosControl(calm.chaos_dir).write(TARGET, Fault("error"))
-    load = Load(calm, images[0], 16, models=("pipeline_unguarded", "pipeline"))
+    load = Load(calm, images[0], 16, models=("pipeline_unguarded", "pipeline_guard_step"))
     time.sleep(4)
     results = load.stop()
     assert calm.process.poll() is None, "tritonserver died under the error fault"
@@ -214,7 +214,7 @@ def test_error_fault_at_16_clients_leaves_the_server_up_with_clean_errors(calm, 
 
 def test_nan_outputs_are_a_failure_naming_the_output_and_open_the_breaker(calm, images):
     ChaosControl(calm.chaos_dir).write(TARGET, Fault("nan"))
-    answers = [infer(calm, "pipeline", images[0]) for _ in range(FAILURE_THRESHOLD)]
+    answers = [infer(calm, "pipeline_guard_step", images[0]) for _ in range(FAILURE_THRESHOLD)]
     for ok, error, _ in answers:
         assert not ok and error.status() == "StatusCode.INTERNAL"
         assert f"upstream model '{TARGET}' failed: output 'PROBS' holds 80 non-finite value(s)" in error.message()
@@ -266,7 +266,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_damaged_state_file_under_load_crashes_nothing_and_every_guard_converges(calm, images, kind):
-    path = Path(calm.state_dir) / "classifier.breaker"
+    path = Path(calm.state_dir) / f"{TARGET}.breaker"
     stubs = guard_stubs(calm)
     before_metric = damage_metric(calm, kind.split("-")[0])
     logged_before = len(log_lines(calm, f"was {kind.split('-')[0]};"))
@@ -296,10 +296,10 @@ def test_damaged_state_file_under_load_crashes_nothing_and_every_guard_converges
 
 
 def test_corrupting_an_open_breaker_never_closes_it(calm, images):
-    path = Path(calm.state_dir) / "classifier.breaker"
+    path = Path(calm.state_dir) / f"{TARGET}.breaker"
     control = ChaosControl(calm.chaos_dir)
     control.write(TARGET, Fault("hang"))
-    load = Load(calm, images[0], 8, models=("pipeline",))
+    load = Load(calm, images[0], 8, models=("pipeline_guard_step",))
     wait_until(lambda: breaker(calm).snapshot().state == State.OPEN, TIMEOUT_S * 4 + 5, "the hang opens the breaker")
     opened_at = time.monotonic()
     _corrupt(path)
@@ -307,14 +307,14 @@ def test_corrupting_an_open_breaker_never_closes_it(calm, images):
     load.stop()
     assert breaker(calm).snapshot().state in (State.OPEN, State.HALF_OPEN)
     # No client was sent into the hang again: nobody waited a full timeout after the corruption.
-    late = infer(calm, "pipeline", images[0])
+    late = infer(calm, "pipeline_guard_step", images[0])
     assert not late[0] and late[2] < 0.5 and "Service temporarily unavailable" in late[1].message()
     assert time.monotonic() - opened_at < RECOVERY_S  # still inside the recovery period: the check means something
     control.clear(TARGET)
 
 
 def test_immutable_state_file_crashes_nothing(calm, images):
-    path = Path(calm.state_dir) / "classifier.breaker"
+    path = Path(calm.state_dir) / f"{TARGET}.breaker"
     if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here (needs root and a filesystem that supports it)")
     stubs = guard_stubs(calm)
@@ -352,7 +352,7 @@ def test_killing_the_upstream_stub_under_load_keeps_every_deadline_and_heals_onl
     others = {n: p for n, p in calm.stub_pids().items() if not n.startswith(TARGET + "_")}
     # Through `pipeline`: its guard's deadline counts from the arrival stamp. (A library guard
     # called without one, pipeline_inline, does not bound time in its own queue: issue 10.)
-    load = Load(calm, images[0], 8, models=("pipeline",))
+    load = Load(calm, images[0], 8, models=("pipeline_guard_step",))
     unguarded_ready = []
     stop = threading.Event()
 

@@ -226,7 +226,7 @@ def test_a_model_whose_initialize_raises_fails_its_load_with_its_message(server,
     shutil.copytree(REPOS / "not_served" / "broken_init", repository / "broken_init")
     client = grpcclient.InferenceServerClient(server.grpc_url)
     with pytest.raises(InferenceServerException) as failed:
-        client.load_model("broken_init")
+        client.load_model("broken_init", headers=server.grpc_admin_headers)
     assert "weights file /nonexistent/weights.pt is missing" in failed.value.message()
     assert not client.is_model_ready("broken_init")
     assert call(server)[0]  # the other model is untouched

@@ -43,6 +43,7 @@ from triton_guard import defaults
 from triton_guard.backends.bls import EXTRA_PARAMETERS, GuardedUpstream
 from triton_guard.guard.config import DRIFT_PARAMETERS, ConfigError, GuardConfig
 from triton_guard.guard.failures import Failure
+from triton_guard.guard.finite import non_finite_output
 from triton_guard.guard.healer import SideHealer
 from triton_guard.guard.shared_state import default_state_dir
 
@@ -128,12 +129,14 @@ class InProcessGuard:
             answered[tuple(indices)] = responses
             return responses
 
+        error_of = _error_or_non_finite if self.guarded._check_finite else _error_of
         responses = [None] * len(requests)
-        for part in self.guard.call_requests(arrivals, run, _error_of):
+        for part in self.guard.call_requests(arrivals, run, error_of):
             result = part.result
             if result.ok:
                 answers = result.value
-            elif result.failure is not Failure.TIMEOUT and result.rejected is None and part.requests in answered:
+            elif (result.failure not in (Failure.TIMEOUT, Failure.NON_FINITE) and result.rejected is None
+                  and part.requests in answered):
                 # The model answered in time, with errors: its own answers (and codes) go out.
                 answers = answered[part.requests]
             else:
@@ -177,6 +180,19 @@ def _error_of(responses) -> str | None:
             error = response.error()
             if error.code() != pb_utils.TritonError.INVALID_ARG:
                 return error.message()
+    return None
+
+
+def _error_or_non_finite(responses) -> str | None:
+    """_error_of, and NaN or inf in a floating-point output is the model's failure too (never an answer)."""
+    error = _error_of(responses)
+    if error is not None:
+        return error
+    for response in responses:
+        if not response.has_error():
+            problem = non_finite_output({t.name(): t.as_numpy() for t in response.output_tensors()})
+            if problem is not None:
+                return problem  # classified as Failure.NON_FINITE
     return None
 
 
