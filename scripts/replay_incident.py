@@ -5,7 +5,8 @@
         [--recovery-ms 30000] [--probe-period-s 2] [--out out/replay]
 
 One `serve --chaos` tritonserver (LocalServer chaos=True, free ports) on a copy
-of the project's model_repository whose `classifier_guard` gets the given
+of the project's model_repository whose guards of the classifier (`classifier`
+itself, guarded in-process, which `pipeline` calls; and the BLS guards) get the given
 timeout_ms, failure_threshold and recovery_ms (triton_guard_demo.repository's
 fast_model_repository; everything else as in production). The defaults are
 the shipped ones (triton_guard.defaults: 10 s, 5 failures, 30 s; active
