@@ -37,6 +37,9 @@ class _Response:
     def error(self):
         return self._error
 
+    def output_tensors(self):
+        return list(self.outputs)
+
 
 _IMPORTED = ("metric_families", "drift_tap", "bls", "guard.in_process")  # what importing in_process binds to the fake
 
@@ -116,3 +119,76 @@ def test_the_model_of_a_dead_stub_is_reloaded(in_process, monkeypatch, message, 
     monkeypatch.setattr(in_process, "_HEALERS", {})
     assert in_process.heal_dead_stub(message, 10.0) == expected
     assert requested == ([expected] if expected else [])
+
+
+class _Tensor:
+    def __init__(self, name, array):
+        self._name, self._array = name, array
+
+    def name(self):
+        return self._name
+
+    def as_numpy(self):
+        return self._array
+
+
+class _Request:
+    def __init__(self, model_name="", inputs=(), requested_output_names=()):
+        self._inputs, self._outputs = list(inputs), list(requested_output_names)
+
+    def inputs(self):
+        return self._inputs
+
+    def requested_output_names(self):
+        return self._outputs
+
+
+class _Recovery:
+    enabled = True
+
+
+def _probing_guard(in_process, model):
+    """An InProcessGuard's probe side only: the real methods, a stand-in model."""
+    guard = object.__new__(in_process.InProcessGuard)
+    guard.name, guard.model = "my_model", model
+    guard.guarded = types.SimpleNamespace(recovery=_Recovery())
+    guard._probe_request, guard._probe_request_at = None, -float("inf")
+    return guard
+
+
+def test_the_recovery_probe_replays_a_kept_request_through_the_model_itself(in_process, monkeypatch):
+    import numpy as np
+
+    fake = sys.modules["triton_python_backend_utils"]
+    monkeypatch.setattr(fake, "Tensor", _Tensor, raising=False)
+    monkeypatch.setattr(fake, "InferenceRequest", _Request, raising=False)
+    seen = []
+
+    class Model:
+        answer = "ok"
+
+        def execute(self, requests):
+            seen.append({t.name(): t.as_numpy().tolist() for t in requests[0].inputs()})
+            if self.answer == "error":
+                return [_Response(error=_TritonError("CUDA error"))]
+            return [_Response(outputs=())]
+
+    model = Model()
+    guard = _probing_guard(in_process, model)
+    assert guard._make_probe() is None  # nothing served yet: no input to probe with
+    x = np.array([[1.0, 2.0]], np.float32)
+    guard._keep_probe_request(_Request(inputs=[_Tensor("X", x)], requested_output_names=["Y"]), _Response())
+    x[0, 0] = 99.0  # the request's memory is gone after the execute: the probe kept a copy
+    answer = guard._make_probe()(1.0)
+    assert not isinstance(answer, str) and seen == [{"X": [[1.0, 2.0]]}]
+    model.answer = "error"
+    assert guard._make_probe()(1.0) == "CUDA error"  # a failed probe: the breaker stays OPEN
+
+
+def test_an_error_answer_is_never_kept_as_the_probe_input(in_process):
+    import numpy as np
+
+    guard = _probing_guard(in_process, model=None)
+    bad = _Response(error=_TritonError("bad input", _TritonError.INVALID_ARG))
+    guard._keep_probe_request(_Request(inputs=[_Tensor("X", np.zeros(2))]), bad)
+    assert guard._probe_request is None

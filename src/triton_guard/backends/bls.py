@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -116,6 +116,8 @@ class GuardedUpstream:
         self._upstream_batches = upstream_batches
         self._probe_input: tuple[dict[str, np.ndarray], list[str]] | None = None
         self._probe_input_at = -float("inf")
+        # Set by a placement with no BLS upstream: () -> probe(timeout_s), or None while it has no input.
+        self.probe_call: Callable[[], Callable[[float], object] | None] | None = None
         self.recovery = ActiveRecovery(
             self.breaker,
             self._make_probe,
@@ -219,6 +221,8 @@ class GuardedUpstream:
         self._probe_input, self._probe_input_at = (sample, list(output_names)), now
 
     def _make_probe(self):
+        if self.probe_call is not None:  # the in-process placement probes its own model
+            return self.probe_call()
         kept = self._probe_input
         if kept is None:
             return None

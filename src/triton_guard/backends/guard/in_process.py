@@ -35,6 +35,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -105,6 +106,11 @@ class InProcessGuard:
             raise pb_utils.TritonModelException(
                 f"guard model '{self.name}': drift_output={self.drift.config.output!r} is not one of its outputs {outputs}")
         self.stamped = any(i["name"] == defaults.ARRIVAL_INPUT for i in config.get("input", []))
+        # Active recovery: while OPEN, the guard's prober runs one good request of a recent
+        # execute through the model itself (there is no upstream to send a BLS probe to).
+        self._probe_request: tuple[dict, list] | None = None
+        self._probe_request_at = -float("inf")
+        self.guarded.probe_call = self._make_probe
         try:
             module = _import_model(model_file, self.name, args["model_version"])
             self.model = module.TritonPythonModel()
@@ -145,7 +151,40 @@ class InProcessGuard:
                 responses[i] = answer
         if self.drift is not None:  # a copy of the answers into the monitor's window
             self.drift.observe_per_request([self._monitored(r) for r in responses], requests)
+        self._keep_probe_request(requests[0], responses[0])
         return responses
+
+    def _keep_probe_request(self, request, response) -> None:
+        # Rarely (one clock read per execute otherwise): a copy, the request's tensors die with it.
+        now = time.monotonic()
+        if now - self._probe_request_at < defaults.PROBE_SAMPLE_REFRESH_S or response.has_error():
+            return
+        if not self.guarded.recovery.enabled:
+            return
+        inputs = {t.name(): t.as_numpy().copy() for t in request.inputs()}
+        self._probe_request = (inputs, list(request.requested_output_names()))
+        self._probe_request_at = now
+
+    def _make_probe(self):
+        kept = self._probe_request
+        if kept is None:
+            return None
+        inputs, output_names = kept
+
+        def probe(_timeout_s):
+            # Runs on the guard's prober thread; ActiveRecovery holds one probe in flight at most.
+            request = pb_utils.InferenceRequest(
+                model_name=self.name,
+                inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+                requested_output_names=output_names,
+            )
+            responses = self.model.execute([request])
+            if inspect.iscoroutine(responses):
+                responses = asyncio.run(responses)
+            problem = _error_or_non_finite(responses)
+            return problem if problem is not None else responses  # a str is the failure (bls._error_of)
+
+        return probe
 
     def _monitored(self, response):
         if response.has_error():
