@@ -10,13 +10,13 @@ or directly by tests with an injected clock.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from typing import Callable
 
 from triton_guard.drift import state as drift_state
 from triton_guard.drift.monitor import DriftMonitor, DriftScores
+from triton_guard.guard.recovery import try_flock
 
 
 class ScorerLock:
@@ -32,15 +32,8 @@ class ScorerLock:
 
     def try_acquire(self) -> bool:
         if self._fd is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            self._fd = fd
-        return True
+            self._fd = try_flock(self.path)
+        return self._fd is not None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -52,6 +52,21 @@ class ThreadProbeLock:
         self._lock.release()
 
 
+def try_flock(path: str) -> int | None:
+    """An open fd holding an exclusive flock on `path` (created), or None when another holds it.
+
+    Closing the fd drops the lock; so does the holder's death (the kernel closes it).
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class FileProbeLock:
     """Every process of the host that opens the same path: an exclusive, non-blocking flock.
 
@@ -64,15 +79,8 @@ class FileProbeLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        self._fd = try_flock(self.path)
+        return self._fd is not None
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
