@@ -91,10 +91,28 @@ CANARY_INTERVAL_MS = 10_000  # full run on its own, so metrics stay fresh betwee
 CANARY_SAMPLE_INTERVAL_MS = 1_000  # memory and stall sampling for the trend
 HEADROOM_FLOOR_FRACTION = 0.10  # free memory below 10% of the total is not ready
 HEADROOM_FLOOR_MB = 0.0  # an absolute floor too; the stricter of the two applies
-TREND_WINDOW_S = 300.0  # leak trend over the last five minutes of samples
+TREND_WINDOW_S = 600.0  # memory history kept for the leak trend: how long "growing for" can say
 TREND_MIN_SAMPLES = 10  # fewer samples: no trend verdict yet
-TREND_MIN_SPAN_S = 60.0  # nor before the samples span a minute (start-up is not a leak)
+# Memory must have grown steadily for this long to count as a leak (and no verdict before the
+# samples span it): longer than most warm-ups and cache fills, short enough to name a 10 MB/s
+# leak with minutes to spare (scripts/eval_leak_blame.py measures both; docs/memory.md).
+TREND_MIN_SPAN_S = 120.0
 TREND_HORIZON_S = 900.0  # not ready when the floor is projected within 15 minutes
+# Per-instance memory (canary/instances.py): the server's stubs are listed again this often
+# (between two listings a sample reads one small /proc file per stub), or when one is gone.
+INSTANCE_RESCAN_S = 10.0
+# Opt-in (canary parameter leak_reload): reload the model whose instance leaks, at most once per
+# cooldown per model; off by default: a reload restarts every instance of the model.
+LEAK_RELOAD = False
+LEAK_RELOAD_COOLDOWN_S = 1800.0
+# Leak blame (canary/growth.py, docs/memory.md): growth counts as a leak when it is steady over the
+# last trend_min_span_s, cut into this many segments, each segment's median above the one before
+# by more than the noise (this many standard errors) and this minimum, and the newest rise at least
+# this fraction of the oldest (a warm-up or a filling cache decelerates, a leak does not).
+LEAK_SEGMENTS = 4
+LEAK_NOISE_Z = 3.0
+LEAK_MIN_RISE_MB = 1.0
+LEAK_FLATTENING_RATIO = 0.5
 STALL_S = 10.0  # requests pending and nothing completed for this long: stalled
 HALF_OPEN_NOT_READY = False  # an OPEN breaker always fails readiness; HALF_OPEN only if set
 STRICT_PINS = False  # a runtime version mismatch fails readiness only in strict mode
