@@ -235,3 +235,12 @@ def _names(body: list[ast.stmt], rest: list[str]) -> bool:
         if rest[0] in names:
             return len(rest) == 1 or (isinstance(node, ast.ClassDef) and _names(node.body, rest[1:]))
     return False
+
+
+def test_code_points_only_at_pages_the_docs_have():
+    # Comments, docstrings and help texts send readers to docs/<page>.md: the page must exist.
+    # (Only this site's folders: docs/user_guide/... is Triton's own documentation.)
+    for folder in ("src", "scripts", "tests"):
+        for source in (REPO / folder).rglob("*.py"):
+            for page in re.findall(r"(?<![\w/])docs/(?:reference/)?[\w.-]+\.md", source.read_text(encoding="utf-8")):
+                assert (REPO / page).is_file(), f"{source.relative_to(REPO)} names {page}"

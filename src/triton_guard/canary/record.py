@@ -157,7 +157,7 @@ def record(
         except InferenceServerException as exc:
             raise RecordUsage(f"server at {url} unreachable: {exc.message()}") from None
         try:
-            # A restricted API under `triton-guard serve`: the key from the environment (README "Security").
+            # A restricted API under `triton-guard serve`: the key from the environment (docs/security.md).
             headers = admin_headers_from_environment(grpc=True)
             index = client.get_model_repository_index(headers=headers, client_timeout=timeout_s)
             known = {m.name: m.state for m in index.models}
