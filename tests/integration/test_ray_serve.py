@@ -149,6 +149,11 @@ def timings():
 def app(triton, timings, tmp_path_factory):
     """Ray, Serve's HTTP proxy on 127.0.0.1 and the application: (base URL, seconds to start)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # The first start of a freshly installed Ray (CI's fresh clone, cold page
+    # cache, a loaded 2-core box) took longer than Ray's default 30 s wait for
+    # its GCS port file: ray.init failed with "Timed out waiting for file
+    # .../gcs_server_port_...". A later start takes ~3 s; give the cold one time.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "240")
     started = time.monotonic()
     ray.init(
         num_cpus=2,
