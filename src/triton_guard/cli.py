@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.chaos.faults import CLEAR, FAULT_NAMES
+from triton_guard.chaos.command import CLEAR
+from triton_guard.chaos.protocol import FAULT_NAMES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,7 +86,8 @@ def _chaos(args: argparse.Namespace) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from triton_guard.chaos.faults import ChaosCommand, Fault, FaultError
+    from triton_guard.chaos.command import ChaosCommand
+    from triton_guard.chaos.protocol import Fault, FaultError
 
     prog = "triton-guard chaos"
     try:
