@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from triton_guard import defaults
-from triton_guard.chaos.faults import CLEAR, FAULT_NAMES
+from triton_guard.chaos.command import CLEAR
+from triton_guard.chaos.protocol import FAULT_NAMES
 from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from triton_guard.chaos.faults import ChaosCommand, Fault, FaultError
+    from triton_guard.chaos.command import ChaosCommand
+    from triton_guard.chaos.protocol import Fault, FaultError
 
     prog = "triton-guard chaos"
     try:
