@@ -95,7 +95,7 @@ def guard_parameters() -> tuple[dict[str, object], frozenset[str]]:
 
 def canary_config_class() -> type:
     """The canary model's configuration class (its fields are the canary's parameters)."""
-    from triton_guard.canary.checks import CanaryConfig
+    from triton_guard.canary.config import CanaryConfig
 
     return CanaryConfig
 

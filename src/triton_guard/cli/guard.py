@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     guard.add_argument("--model-repository", required=True, metavar="DIR", help="the repository MODEL is in")
     guard.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
-        help="a guard parameter (README \"Guard parameters\"), e.g. timeout_ms=2000; repeat for more",
+        help="a guard parameter (docs/reference/parameters.md), e.g. timeout_ms=2000; repeat for more",
     )
     guard.add_argument(
         "--ensemble", metavar="NAME", help="also reroute the steps of ensemble NAME that call MODEL through the guard"
