@@ -103,6 +103,9 @@ TREND_HORIZON_S = 900.0  # not ready when the floor is projected within 15 minut
 # Per-instance memory (canary/instances.py): the server's stubs are listed again this often
 # (between two listings a sample reads one small /proc file per stub), or when one is gone.
 INSTANCE_RESCAN_S = 10.0
+# An in-process guard on a GPU instance reports torch's allocator every CANARY_SAMPLE_INTERVAL_MS
+# (canary/allocator.py); a report older than this is from a reporter that stopped.
+ALLOCATOR_STALE_S = 10.0
 # Opt-in (canary parameter leak_reload): reload the model whose instance leaks, at most once per
 # cooldown per model; off by default: a reload restarts every instance of the model.
 LEAK_RELOAD = False

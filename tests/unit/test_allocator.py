@@ -6,7 +6,6 @@ import json
 import sys
 import types
 
-import pytest
 
 from triton_guard.canary.allocator import (
     AllocatorReading,

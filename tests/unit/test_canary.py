@@ -248,13 +248,13 @@ def test_probes_never_add_memory_samples_only_the_sampler_does(tmp_path):
     canary = _canary(tmp_path)
     for _ in range(5):
         canary.run(canary.config)
-    assert len(canary.trend) == 0
+    assert len(canary.memory) == 0
     for _ in range(3):
         canary.clock.advance(1.0)
         canary.sample()
-    assert len(canary.trend) == 3
+    assert len(canary.memory) == 3
     canary.run(canary.config)
-    assert len(canary.trend) == 3
+    assert len(canary.memory) == 3
 
 
 def test_liveness_covers_every_loaded_model_and_says_why_one_is_not_ready(tmp_path):

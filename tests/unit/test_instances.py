@@ -1,4 +1,8 @@
-"""triton_guard.canary.instances and .nvml: memory per model instance, from a fake /proc and a fake pynvml."""
+"""Memory per model instance from a fake /proc and a fake pynvml.
+
+triton_guard.server.processes (the stub scan), triton_guard.canary.instances
+(the rows) and triton_guard.canary.nvml (device memory per process).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from triton_guard.canary.instances import (
-    PAGE_SIZE,
-    SERVER_ROW,
-    InstanceMemory,
-    InstanceSampler,
-    StubProcess,
-    instance_index,
-    parse_stub_argv,
-    resident_bytes,
-    scan_stubs,
-)
+from triton_guard.canary.instances import PAGE_SIZE, SERVER_ROW, InstanceMemory, InstanceSampler, resident_bytes
+from triton_guard.server.processes import StubProcess, instance_index, parse_stub_argv, scan_stubs
 from triton_guard.canary.nvml import INSTALL_HINT, GpuProcesses, NvmlUnavailable
 
 SERVER = 4000

@@ -41,8 +41,13 @@ class CanaryConfig:
     headroom_floor_mb: float = defaults.HEADROOM_FLOOR_MB
     trend_window_s: float = defaults.TREND_WINDOW_S
     trend_min_samples: int = defaults.TREND_MIN_SAMPLES
+    # Growth must be steady this long to count as a leak, in total or per instance (docs/memory.md).
     trend_min_span_s: float = defaults.TREND_MIN_SPAN_S
     trend_horizon_s: float = defaults.TREND_HORIZON_S
+    # Reload the model whose instance the leak trend blames (floor within trend_horizon_s), at most
+    # once per leak_reload_cooldown_s per model; not ready until its new instances run.
+    leak_reload: bool = defaults.LEAK_RELOAD
+    leak_reload_cooldown_s: float = defaults.LEAK_RELOAD_COOLDOWN_S
     stall_s: float = defaults.STALL_S
     half_open_not_ready: bool = defaults.HALF_OPEN_NOT_READY
     strict_pins: bool = defaults.STRICT_PINS
@@ -64,7 +69,8 @@ class CanaryConfig:
     )
 
     def __post_init__(self) -> None:
-        positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s")
+        positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s",
+                    "leak_reload_cooldown_s")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -76,10 +82,11 @@ class CanaryConfig:
         if not (math.isfinite(self.headroom_floor_mb) and self.headroom_floor_mb >= 0):
             # nan or inf would pass `< 0` and make floor_bytes() raise on every run.
             raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected a finite number >= 0")
-        if not (math.isfinite(self.trend_min_span_s) and 0 <= self.trend_min_span_s < self.trend_window_s):
-            # Samples never span more than the window: a longer (or inf) span would mean no verdict, ever.
+        if not (math.isfinite(self.trend_min_span_s) and 0 < self.trend_min_span_s < self.trend_window_s):
+            # Samples never span more than the window: a longer (or inf) span would mean no verdict, ever;
+            # 0 leaves no time to tell steady growth from a warm-up.
             raise CanaryConfigError(
-                f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected 0 <= x < trend_window_s "
+                f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected 0 < x < trend_window_s "
                 f"({self.trend_window_s:g})"
             )
         if self.trend_min_samples < 3:

@@ -9,35 +9,25 @@ from /proc. The server process itself is one more row (`tritonserver`): C++
 backends (TensorRT, ONNX Runtime, PyTorch's libtorch backend) live in it. On a
 GPU host, NVML adds each process's device memory (triton_guard.canary.nvml).
 
-`scan_stubs` is the one /proc scan of a server's stubs (LocalServer.stub_pids
-uses it too); `InstanceSampler` keeps the list between samples and rescans
-only every RESCAN_S or when a known stub is gone, so a sample costs one small
-read per stub. Everything takes a /proc root, so tests point it at a fake tree.
+The /proc scan of a server's stubs is triton_guard.server.processes.scan_stubs
+(LocalServer.stub_pids uses it too); `InstanceSampler` keeps the list between
+samples and rescans only every RESCAN_S or when a known stub is gone, so a
+sample costs one small read per stub. Everything takes a /proc root, so tests point it at a fake tree.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from triton_guard import defaults
+from triton_guard.server.processes import StubProcess, scan_stubs
 
-STUB_BINARY = b"triton_python_backend_stub"
-# <model>_<group>_<index>, or <group name>_<index>: how Triton names an instance.
-INSTANCE_NAME = re.compile(r"^[\w.-]+_\d+(_\d+)?$")
 SERVER_ROW = "tritonserver"  # model and instance name of the server process's own row
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 RESCAN_S = defaults.INSTANCE_RESCAN_S
-
-
-@dataclass(frozen=True)
-class StubProcess:
-    pid: int
-    model: str
-    instance: str
 
 
 @dataclass(frozen=True)
@@ -58,51 +48,6 @@ class InstanceMemory:
     @property
     def is_server(self) -> bool:
         return self.instance == SERVER_ROW
-
-
-def instance_index(instance: str) -> int | None:
-    """The N of <model>_<group>_N (the instance's index within its group), or None for another name."""
-    if not INSTANCE_NAME.match(instance):
-        return None
-    return int(instance.rsplit("_", 1)[1])
-
-
-def parse_stub_argv(argv: list[bytes]) -> tuple[str, str] | None:
-    """(model, instance) from a Python stub's argv, or None if it is not one."""
-    if not argv or not argv[0].endswith(STUB_BINARY):
-        return None
-    names = [a.decode(errors="replace") for a in argv[1:] if INSTANCE_NAME.match(a.decode(errors="replace"))]
-    if not names:
-        return None
-    instance = names[0]
-    # argv[1] is <repository>/<model>/<version>/model.py: the model's directory is its name.
-    parts = Path(argv[1].decode(errors="replace")).parts if len(argv) > 1 else ()
-    model = parts[-3] if len(parts) >= 3 else re.sub(r"_\d+(_\d+)?$", "", instance)
-    return model, instance
-
-
-def _parent(proc: Path, pid: str) -> int:
-    # The comm field may hold spaces and parentheses: the fields after the last ')' are fixed.
-    return int((proc / pid / "stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def scan_stubs(server_pid: int, proc: Path = Path("/proc")) -> list[StubProcess]:
-    """Every Python backend stub whose parent is `server_pid` (python_backend forks them)."""
-    stubs = []
-    try:
-        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
-    except OSError:
-        return []
-    for pid in entries:
-        try:
-            if _parent(proc, pid) != server_pid:
-                continue
-            found = parse_stub_argv((proc / pid / "cmdline").read_bytes().split(b"\0"))
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if found is not None:
-            stubs.append(StubProcess(int(pid), *found))
-    return sorted(stubs, key=lambda s: (s.model, s.instance, s.pid))
 
 
 def resident_bytes(pid: int, proc: Path = Path("/proc")) -> int | None:
@@ -135,14 +80,19 @@ class InstanceSampler:
         self._stubs: list[StubProcess] = []
         self._scanned_at: float | None = None
 
-    def sample(self, now: float) -> list[InstanceMemory]:
+    def sample(self, now: float, gpu: bool = False) -> list[InstanceMemory]:
+        """The rows now; with `gpu` (a GPU host) their device memory too, from NVML (started on first use)."""
+        if gpu and self.gpu_by_pid is None:
+            from triton_guard.canary.nvml import GpuProcesses
+
+            self.gpu_by_pid = GpuProcesses()
         if self._scanned_at is None or now - self._scanned_at >= self.rescan_s:
             self._rescan(now)
         rows = self._rows()
         if rows is None:  # a known stub is gone (a reload, a crash): its successor is new
             self._rescan(now)
             rows = self._rows() or []
-        return self._with_gpu(rows)
+        return self._with_gpu(rows) if gpu else rows
 
     def _rescan(self, now: float) -> None:
         self._stubs = scan_stubs(self.server_pid, self.proc)

@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from triton_guard import defaults
 from triton_guard.canary.allocator import AllocatorReading
-from triton_guard.canary.checks import CheckResult
 from triton_guard.canary.growth import Growth, GrowthSeries
 from triton_guard.canary.instances import InstanceMemory
 from triton_guard.canary.memory import MemoryReading
+from triton_guard.canary.report import CheckResult
 
 MB = float(1 << 20)
 MIN_RISE_BYTES = defaults.LEAK_MIN_RISE_MB * MB
@@ -124,6 +124,9 @@ class LeakAssessment:
     total_samples: int
     total_span_s: float
     instances: list[InstanceVerdict]  # fastest growing first
+    held: Mapping[str, str] = field(default_factory=dict)  # {model: why not ready} while a leak reload runs
+    reloads: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # {model: {result: count}} so far
+    note: str | None = None  # why per-instance rows are missing or partial (e.g. no NVML)
 
     @property
     def room_bytes(self) -> int:
@@ -147,7 +150,7 @@ class LeakAssessment:
 
     @property
     def ok(self) -> bool:
-        return not self.blamed and not self.at_risk and self.seconds_to_floor >= self.horizon_s
+        return not self.held and not self.blamed and not self.at_risk and self.seconds_to_floor >= self.horizon_s
 
 
 class LeakWatch:
@@ -298,11 +301,15 @@ def check_leak_trend(a: LeakAssessment, min_samples: int) -> CheckResult:
         "instances": [v.to_dict() for v in a.instances],
         "blamed": [v.row.instance for v in a.blamed],
         "at_risk": [v.row.instance for v in a.at_risk],
+        "reloading": dict(a.held),
+        "reloads": {m: dict(r) for m, r in a.reloads.items()},
+        "note": a.note,
     }
     named = a.blamed + [v for v in a.at_risk if v not in a.blamed]
-    if named:
-        reasons = [_blame(v, source) if v in a.blamed else _risk(v, a.sustain_s) for v in named]
-        return CheckResult(CHECK, False, value, limit, "; ".join(reasons + [_others(named, a.instances)]))
+    if named or a.held:
+        reasons = list(a.held.values()) + [_blame(v, source) if v in a.blamed else _risk(v, a.sustain_s) for v in named]
+        others = [_others(named, a.instances)] if named else []
+        return CheckResult(CHECK, False, value, limit, "; ".join(reasons + others))
     if a.total is None:
         return CheckResult(
             CHECK, True, value, limit,

@@ -14,8 +14,9 @@ model readiness, logging, metrics; unit tests pass a fake).
 * Golden inferences: one worker per model with goldens, so a hung model costs
   its own check, never another's; a model whose previous golden inference is
   still unanswered is not called again (that is its verdict).
-* The sampler: every `sample_interval_ms` one free-memory sample for the leak
-  trend and one metrics sample for the stall detector, and a full run every
+* The sampler: every `sample_interval_ms` one memory sample for the leak
+  trend (in total and per model instance: canary/memory_watch.py) and one
+  metrics sample for the stall detector, and a full run every
   `interval_ms` so the canary's gauges stay fresh. Only the sampler feeds the
   trend, so its samples are evenly spaced whatever the probe rate.
 """
@@ -38,6 +39,9 @@ from triton_guard.canary.config import CanaryConfig
 from triton_guard.canary.golden_check import NO_GOLDENS_NOTE, CaseComparison, compare_case
 from triton_guard.canary.golden_store import GoldenStore
 from triton_guard.canary.goldens import GoldenCase
+from triton_guard.canary.instances import InstanceSampler
+from triton_guard.canary.leak_reload import Reload
+from triton_guard.canary.memory_watch import MemoryWatch
 from triton_guard.canary.report import CanaryReport
 from triton_guard.guard.breaker import BreakerSnapshot
 
@@ -70,16 +74,21 @@ class Canary:
         goldens: GoldenStore,
         runtime: dict[str, str | None],
         clock: Callable[[], float] = time.monotonic,
+        instances: InstanceSampler | None = None,
+        allocator_dir: str | None = None,
+        reload: Reload | None = None,
     ) -> None:
+        """`instances`, `allocator_dir` and `reload` feed and act on the per-instance leak trend
+        (canary/memory_watch.py); without them the trend is the total's only."""
         self.config = config
         self.facts = facts
         self.goldens = goldens
         self.runtime = dict(runtime)
         self.clock = clock
-        self.trend = memory.LeakTrend(config.trend_window_s, config.trend_min_samples, config.trend_min_span_s)
+        self.memory = MemoryWatch(config, clock, facts.warn, instances, allocator_dir, reload)
         self.stall = verdicts.StallDetector()
         self._device_class = None if config.device_class == "auto" else config.device_class
-        self._facts_lock = threading.Lock()  # trend and stall are fed by two threads
+        self._facts_lock = threading.Lock()  # the stall detector is fed by two threads
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._golden_calls: dict[str, tuple[float, Future]] = {}
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="canary-run")
@@ -130,12 +139,12 @@ class Canary:
         goldens = self._golden_comparisons(config, device_class, deadline)
         ready_by_model, not_ready_why, liveness_error = self._liveness(config, deadline)
         reading, memory_error = self._memory(device_class, samples)
-        floor, trend, n, span_s, trend_snapshot = 0, None, 0, None, None
+        floor, leak, trend_snapshot = 0, None, None
         if reading is not None:
             floor = memory.floor_bytes(reading.total_bytes, config.headroom_floor_fraction, config.headroom_floor_mb)
-            with self._facts_lock:
-                trend, n, span_s = self.trend.trend(floor), len(self.trend), self.trend.span_s
-            trend_snapshot = (floor, trend)
+            # Only the server's own runs act (a leak reload), never a probe's one-off thresholds.
+            leak = self.memory.assess(config, reading, floor, act=config == self.config)
+            trend_snapshot = (floor, leak)
         waiting = None
         if samples is not None:
             pending = self._feed_stall(samples)
@@ -148,7 +157,7 @@ class Canary:
         drift, drift_at = self.facts.drift_state(), time.monotonic()
         facts = verdicts.RunFacts(
             device_class, goldens, ready_by_model, not_ready_why, liveness_error, reading, memory_error,
-            floor, trend, n, span_s, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at)
+            floor, leak, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at)
         return facts, trend_snapshot
 
     # --- goldens --------------------------------------------------------------------
@@ -247,12 +256,12 @@ class Canary:
     # --- the sampler ------------------------------------------------------------------
 
     def sample(self) -> None:
-        """One sample: free memory into the trend, model progress into the stall detector."""
+        """One sample: memory (in total and per instance) into the leak trend, model progress into the stall detector."""
         samples, _ = self._metrics(self.clock() + 1.0)
-        reading, _ = self._memory(self._resolve_device_class(samples), samples)
+        device_class = self._resolve_device_class(samples)
+        reading, _ = self._memory(device_class, samples)
         if reading is not None:
-            with self._facts_lock:
-                self.trend.add(self.clock(), reading.free_bytes)
+            self.memory.sample(self.clock(), reading, device_class)
         if samples is not None:
             self._feed_stall(samples)
 
