@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 
 from triton_guard.canary.growth import Growth
 from triton_guard.canary.instances import SERVER_ROW, InstanceMemory
 from triton_guard.canary.leak import InstanceVerdict
-from triton_guard.canary.leak_reload import APPEAR_S, LeakReloader
+from triton_guard.canary.leak_reload import APPEAR_S, LeakReloader, side_reload
+from triton_guard.guard.healer import RELOAD_PARAMETER
 
 MB = 1 << 20
 
@@ -136,3 +139,25 @@ def test_in_a_thread_the_caller_does_not_wait():
     release.set()
     assert r.wait(10)
     assert r.counts == {"classifier": {"reloaded": 1}}
+
+
+def test_side_reload_reloads_through_the_repository_api_and_says_why(tmp_path):
+    calls, logged = [], []
+
+    def post(url, body, headers, timeout_s):
+        calls.append((url, body, dict(headers)))
+        if body is None:  # the model's config, to send back with a reload stamp
+            return 200, json.dumps({"name": "classifier", "instance_group": [{"count": 2, "kind": "KIND_CPU"}]})
+        return 200, ""
+
+    reload = side_reload("http://127.0.0.1:8000", "key", str(tmp_path), 10.0, logged.append, post=post, clock=lambda: 50.0)
+    assert reload("classifier", "its instance classifier_0_1 (pid 4102) leaks +600 MB/min") == "reloaded"
+    assert [c[0] for c in calls] == ["http://127.0.0.1:8000/v2/models/classifier/config",
+                                     "http://127.0.0.1:8000/v2/repository/models/classifier/load"]
+    config = json.loads(json.loads(calls[1][1])["parameters"]["config"])
+    assert RELOAD_PARAMETER in config["parameters"] and config["instance_group"][0]["count"] == 2
+    assert calls[1][2]["triton-guard-key"] == "key"
+    assert logged[0] == ("guard: upstream 'classifier' leaks: its instance classifier_0_1 (pid 4102) leaks +600 MB/min; "
+                         "reloading it through http://127.0.0.1:8000/v2/repository/models/classifier/load")
+    # Within min_interval_s of that reload (or of the dead-stub healer's), a second one is skipped.
+    assert reload("classifier", "again") == "skipped"

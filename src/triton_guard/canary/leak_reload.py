@@ -129,3 +129,22 @@ class LeakReloader:
         with self._lock:
             jobs = list(self._current.values())
         return all(job.done.wait(timeout_s) for job in jobs)
+
+
+def side_reload(
+    http_url: str, api_key: str | None, state_dir: str, min_interval_s: float, log: Callable[[str], None],
+    **healer_options,
+) -> Reload:
+    """A `Reload` through Triton's repository API: triton_guard.guard.healer.SideHealer, in the calling thread.
+
+    `min_interval_s` keeps it from reloading a model the dead-stub healer has just
+    reloaded (they share the healer's stamp in the state directory).
+    """
+    from triton_guard.guard.healer import SideHealer
+
+    def reload(model: str, why: str) -> str:
+        healer = SideHealer(model, http_url=http_url, api_key=api_key, min_interval_s=min_interval_s,
+                            state_dir=state_dir, log=log, why=f"leaks: {why}", **healer_options)
+        return healer.heal()
+
+    return reload

@@ -35,6 +35,14 @@ def add_parser(subparsers) -> None:
         "--leak-cap-mb", type=float, default=defaults.CHAOS_LEAK_CAP_MB, help="leak: held at most (default: %(default)s)"
     )
     chaos.add_argument(
+        "--instance",
+        type=int,
+        metavar="N",
+        help="leak: only in the model's instance N, the N of Triton's instance name <model>_<group>_N "
+        "(e.g. 1 for classifier_0_1, as `triton-guard status` lists them; with several instance groups, "
+        "instance N of each group); default: every instance",
+    )
+    chaos.add_argument(
         "--drift-scale",
         type=float,
         default=defaults.CHAOS_DRIFT_SCALE,
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from triton_guard.chaos.command import ChaosCommand
+    from triton_guard.chaos.command import ChaosCommand, check_instance
     from triton_guard.chaos.protocol import Fault, FaultError
 
     prog = "triton-guard chaos"
@@ -70,9 +78,13 @@ def run(args: argparse.Namespace) -> int:
             leak_cap_mb=args.leak_cap_mb,
             drift_scale=args.drift_scale,
             seed=args.seed,
+            instance=args.instance,
         )
     except FaultError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.instance is not None and args.fault != "leak":
+        print(f"{prog}: error: --instance goes with leak only (the other faults act on every instance)", file=sys.stderr)
         return EXIT_USAGE
     refused = f"{prog}: refused: the server at {args.url} was not started with --chaos (it has no '{defaults.CHAOS_MODEL}' model)"
     try:
@@ -80,9 +92,15 @@ def run(args: argparse.Namespace) -> int:
         if not client.is_model_ready(defaults.CHAOS_MODEL, client_timeout=args.timeout):
             print(refused, file=sys.stderr)
             return EXIT_FAILED
+        if args.instance is not None:  # refuse an index the model does not have, naming the ones it has
+            config = client.get_model_config(args.model, as_json=True, client_timeout=args.timeout)["config"]
+            check_instance(args.instance, args.model, config)
         text = grpcclient.InferInput("COMMAND", [1], "BYTES")
         text.set_data_from_numpy(np.array([command.to_json().encode()], dtype=np.object_))
         result = client.infer(defaults.CHAOS_MODEL, [text], client_timeout=args.timeout)
+    except FaultError as exc:
+        print(f"{prog}: refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except InferenceServerException as exc:
         status = str(exc.status())
         if status == "StatusCode.INVALID_ARGUMENT":  # the chaos model said no, and why

@@ -29,6 +29,9 @@ from triton_guard.canary import memory
 from triton_guard.canary.checks import metric_labels
 from triton_guard.canary.config import CanaryConfig, CanaryConfigError
 from triton_guard.canary.golden_store import GoldenStore, repositories_from_environment
+from triton_guard.canary.instance_metrics import InstanceMetricUpdates
+from triton_guard.canary.instances import InstanceSampler
+from triton_guard.canary.leak_reload import side_reload
 from triton_guard.canary.runner import Canary
 from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import BreakerSnapshot
@@ -48,7 +51,13 @@ class TritonPythonModel:
         repositories = repositories_from_environment(os.environ, Path(args["model_repository"]))
         # Observed once, here: importing torch takes a second; probes must not wait for it.
         runtime = observe_runtime()
-        self.canary = Canary(config, _TritonFacts(config.interval_ms / 1000), GoldenStore(repositories), runtime)
+        facts = _TritonFacts(config.interval_ms / 1000)
+        # Per-instance memory: this stub's parent is tritonserver; in-process guards on GPU write their
+        # allocator readings into the state directory; leak_reload reloads through the repository API.
+        reload = side_reload(facts.http_url, os.environ.get(defaults.API_KEY_ENV), facts.store.directory,
+                             config.interval_ms / 1000, pb_utils.Logger.log_warn) if config.leak_reload else None
+        self.canary = Canary(config, facts, GoldenStore(repositories), runtime, instances=InstanceSampler(os.getppid()),
+                             allocator_dir=facts.store.directory, reload=reload)
         self.canary.start()
 
     def execute(self, requests):
@@ -162,7 +171,18 @@ class _CanaryMetrics:
         self.floor = floor.Metric(labels={})
         self.to_floor = to_floor.Metric(labels={})
         self.seconds = seconds.Metric(labels={})
+        self.instance_updates = InstanceMetricUpdates()  # per-instance memory (canary/instance_metrics.py)
+        self.instance_families = {}
+        self.instance_series = {}
         self._lock = threading.Lock()
+
+    def _instance_series(self, metric, labels):
+        key = (metric.name, tuple(sorted(labels.items())))
+        if key not in self.instance_series:
+            if metric.name not in self.instance_families:
+                self.instance_families[metric.name] = metric_families.family(metric)
+            self.instance_series[key] = self.instance_families[metric.name].Metric(labels=labels)
+        return self.instance_series[key]
 
     def publish(self, report, reading, trend_snapshot):
         with self._lock:
@@ -180,3 +200,6 @@ class _CanaryMetrics:
                 floor, trend = trend_snapshot
                 self.floor.set(float(floor))
                 self.to_floor.set(float("inf") if trend is None else float(trend.seconds_to_floor))
+            for metric, labels, op, value in self.instance_updates.updates(report):
+                series = self._instance_series(metric, labels)
+                series.set(value) if op == "set" else series.increment(value)
