@@ -231,3 +231,13 @@ def test_rates_per_minute_in_mb():
     assert per_minute(38 * MB / 60) == "+38 MB/min"
     assert per_minute(0.25 * MB / 60) == "+0.2 MB/min"
     assert per_minute(-2 * MB / 60) == "-2.0 MB/min"
+
+
+def test_instances_still_collecting_are_counted_apart_not_called_flat():
+    watch = LeakWatch(window_s=600)
+    run(watch, 300, {SERVER_ROW: flat(900), "classifier_0_0": flat(400), "classifier_0_1": leak(400, 600)})
+    reading = MemoryReading("host", TOTAL, int(3 * GB))
+    watch.observe(300.0, reading, rows({SERVER_ROW: 900 * MB, "classifier_0_0": 400 * MB, "classifier_0_1": 3000 * MB,
+                                        "canary_0_0": 350 * MB}))  # the canary appears late: no verdict yet
+    _, check = judge(watch, reading)
+    assert check.reason.endswith("; 2 other instances flat, 1 still collecting samples")

@@ -280,12 +280,16 @@ def _risk(v: InstanceVerdict, sustain_s: float) -> str:
 def _others(named: list[InstanceVerdict], everyone: list[InstanceVerdict]) -> str:
     rest = [v for v in everyone if v not in named]
     growing = [v for v in rest if v.steady]
-    flat = len(rest) - len(growing)
+    collecting = sum(v.growth is None for v in rest)  # new processes (a reload, a late load): no verdict yet
+    flat = len(rest) - len(growing) - collecting
+    other = "other " if named else ""
     parts = []
     if growing:
         shown = ", ".join(f"{v.row.instance} {per_minute(v.rate)}" for v in growing[:3])
-        parts.append(f"{len(growing)} other{'s' if len(growing) > 1 else ''} growing ({shown})")
-    parts.append(f"{flat} other instance{'' if flat == 1 else 's'} flat")
+        parts.append(f"{len(growing)} {other}instance{'s' if len(growing) > 1 else ''} growing ({shown})")
+    parts.append(f"{flat} {other}instance{'' if flat == 1 else 's'} flat")
+    if collecting:
+        parts.append(f"{collecting} still collecting samples")
     return ", ".join(parts)
 
 
@@ -318,8 +322,9 @@ def check_leak_trend(a: LeakAssessment, min_samples: int) -> CheckResult:
     falling = a.total.rate_bytes_per_s / MB  # the total's rate is of memory in use: free falls as fast
     if a.seconds_to_floor < a.horizon_s:
         growing = [v for v in a.instances if v.steady]
-        who = (_others([], a.instances) if growing else
-               f"no model instance grows steadily ({len(a.instances)} flat): the memory goes elsewhere")
+        collecting = any(v.growth is None for v in a.instances)
+        who = _others([], a.instances) if growing or collecting else (
+            f"no model instance grows steadily ({len(a.instances)} flat): the memory goes elsewhere")
         return CheckResult(
             CHECK, False, value, limit,
             f"free {source} memory falling {falling:.2f} MiB/s for {duration(a.total.growing_for_s)}: floor in "
