@@ -288,3 +288,28 @@ def test_a_leak_fires_the_headroom_trend_alert_then_it_resolves(prometheus, trit
     wait_until(lambda: LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{LEAK_ALERT} resolved")
     timings[f"{LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
     print("\nprometheus-alerts timings " + json.dumps(timings))
+
+
+INSTANCE_LEAK_ALERT = "TritonGuardInstanceMemoryLeak"
+
+
+def test_a_leak_in_one_instance_fires_the_instance_alert_naming_it_then_it_resolves(prometheus, triton):
+    """`chaos leak --instance 0`: the per-instance alert names the model and its instance (exported_instance)."""
+    timings: dict[str, float] = {}
+    wait_until(lambda: INSTANCE_LEAK_ALERT not in prometheus.alert_states(), QUIET_WITHIN_S,
+               f"{INSTANCE_LEAK_ALERT} inactive before the leak")
+    chaos(triton, "leak", "--instance", "0", "--leak-mb-per-s", "100", "--leak-cap-mb", "1500")
+    started = time.monotonic()
+    try:
+        wait_until(lambda: prometheus.alert_states().get(INSTANCE_LEAK_ALERT) == "firing", FIRE_WITHIN_S,
+                   f"{INSTANCE_LEAK_ALERT} firing")
+        timings[f"{INSTANCE_LEAK_ALERT}_fired_after_s"] = round(time.monotonic() - started, 2)
+        firing = [a for a in prometheus.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == INSTANCE_LEAK_ALERT]
+        assert [(a["labels"]["model"], a["labels"]["exported_instance"]) for a in firing] == [("classifier", "classifier_0_0")]
+        assert "classifier_0_0" in firing[0]["annotations"]["summary"] and float(firing[0]["value"]) < 900
+    finally:
+        chaos(triton, "clear")
+    cleared = time.monotonic()
+    wait_until(lambda: INSTANCE_LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{INSTANCE_LEAK_ALERT} resolved")
+    timings[f"{INSTANCE_LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
+    print("\nprometheus-alerts timings " + json.dumps(timings))
