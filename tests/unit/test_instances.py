@@ -193,7 +193,9 @@ def test_an_nvml_error_mid_way_is_unavailable_for_that_sample():
 
 def test_sampler_adds_gpu_memory_from_nvml(proc):
     module, _ = fake_pynvml({0: [(4101, 300 << 20), (4102, 500 << 20), (SERVER, 100 << 20)], 1: [(4102, 7 << 20)]})
-    rows = {r.instance: r for r in InstanceSampler(SERVER, proc, gpu_by_pid=GpuProcesses(load=lambda: module)).sample(0.0)}
+    sampler = InstanceSampler(SERVER, proc, gpu_by_pid=GpuProcesses(load=lambda: module))
+    assert all(r.gpu_bytes is None for r in sampler.sample(0.0))  # a CPU server's sample never asks NVML
+    rows = {r.instance: r for r in sampler.sample(0.0, gpu=True)}
     assert rows["classifier_0_1"].gpu_bytes == 507 << 20 and rows["classifier_0_1"].device == "gpu0,gpu1"
     assert rows["classifier_0_0"].gpu_bytes == 300 << 20 and rows["classifier_0_0"].device == "gpu0"
     assert rows[SERVER_ROW].gpu_bytes == 100 << 20
@@ -205,13 +207,24 @@ def test_sampler_without_nvml_keeps_host_rows_and_says_why(proc):
         raise NvmlUnavailable(INSTALL_HINT)
 
     sampler = InstanceSampler(SERVER, proc, gpu_by_pid=unavailable)
-    rows = sampler.sample(0.0)
+    rows = sampler.sample(0.0, gpu=True)
     assert all(r.gpu_bytes is None for r in rows) and len(rows) == 5
     assert sampler.note == INSTALL_HINT
 
 
 def test_nvml_pids_from_another_pid_namespace_are_not_matched_and_the_note_says_so(proc):
     sampler = InstanceSampler(SERVER, proc, gpu_by_pid=lambda: {9101: {"gpu0": 300 << 20}})
-    assert all(r.gpu_bytes is None for r in sampler.sample(0.0))
+    assert all(r.gpu_bytes is None for r in sampler.sample(0.0, gpu=True))
     assert "PID namespace" in sampler.note
 
+
+
+def test_on_a_gpu_host_nvml_is_started_on_first_use(proc, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    sampler = InstanceSampler(SERVER, proc)
+    assert sampler.sample(0.0) and sampler.gpu_by_pid is None and sampler.note is None  # CPU: never imported
+    rows = sampler.sample(1.0, gpu=True)
+    assert isinstance(sampler.gpu_by_pid, GpuProcesses) and len(rows) == 5
+    assert sampler.note == INSTALL_HINT
