@@ -21,11 +21,12 @@ has one of those shapes plus a constant leak from a start time on. Headroom
 Methods compared (each blames an instance when it projects the floor within
 the horizon):
 
-  linear      least-squares line through the last trend_window_s of samples
-              once they span trend_min_span_s: the total's method before
-              issue 16, applied per instance
+  linear      least-squares line through the last 300 s of samples once they
+              span 60 s: the total's method (and defaults) before issue 16,
+              applied per instance
   steady S    the canary's method (triton_guard.canary.growth): steady growth
-              over the last S seconds (S = trend_min_span_s)
+              over the last S seconds (S = trend_min_span_s; the default is
+              steady 120 s), over a trend_window_s of history
 
 Printed: false blames (episodes of a healthy instance being named, per 1,000
 instance-hours, and the share of verdicts), per healthy shape; and for leaks
@@ -113,15 +114,17 @@ def trace(kind: str, seconds: float, rng: np.random.Generator, restart_s: float 
 
 
 class Linear:
-    """Least squares over the trend window (the total's method before issue 16)."""
+    """Least squares over the trend window: the total's method before issue 16 (its defaults then:
+    a 300 s window, no verdict before the samples span 60 s)."""
 
     name = "linear"
 
-    def __init__(self, min_span_s: float = defaults.TREND_MIN_SPAN_S) -> None:
+    def __init__(self, window_s: float = 300.0, min_span_s: float = 60.0) -> None:
+        self.window_s = window_s
         self.min_span_s = min_span_s
 
     def judge(self, t: list[float], v: list[float], end: int, room: float) -> float:
-        start = bisect_left(t, t[end - 1] - WINDOW_S)
+        start = bisect_left(t, t[end - 1] - self.window_s)
         if end - start < defaults.TREND_MIN_SAMPLES or t[end - 1] - t[start] < self.min_span_s:
             return math.inf
         tt, vv = np.array(t[start:end]), np.array(v[start:end])
