@@ -61,6 +61,13 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 HEAL_DEAD_UPSTREAM = True
 # Healing goes through Triton's HTTP repository API, from a thread beside the request path.
 HEAL_HTTP_TIMEOUT_S = 60.0  # one reload request; a model load can take this long
+# A guard whose upstream's config is completed at load (no config.pbtxt, or one
+# without tensors) checks its tensors against the server's config of it. At
+# start-up Triton answers HTTP only once its first loads are done, so the check
+# waits for the upstream beside the load, on a thread, this long at most.
+GUARD_INTERFACE_WAIT_S = 120.0
+GUARD_INTERFACE_POLL_S = 0.5
+GUARD_INTERFACE_HTTP_TIMEOUT_S = 2.0  # one config request from the guard's stub
 # Non-finite values (NaN, inf) in an upstream's floating-point outputs fail the call.
 CHECK_FINITE = True
 
