@@ -115,7 +115,7 @@ METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
 MODEL_REPOSITORIES_ENV = "TRITON_GUARD_MODEL_REPOSITORIES"
 CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run in progress
 
-# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/faults.py) -------
+# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.
 CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
 CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode
