@@ -23,6 +23,10 @@ API_KEY_HEADER = "triton-guard-key"  # the HTTP header; lowercase: gRPC metadata
 GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
 API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes Secret)
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
+# Where a running `serve` records its ports, repository and key file for the local tools of the
+# same user (src/triton_guard/server/local_record.py); default $XDG_RUNTIME_DIR/triton-guard,
+# else <tmp>/triton-guard-<uid>.
+RUN_DIR_ENV = "TRITON_GUARD_RUN_DIR"
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
 # --- Guard (ARCHITECTURE.md section 4; values from the incident write-up) --
