@@ -108,6 +108,18 @@ def resolve(repository: Path, model: str, fetch: Fetch | None, server: str) -> M
     return ModelSource(model, config, on_disk, f"the server at {server} ({why}: completed at load)")
 
 
+def served_tensors_source(url: str, repository: Path, model: str) -> str:
+    """For a tool that takes a model's tensors from the server it calls: where they came from, for a person."""
+    path = Path(repository) / model / CONFIG_FILE
+    try:
+        on_disk = read_config(path) if path.is_file() else None
+    except ModelConfigError:
+        on_disk = None
+    if declares_tensors(on_disk):
+        return f"inputs and outputs from the server at {url} (as {path} declares them)"
+    return f"inputs and outputs from the server at {url} ({why_not_on_disk(repository, model, on_disk)}: completed at load)"
+
+
 def grpc_fetcher(url: str, timeout_s: float) -> Fetch:
     """Fetch from a server's gRPC endpoint (what the tools' --url names)."""
 
