@@ -337,6 +337,7 @@ class StandInServer:
         self.api_key_source = "generated"
         self.api_key_file = "/run/key"
         self.removed_stale_shm = []
+        self.local_records = []
         self.process = _Process(exited)
         self.on_start = on_start
         self.stop_code = stop_code
