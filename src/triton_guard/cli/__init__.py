@@ -13,7 +13,7 @@ import argparse
 from triton_guard.cli import backend_dir, chaos, drift, goldens, guard, probe, serve, status, unguard
 
 # What `triton-guard --help` says first.
-DESCRIPTION = "The `triton-guard` command (each command is described in the project's README.md)."
+DESCRIPTION = "The `triton-guard` command (each command is described in the project's docs/, from docs/getting-started.md)."
 
 # In the order `triton-guard --help` lists them.
 COMMANDS = (serve, probe, status, chaos, goldens, guard, unguard, drift, backend_dir)

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
     guard.add_argument("--model-repository", required=True, metavar="DIR", help="the repository MODEL is in")
     guard.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
-        help="a guard parameter (docs/guarding.md, \"Guard parameters\"), e.g. timeout_ms=2000; repeat for more",
+        help="a guard parameter (docs/reference/parameters.md), e.g. timeout_ms=2000; repeat for more",
     )
     placement = guard.add_mutually_exclusive_group()
     placement.add_argument(
