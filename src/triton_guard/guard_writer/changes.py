@@ -153,13 +153,13 @@ class Changes:
         record_dir = root / self.record_dir
         record_dir.mkdir()
         undo.append(lambda: shutil.rmtree(record_dir, ignore_errors=True))
-        (record_dir / ORIGINALS).mkdir()
         for index, step in enumerate(self.steps):
             if step["op"] != "write":
                 continue
             if step["path"] in originals:
                 data, mode = originals[step["path"]]
                 kept = f"{ORIGINALS}/{index}-{Path(step['path']).name}"
+                (record_dir / ORIGINALS).mkdir(exist_ok=True)
                 (record_dir / kept).write_bytes(data)
                 step.update(original=kept, original_sha256=sha256(data), mode=mode)
             else:

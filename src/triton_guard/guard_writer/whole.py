@@ -144,7 +144,8 @@ def summary(rows: list[Row], dry_run: bool, server: Server) -> list[str]:
         + (f", {len(failed)} failed (each left as it was)" if failed else "")
     ]
     if any(r.config_from == "server" for r in rows):
-        said.append(f"config from server: the file declares no tensors; asked {server.url} (Triton completes it at load)")
+        said.append(f"CONFIG FROM server: no config.pbtxt declares the model's tensors (Triton completes them at load): "
+                    f"asked the server at {server.url}")
     if dry_run:
         said.append("dry run: nothing written")
     return said
