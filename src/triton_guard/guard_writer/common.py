@@ -152,6 +152,14 @@ def model_config(repository: Path, model: str, server: Server) -> model_source.M
     return source
 
 
+def prepared(
+    repository: Path, model: str, params: Mapping[str, str], server: Server
+) -> tuple[Path, dict[str, str], model_source.ModelSource]:
+    """What every placement starts from: the repository, the checked parameters, MODEL's complete config."""
+    params = checked_params(params)
+    return Path(repository), params, model_config(repository, model, server)
+
+
 def unguardable(config: model_config_pb2.ModelConfig) -> str | None:
     """Why no guard fits this model (a phrase after "is"), or None."""
     if config.HasField("sequence_batching"):

@@ -24,11 +24,10 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
-    checked_params,
     curl_infer,
     guard_config,
     guarded_by,
-    model_config,
+    prepared,
     settings_text,
     source_line,
     tensors_text,
@@ -70,9 +69,7 @@ def plan_guard_model(
     server: Server = NO_SERVER, command: str = "",
 ) -> Plan:
     """Plan DIR/MODEL_guard (config and version directory), and `ensemble`'s steps rerouted through it."""
-    repository = Path(repository)
-    params = checked_params(params)
-    source = model_config(repository, model, server)
+    repository, params, source = prepared(repository, model, params, server)
     guard_name = model + GUARD_SUFFIX
     guard_dir = repository / guard_name
     if guard_dir.exists():

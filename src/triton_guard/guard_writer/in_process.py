@@ -26,10 +26,9 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
-    checked_params,
     dynamic_batching_settings,
     guarded_by,
-    model_config,
+    prepared,
     settings_text,
     source_line,
 )
@@ -84,9 +83,7 @@ def _edit(source: model_source.ModelSource, wanted, params: Mapping[str, str]):
 def plan_in_process(
     repository: Path, model: str, params: Mapping[str, str], server: Server = NO_SERVER, command: str = ""
 ) -> Plan:
-    repository = Path(repository)
-    params = checked_params(params)
-    source = model_config(repository, model, server)
+    repository, params, source = prepared(repository, model, params, server)
     config = source.config
     if config.platform == ENSEMBLE_PLATFORM:
         raise GuardRefused(f"model '{model}' is an ensemble: guard its steps, or put a separate guard in front of it")

@@ -33,10 +33,9 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
-    checked_params,
     guard_config,
     guarded_by,
-    model_config,
+    prepared,
     settings_text,
     source_line,
     tensors_text,
@@ -48,9 +47,7 @@ from triton_guard.model_config import CONFIG_FILE, config_text
 def plan_renamed(
     repository: Path, model: str, params: Mapping[str, str], server: Server = NO_SERVER, command: str = ""
 ) -> Plan:
-    repository = Path(repository)
-    params = checked_params(params)
-    source = model_config(repository, model, server)
+    repository, params, source = prepared(repository, model, params, server)
     moved = model + UNGUARDED_SUFFIX
     if (repository / moved).exists():
         raise GuardRefused(f"{repository / moved} already exists: the renaming placement moves '{model}' there")
