@@ -7,8 +7,8 @@ changed. The record goes beside the guard, in `RECORD_DIR` inside the
 directory clients call: Triton takes every folder of a repository for a
 model and every numbered folder of a model for a version, so the record is
 a non-numbered folder inside a model's directory (named to sort after the
-version folders: Triton 2.51 picks the backend of a model with no
-config.pbtxt from the first folder it lists). It holds `guarded.json` (what
+version folders: in a model with no config.pbtxt, Triton 2.51 fails to find
+the backend when a folder sorts before them). It holds `guarded.json` (what
 was done, in order, with the sha256 of every file written) and the original
 bytes of every file rewritten, under `originals/`.
 """
