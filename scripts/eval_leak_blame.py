@@ -26,7 +26,9 @@ the horizon):
               applied per instance
   steady S    the canary's method (triton_guard.canary.growth): steady growth
               over the last S seconds (S = trend_min_span_s; the default is
-              steady 120 s), over a trend_window_s of history
+              steady 120 s), over a trend_window_s of history, that has gone
+              on for half the time it leaves to the floor (the evidence rule)
+  steady 120 s, no evidence rule   the same without that last condition
 
 Printed: false blames (episodes of a healthy instance being named, per 1,000
 instance-hours, and the share of verdicts), per healthy shape; and for leaks
@@ -134,18 +136,19 @@ class Linear:
 
 
 class Steady:
-    """The canary's steady-growth test (triton_guard.canary.growth.assess)."""
+    """The canary's steady-growth test (triton_guard.canary.growth.assess), with or without its evidence rule."""
 
-    def __init__(self, sustain_s: float) -> None:
+    def __init__(self, sustain_s: float, evidence: float = defaults.LEAK_EVIDENCE_RATIO) -> None:
         self.sustain_s = sustain_s
-        self.name = f"steady {sustain_s:.0f} s"
+        self.evidence = evidence
+        self.name = f"steady {sustain_s:.0f} s" + ("" if evidence else ", no evidence rule")
 
     def judge(self, t: list[float], v: list[float], end: int, room: float) -> float:
         start = bisect_left(t, t[end - 1] - WINDOW_S)
         if t[end - 1] - t[start] < self.sustain_s:
             return math.inf
-        growth = assess(t[start:end], v[start:end], self.sustain_s, MIN_RISE)
-        return math.inf if growth is None else growth.seconds_to(room)
+        growth = assess(t[start:end], v[start:end], self.sustain_s, MIN_RISE, WINDOW_S)
+        return math.inf if growth is None else growth.seconds_to(room, self.evidence)
 
 
 # --- the experiments ------------------------------------------------------------------
@@ -233,7 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     args = parser.parse_args(argv)
-    methods = [Linear()] + [Steady(float(s)) for s in args.sustain.split(",")]
+    methods = [Linear(), Steady(defaults.TREND_MIN_SPAN_S, evidence=0.0)] + [Steady(float(s)) for s in args.sustain.split(",")]
     started = time.monotonic()
     print(f"# eval_leak_blame: {args.hours:g} healthy instance-hours and {args.trials} leak trials per rate, per method;")
     print(f"# judged every {JUDGE_S:g} s, horizon {HORIZON_S:g} s, window {WINDOW_S:g} s, seed {args.seed}; "

@@ -129,11 +129,28 @@ def test_the_window_drops_old_samples():
     assert len(s) == 31 and s.span_s == 30
 
 
-def test_seconds_to_is_room_over_rate_only_when_steady():
+def test_seconds_to_is_room_over_rate_once_the_growth_counts_as_a_leak():
     t = times(300)
-    growth = series(500 * MB + 2 * MB * t).growth(SUSTAIN_S, MIN_RISE)
-    assert growth.seconds_to(1200 * MB) == pytest.approx(600, rel=0.01)
+    growth = series(500 * MB + 2 * MB * t).growth(SUSTAIN_S, MIN_RISE)  # ~285 s of steady growth at 2 MB/s
+    assert growth.seconds_to(1000 * MB) == pytest.approx(500, rel=0.01)  # grown for over half the 500 s left
     assert growth.seconds_to(-5 * MB) == 0.0  # already past the floor
+
+
+def test_steady_growth_counts_as_a_leak_once_it_has_grown_by_half_of_what_is_left():
+    t = times(150)
+    growth = series(500 * MB + 2 * MB * t).growth(SUSTAIN_S, MIN_RISE)  # steady for ~135 s
+    assert growth.steady
+    assert growth.seconds_to(1000 * MB) == math.inf  # 500 s left: half of it not seen yet (a fill may still stop)
+    assert growth.seconds_to(500 * MB) == pytest.approx(250, rel=0.02)  # 250 s left: seen for more than half
+    assert growth.seconds_to(1000 * MB, evidence=0.0) == pytest.approx(500, rel=0.02)
+
+
+def test_growth_through_the_whole_history_kept_is_enough_evidence():
+    # A slow leak: half the time to the floor (2000 s) is more than the 600 s history can show.
+    t = times(700)
+    growth = series(500 * MB + 1 * MB * t, window_s=600).growth(SUSTAIN_S, MIN_RISE)
+    assert growth.history_s == 600 and growth.growing_for_s >= 600 - SUSTAIN_S / SEGMENTS
+    assert growth.seconds_to(2000 * MB) == pytest.approx(2000, rel=0.02)
 
 
 def test_assess_reports_the_newest_level_and_the_samples_judged():

@@ -27,7 +27,7 @@ CONFIG = dict(sample_interval_ms=1000, trend_window_s=300.0, trend_min_span_s=60
 class LeakyServer:
     """Two classifier instances, the second leaking `rate` bytes/s; free memory follows it. A reload replaces both."""
 
-    def __init__(self, clock: FakeClock, rate: float = 5 * MB) -> None:
+    def __init__(self, clock: FakeClock, rate: float = 20 * MB) -> None:
         self.clock = clock
         self.rate = rate
         self.leak_from = clock()
@@ -87,16 +87,17 @@ def test_the_sampler_feeds_per_instance_rows_and_the_run_names_the_leaking_one(t
     sample_for(c, clock, 60)
     check = leak_check(c.run(c.config))
     assert not check.ok
-    assert check.reason.startswith("classifier instance classifier_0_1 (pid 4102) +300 MB/min for ")
+    # 20 MB/s against 2.4 GB of room: after 90 s it has eaten more than half of what is left.
+    assert check.reason.startswith("classifier instance classifier_0_1 (pid 4102) +1200 MB/min for ")
     assert check.reason.endswith("2 other instances flat")
     assert server.gpu_asked and not any(server.gpu_asked)  # a CPU server never asks NVML
 
 
 def test_probes_with_other_thresholds_see_the_same_history(tmp_path):
     clock = FakeClock(100.0)
-    server = LeakyServer(clock, rate=0.5 * MB)  # 3.5 GB to the floor at 0.5 MB/s: about 2 h
+    server = LeakyServer(clock, rate=0.5 * MB)  # 2.4 GB to the floor at 0.5 MB/s: over an hour
     c = canary(tmp_path, server, clock)
-    sample_for(c, clock, 90)
+    sample_for(c, clock, 300)  # grown through the whole history kept (trend_window_s)
     assert leak_check(c.run(c.config)).ok
     assert not leak_check(c.run(c.config.with_call_options({"trend_horizon_s": 3 * 3600}))).ok
 
@@ -126,7 +127,7 @@ def test_a_probes_one_off_thresholds_never_reload(tmp_path):
     clock = FakeClock(100.0)
     server = LeakyServer(clock, rate=0.5 * MB)
     c = canary(tmp_path, server, clock, reload=True)
-    sample_for(c, clock, 90)
+    sample_for(c, clock, 300)
     check = leak_check(c.run(c.config.with_call_options({"trend_horizon_s": 3 * 3600})))
     assert not check.ok and "reloading" not in check.reason
     assert c.memory.reloader.counts == {}

@@ -41,6 +41,7 @@ from triton_guard import defaults
 SEGMENTS = defaults.LEAK_SEGMENTS
 FLATTENING_RATIO = defaults.LEAK_FLATTENING_RATIO
 NOISE_Z = defaults.LEAK_NOISE_Z
+EVIDENCE = defaults.LEAK_EVIDENCE_RATIO
 # Standard error of a sample median is sqrt(pi/2) times the mean's (large samples).
 _MEDIAN_SE = math.sqrt(math.pi / 2)
 MIN_SEGMENT_SAMPLES = 2
@@ -50,15 +51,26 @@ MIN_SEGMENT_SAMPLES = 2
 class Growth:
     rate_bytes_per_s: float  # straight line through the segment medians: the recent rate
     growing_for_s: float  # how long the medians have risen in a row, to half a segment (0: the newest did not rise)
-    steady: bool  # rising in every segment of the window and not flattening: a leak
+    steady: bool  # rising in every segment of the window and not flattening
     level_bytes: float  # the newest segment's median
     samples: int  # in the window judged
+    segment_s: float = 0.0  # the segments' length (sustain_s / SEGMENTS)
+    history_s: float = math.inf  # the history kept (trend_window_s): growing_for_s can say no more
 
-    def seconds_to(self, room_bytes: float) -> float:
-        """Seconds until `room_bytes` more are used at this rate (inf unless steady growth)."""
+    def seconds_to(self, room_bytes: float, evidence: float = EVIDENCE) -> float:
+        """Seconds until `room_bytes` more are used at this rate; inf unless the growth counts as a leak.
+
+        It counts when it is steady and has gone on for at least `evidence` times
+        the time it leaves to the floor (or through all the history kept): a
+        warm-up, a filling cache or an allocator's ramp stops before it has
+        grown by that share of the room left; a leak does not stop.
+        """
         if not self.steady or self.rate_bytes_per_s <= 0:
             return math.inf
-        return max(room_bytes, 0.0) / self.rate_bytes_per_s
+        to_floor = max(room_bytes, 0.0) / self.rate_bytes_per_s
+        if self.growing_for_s < min(evidence * to_floor, self.history_s - self.segment_s):
+            return math.inf
+        return to_floor
 
 
 class GrowthSeries:
@@ -91,7 +103,7 @@ class GrowthSeries:
         """None until the samples span `sustain_s` (and number `min_samples`)."""
         if len(self._t) < max(min_samples, SEGMENTS * MIN_SEGMENT_SAMPLES) or self.span_s < sustain_s:
             return None
-        return assess(list(self._t), list(self._v), sustain_s, min_rise_bytes)
+        return assess(list(self._t), list(self._v), sustain_s, min_rise_bytes, self.window_s)
 
 
 def _segment(t: Sequence[float], v: Sequence[float], start: int, stop: int) -> tuple[float, float, int]:
@@ -117,8 +129,11 @@ def _segment(t: Sequence[float], v: Sequence[float], start: int, stop: int) -> t
     return median, max(rss, 0.0), n - 2
 
 
-def assess(t: Sequence[float], v: Sequence[float], sustain_s: float, min_rise_bytes: float) -> Growth | None:
-    """The growth test on samples `t`, `v` in time order; None if a segment has too few samples."""
+def assess(
+    t: Sequence[float], v: Sequence[float], sustain_s: float, min_rise_bytes: float, history_s: float = math.inf
+) -> Growth | None:
+    """The growth test on samples `t`, `v` in time order (`history_s`: how long a history is kept); None if a
+    segment has too few samples."""
     segment_s = sustain_s / SEGMENTS
     now = t[-1]
     bounds = [bisect_right(t, now - j * segment_s) for j in range(SEGMENTS + 1)]
@@ -158,7 +173,7 @@ def assess(t: Sequence[float], v: Sequence[float], sustain_s: float, min_rise_by
     centre = (SEGMENTS - 1) / 2
     weights = [(centre - j) * segment_s for j in range(SEGMENTS)]  # mid-time of segment j minus their mean
     rate = math.fsum(w * m for w, m in zip(weights, medians)) / math.fsum(w * w for w in weights)
-    return Growth(rate, growing_for, steady, medians[0], bounds[0] - bounds[SEGMENTS])
+    return Growth(rate, growing_for, steady, medians[0], bounds[0] - bounds[SEGMENTS], segment_s, history_s)
 
 
 def _margin(noise: float, n_a: int, n_b: int, min_rise_bytes: float) -> float:
