@@ -130,7 +130,7 @@ LEAK_NOISE_Z = 3.0
 LEAK_MIN_RISE_MB = 1.0
 LEAK_FLATTENING_RATIO = 0.5
 # ...and only once it has grown steadily for at least this share of the time it leaves to the floor
-# (it has already eaten half of what is left), or through all the history kept (trend_window_s).
+# (it has already eaten half of what is left), or through most of the history kept (trend_window_s).
 LEAK_EVIDENCE_RATIO = 0.5
 STALL_S = 10.0  # requests pending and nothing completed for this long: stalled
 HALF_OPEN_NOT_READY = False  # an OPEN breaker always fails readiness; HALF_OPEN only if set

@@ -34,8 +34,8 @@ def test_a_linear_leak_under_noise_is_steady_growth_at_its_rate():
     growth = series(500 * MB + 2 * MB * t + noise(len(t), 3)).growth(SUSTAIN_S, MIN_RISE)
     assert growth.steady
     assert growth.rate_bytes_per_s == pytest.approx(2 * MB, rel=0.1)
-    # It has grown for all 300 s; the walk back counts whole segments.
-    assert 300 - SUSTAIN_S / SEGMENTS <= growth.growing_for_s <= 300 + SUSTAIN_S / SEGMENTS
+    # It has grown for all 300 s: the longest span that passes is all of it, its oldest segment counted half.
+    assert growth.growing_for_s == pytest.approx(299 * (1 - 0.5 / SEGMENTS))
 
 
 def test_growing_for_stops_where_the_growth_began():
@@ -149,7 +149,7 @@ def test_growth_through_the_whole_history_kept_is_enough_evidence():
     # A slow leak: half the time to the floor (2000 s) is more than the 600 s history can show.
     t = times(700)
     growth = series(500 * MB + 1 * MB * t, window_s=600).growth(SUSTAIN_S, MIN_RISE)
-    assert growth.history_s == 600 and growth.growing_for_s >= 600 - SUSTAIN_S / SEGMENTS
+    assert growth.history_s == 600 and growth.growing_for_s >= 0.75 * 600
     assert growth.seconds_to(2000 * MB) == pytest.approx(2000, rel=0.02)
 
 

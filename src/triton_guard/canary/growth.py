@@ -21,11 +21,21 @@ The test (docs/memory.md, "The blame method", measures it):
   filling up decelerates and then stops, a leak does not.
 
 A step (one big allocation), a sawtooth and noise fail the first rule; a
-curve that flattens fails the second as soon as it flattens. A cache that
-fills at a constant rate for longer than `sustain_s` is, while it fills,
-indistinguishable from a leak (docs/memory.md says so).
+curve that flattens fails the second as soon as it flattens.
 
-Plain Python and numpy; time is injected (no clock here).
+How long it has grown steadily (`growing_for_s`) is the longest span, from
+`sustain_s` up to all the history kept, over which the same test passes.
+`Growth.seconds_to` then says when the floor is reached at this rate, but
+only for growth that counts as a leak: steady, and going on for at least
+EVIDENCE (one half) of the time it leaves to the floor, i.e. it has already
+eaten half of the room that is left (or it has grown through three quarters
+of the history kept). A warm-up, a cache filling once or an allocator's long ramp stops
+before that unless it is big against the room left, and then it is a real
+danger too. A cache that fills at a constant rate, for long, and by more than
+a third of the room, is indistinguishable from a leak until it stops
+(docs/memory.md says so).
+
+Plain Python; time is injected (no clock here).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ SEGMENTS = defaults.LEAK_SEGMENTS
 FLATTENING_RATIO = defaults.LEAK_FLATTENING_RATIO
 NOISE_Z = defaults.LEAK_NOISE_Z
 EVIDENCE = defaults.LEAK_EVIDENCE_RATIO
+HISTORY_SHARE = 0.75  # growth through this share of the history kept is evidence enough
 # Standard error of a sample median is sqrt(pi/2) times the mean's (large samples).
 _MEDIAN_SE = math.sqrt(math.pi / 2)
 MIN_SEGMENT_SAMPLES = 2
@@ -54,21 +65,20 @@ class Growth:
     steady: bool  # rising in every segment of the window and not flattening
     level_bytes: float  # the newest segment's median
     samples: int  # in the window judged
-    segment_s: float = 0.0  # the segments' length (sustain_s / SEGMENTS)
     history_s: float = math.inf  # the history kept (trend_window_s): growing_for_s can say no more
 
     def seconds_to(self, room_bytes: float, evidence: float = EVIDENCE) -> float:
         """Seconds until `room_bytes` more are used at this rate; inf unless the growth counts as a leak.
 
         It counts when it is steady and has gone on for at least `evidence` times
-        the time it leaves to the floor (or through all the history kept): a
+        the time it leaves to the floor (or through three quarters of the history kept): a
         warm-up, a filling cache or an allocator's ramp stops before it has
         grown by that share of the room left; a leak does not stop.
         """
         if not self.steady or self.rate_bytes_per_s <= 0:
             return math.inf
         to_floor = max(room_bytes, 0.0) / self.rate_bytes_per_s
-        if self.growing_for_s < min(evidence * to_floor, self.history_s - self.segment_s):
+        if self.growing_for_s < min(evidence * to_floor, HISTORY_SHARE * self.history_s):
             return math.inf
         return to_floor
 
@@ -129,12 +139,13 @@ def _segment(t: Sequence[float], v: Sequence[float], start: int, stop: int) -> t
     return median, max(rss, 0.0), n - 2
 
 
-def assess(
-    t: Sequence[float], v: Sequence[float], sustain_s: float, min_rise_bytes: float, history_s: float = math.inf
-) -> Growth | None:
-    """The growth test on samples `t`, `v` in time order (`history_s`: how long a history is kept); None if a
-    segment has too few samples."""
-    segment_s = sustain_s / SEGMENTS
+def _test(t: Sequence[float], v: Sequence[float], span_s: float, min_rise_bytes: float, uniform: bool = False):
+    """The steady-growth test over the last `span_s`: (steady, rising segments, medians, samples), None if short.
+
+    `uniform`: the oldest rise must not be small against the newest either (a span that reaches back
+    before the growth began has a small first rise: it does not count as grown all along).
+    """
+    segment_s = span_s / SEGMENTS
     now = t[-1]
     bounds = [bisect_right(t, now - j * segment_s) for j in range(SEGMENTS + 1)]
     medians, counts = [], []
@@ -156,24 +167,41 @@ def assess(
             break
         rising += 1
     steady = rising == SEGMENTS - 1 and rises[0] >= FLATTENING_RATIO * rises[-1]
+    if uniform:
+        steady = steady and rises[-1] >= FLATTENING_RATIO * rises[0]
+    return steady, rising, medians, bounds[0] - bounds[SEGMENTS]
+
+
+def assess(
+    t: Sequence[float], v: Sequence[float], sustain_s: float, min_rise_bytes: float, history_s: float = math.inf
+) -> Growth | None:
+    """The growth test on samples `t`, `v` in time order (`history_s`: how long a history is kept); None if a
+    segment has too few samples."""
+    found = _test(t, v, sustain_s, min_rise_bytes)
+    if found is None:
+        return None
+    steady, rising, medians, samples = found
+    segment_s = sustain_s / SEGMENTS
     # From the middle of the oldest segment that rose into the next to now (give or take half a segment).
     growing_for = (rising + 0.5) * segment_s if rising else 0.0
-    if steady:  # how long before the window it has grown too: walk back while it kept rising
-        stop, newer, newer_count = bounds[SEGMENTS], medians[-1], counts[-1]
-        while True:
-            start = bisect_right(t, t[stop - 1] - segment_s) if stop else 0
-            if stop - start < MIN_SEGMENT_SAMPLES or t[start] > t[stop - 1] - segment_s / 2:
+    if steady:
+        # How long it has grown steadily: the longest span, in steps of half sustain_s up to all the
+        # samples there are, over which the same test passes (longer spans, longer segments: less noise).
+        # The oldest segment of a span counts half: the growth may have begun anywhere in it.
+        growing_for = sustain_s * (1 - 0.5 / SEGMENTS)
+        span = t[-1] - t[0]
+        scale = sustain_s
+        while scale < span:
+            scale = min(scale + sustain_s / 2, span)
+            longer = _test(t, v, scale, min_rise_bytes, uniform=True)
+            if longer is None or not longer[0]:
                 break
-            median = _segment(t, v, start, stop)[0]
-            if newer - median <= _margin(noise, newer_count, stop - start, min_rise_bytes):
-                break
-            growing_for += segment_s
-            stop, newer, newer_count = start, median, stop - start
+            growing_for = scale * (1 - 0.5 / SEGMENTS)
     # The rate: a straight line through the segment medians (their mid-times are evenly spaced).
     centre = (SEGMENTS - 1) / 2
     weights = [(centre - j) * segment_s for j in range(SEGMENTS)]  # mid-time of segment j minus their mean
     rate = math.fsum(w * m for w, m in zip(weights, medians)) / math.fsum(w * w for w in weights)
-    return Growth(rate, growing_for, steady, medians[0], bounds[0] - bounds[SEGMENTS], segment_s, history_s)
+    return Growth(rate, growing_for, steady, medians[0], samples, history_s)
 
 
 def _margin(noise: float, n_a: int, n_b: int, min_rise_bytes: float) -> float:
