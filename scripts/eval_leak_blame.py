@@ -26,9 +26,9 @@ the horizon):
               applied per instance
   steady S    the canary's method (triton_guard.canary.growth): steady growth
               over the last S seconds (S = trend_min_span_s; the default is
-              steady 120 s), over a trend_window_s of history, that has gone
+              steady 60 s), over a trend_window_s of history, that has gone
               on for half the time it leaves to the floor (the evidence rule)
-  steady 120 s, no evidence rule   the same without that last condition
+  steady 60 s, no evidence rule   the same without that last condition
 
 Printed: false blames (episodes of a healthy instance being named, per 1,000
 instance-hours, and the share of verdicts), per healthy shape; and for leaks
@@ -37,7 +37,7 @@ first named (median, 95th percentile), the least time left before the floor
 at that moment, how many reached the floor unnamed, and how often another
 instance was named instead.
 
-    python scripts/eval_leak_blame.py                 # about 2 minutes on one core
+    python scripts/eval_leak_blame.py                 # about 10 minutes on 2 busy cores
     python scripts/eval_leak_blame.py --hours 200     # quicker, coarser
 """
 
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=2000.0, help="healthy instance-hours per method (default 2000)")
     parser.add_argument("--trials", type=int, default=40, help="leak trials per rate and method (default 40)")
-    parser.add_argument("--sustain", default="60,120,180", help="steady-growth spans to compare, seconds")
+    parser.add_argument("--sustain", default="30,60,120", help="steady-growth spans to compare, seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     args = parser.parse_args(argv)

@@ -107,9 +107,9 @@ HEADROOM_FLOOR_MB = 0.0  # an absolute floor too; the stricter of the two applie
 TREND_WINDOW_S = 600.0  # memory history kept for the leak trend: how long "growing for" can say
 TREND_MIN_SAMPLES = 10  # fewer samples: no trend verdict yet
 # Memory must have grown steadily for this long to count as a leak (and no verdict before the
-# samples span it): longer than most warm-ups and cache fills, short enough to name a 10 MB/s
-# leak with minutes to spare (scripts/eval_leak_blame.py measures both; docs/memory.md).
-TREND_MIN_SPAN_S = 120.0
+# samples span it); with LEAK_EVIDENCE_RATIO below, 60 s blamed no more warm-ups than 120 s and
+# named fast leaks sooner (scripts/eval_leak_blame.py measures both; docs/memory.md).
+TREND_MIN_SPAN_S = 60.0
 TREND_HORIZON_S = 900.0  # not ready when the floor is projected within 15 minutes
 # Per-instance memory (canary/instances.py): the server's stubs are listed again this often
 # (between two listings a sample reads one small /proc file per stub), or when one is gone.

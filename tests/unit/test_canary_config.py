@@ -141,7 +141,7 @@ def test_min_span_just_inside_the_window_is_accepted():
     config = CanaryConfig.from_parameters({"trend_window_s": "100", "trend_min_span_s": "99.5"})
     assert (config.trend_window_s, config.trend_min_span_s) == (100.0, 99.5)
     with pytest.raises(CanaryConfigError, match="trend_min_span_s"):
-        CanaryConfig.from_parameters({"trend_window_s": "100"})  # below the default span of 120 s
+        CanaryConfig.from_parameters({"trend_window_s": "30"})  # below the default span of 60 s
 
 
 def test_config_error_is_a_value_error():
