@@ -2,10 +2,12 @@
 
 Each value can be overridden where it is used (a model's config.pbtxt
 `parameters`, a CLI flag); this module only names the starting point and the
-reason for it. README.md carries the same table for users.
+reason for it. The docs' parameter reference (docs/reference/parameters.md) is
+generated from this file: each constant with its value and its comment, under
+its `# --- Section` header.
 """
 
-# --- Server (ARCHITECTURE.md section 3) ------------------------------------
+# --- Server ---------------------------------------------------------------
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
@@ -25,7 +27,7 @@ API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes S
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
-# --- Guard (ARCHITECTURE.md section 4; values from the incident write-up) --
+# --- Guard (values from the incident write-up) ----------------------------
 TIMEOUT_MS = 10_000  # hard deadline on every upstream call
 FAILURE_THRESHOLD = 5  # consecutive failures that open the breaker
 RECOVERY_MS = 30_000  # OPEN -> HALF_OPEN after this long
@@ -79,7 +81,7 @@ STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
 STATE_DIR_PREFIX = "triton-guard-"  # + tritonserver pid: one directory per server
 WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bounds window_size
 
-# --- Canary (ARCHITECTURE.md section 5) ------------------------------------
+# --- Canary ---------------------------------------------------------------
 CANARY_MODEL = "canary"
 CANARY_MODELS = ()  # liveness: empty means every model the server has loaded
 # Goldens (canary/goldens.py): a float output passes within this of its golden
@@ -115,7 +117,7 @@ OVERLOAD_EVIDENCE_S = 1.0  # many executions of a batched CPU or GPU model; < CA
 OVERLOAD_GRACE_S = 120.0  # twelve of the canary's own runs (CANARY_INTERVAL_MS) without one right answer
 OVERLOAD_WINDOW_S = 10.0  # backlog: pending > one round of the instances in most looks of this window
 
-# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/faults.py) -------
+# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.
 CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
 CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode
