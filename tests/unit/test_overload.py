@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from triton_guard.canary.checks import CheckResult, golden_check_name
+from triton_guard.canary.golden_check import golden_check_name
+from triton_guard.canary.report import CheckResult
 from triton_guard.canary.overload import (
     OVERLOAD,
     Counters,
@@ -262,3 +263,99 @@ def test_review_takes_no_second_look_for_faults(judge, clock):
                       counters(clock.now, 1), look, deadline=clock.now + 2, sleep=clock.sleep)
     assert not verdicts[0].overloaded and not results["golden:pipeline"].ok
     assert results["golden:pipeline"].reason == STUB_DEAD
+
+
+# --- the canary runner with the judge (a fake server, injected time) ---------------------
+
+from tests.fakes import FakeClock  # noqa: E402
+from tests.unit.test_canary import MODELS, FakeFacts, _record  # noqa: E402
+from triton_guard.canary.checks import expected_runtime  # noqa: E402
+from triton_guard.canary.config import CanaryConfig  # noqa: E402
+from triton_guard.canary.golden_store import GoldenStore  # noqa: E402
+from triton_guard.canary.runner import Canary  # noqa: E402
+from triton_guard.pins import load_pins  # noqa: E402
+
+
+class BusyServer(FakeFacts):
+    """A server whose add_sub answers (or refuses for load) and whose counters move as the test says."""
+
+    def __init__(self):
+        super().__init__()
+        self.refusal = None  # the error add_sub's golden gets, None: it answers
+        self.answered = 0  # add_sub's success counter
+        self.answering = True  # each look at /metrics finds 250 more answers
+        self.pending = 0
+
+    def infer(self, model, inputs, outputs):
+        if model == "add_sub" and self.refusal:
+            raise RuntimeError(self.refusal)
+        return super().infer(model, inputs, outputs)
+
+    def fetch_metrics(self, timeout_s):
+        self.answered += 250 if self.answering else 0
+        return promtext.parse(
+            "# TYPE nv_inference_request_success counter\n"
+            f'nv_inference_request_success{{model="add_sub",version="1"}} {self.answered}\n'
+            "# TYPE nv_inference_pending_request_count gauge\n"
+            f'nv_inference_pending_request_count{{model="add_sub",version="1"}} {self.pending}\n'
+            "# TYPE nv_inference_exec_count counter\n"
+            f'nv_inference_exec_count{{model="add_sub",version="1"}} {self.answered}\n')
+
+
+@pytest.fixture
+def busy(tmp_path):
+    _record(tmp_path, "add_sub")
+    server, clock = BusyServer(), FakeClock(100.0)
+    canary = Canary(CanaryConfig(models=tuple(MODELS)), server, GoldenStore([tmp_path]),
+                    expected_runtime(load_pins(), "cpu"), clock=clock, sleep=clock.advance)
+    assert canary.run(canary.config).ready  # a right golden answer first
+    yield server, clock, canary
+    canary.close()
+
+
+def _check(report, name):
+    return next(c for c in report.checks if c.name == name)
+
+
+def test_a_golden_shed_while_the_model_answers_leaves_the_probe_ready_and_reports_overload(busy):
+    server, clock, canary = busy
+    server.refusal = QUEUE_FULL
+    started = clock.now
+    report = canary.run(canary.config)
+    assert report.ready
+    golden = _check(report, "golden:add_sub")
+    assert golden.ok and golden.reason.startswith("overloaded: golden inference refused (max_queue_size)")
+    assert clock.now - started == pytest.approx(1.0)  # it watched the server for the evidence window
+    assert is_overloaded(_check(report, OVERLOAD))
+    assert report.to_dict()["ready"] is True
+
+
+def test_a_golden_shed_while_nothing_answers_fails_within_the_run(busy):
+    server, clock, canary = busy
+    server.refusal, server.answering = QUEUE_FULL, False
+    report = canary.run(canary.config)
+    assert not report.ready
+    assert [c.name for c in report.failed] == ["golden:add_sub"]
+    assert "answered no request in 1.0 s: not load, the model is stuck" in report.failed[0].reason
+
+
+def test_a_dead_stub_under_load_fails_at_once(busy):
+    server, clock, canary = busy
+    server.refusal = STUB_DEAD
+    started = clock.now
+    report = canary.run(canary.config)
+    assert [c.name for c in report.failed] == ["golden:add_sub"]
+    assert clock.now == started  # no evidence to wait for: a dead stub is not load
+
+
+def test_a_backlog_is_reported_without_touching_readiness(busy):
+    server, clock, canary = busy
+    server.pending = 100  # more than one round of add_sub's instances (8 x 1, FakeFacts.model_config)
+    for _ in range(3):
+        canary.sample()
+        clock.advance(1.0)
+    report = canary.run(canary.config)
+    assert report.ready
+    overload_check = _check(report, OVERLOAD)
+    assert overload_check.value["backlog"]["add_sub"]["capacity"] == 8
+    assert "'add_sub' has more requests waiting than its instances take at once" in overload_check.reason

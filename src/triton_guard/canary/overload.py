@@ -44,7 +44,8 @@ from typing import Callable, Mapping
 
 from triton_guard import defaults, promtext
 from triton_guard import metrics as catalogue
-from triton_guard.canary.checks import CheckResult, golden_check_name
+from triton_guard.canary.golden_check import golden_check_name
+from triton_guard.canary.report import CheckResult
 
 OVERLOAD = "overload"  # the check's name
 
@@ -140,6 +141,12 @@ class OverloadJudge:
     def answered_right(self, model: str) -> None:
         self._right_at[model] = self.clock()
 
+    def note_goldens(self, goldens: Mapping[str, object] | None) -> None:
+        """A run's golden results ({model: its case comparisons, or why none}): who answered right."""
+        for model, found in (goldens or {}).items():
+            if not isinstance(found, str) and found and all(c.ok for c in found):
+                self.answered_right(model)
+
     def observe(self, counters: Counters) -> None:
         """A look at the server (the sampler's, and each run's)."""
         self._looks.append(counters)
@@ -187,6 +194,10 @@ class OverloadJudge:
             miss.model, True, f"overloaded: golden inference {refused} while '{miss.model}' answered "
             f"{answered:.0f} requests in {span:.1f} s; last golden answered right {age:.0f} s ago")
 
+    def waiting_models(self) -> set[str]:
+        """Models with more than one request waiting in some look of the window (backlog candidates)."""
+        return {m for c in self._looks for m, n in c.pending.items() if n > 1}
+
     def backlog(self, capacity: Mapping[str, int]) -> dict[str, dict]:
         """Models with more requests waiting than one round of their instances takes, in most recent looks."""
         looks = list(self._looks)
@@ -215,6 +226,29 @@ class OverloadJudge:
         limit = {"window_s": self.window_s, "overload_grace_s": self.grace_s}
         reason = ("OVERLOADED: " + "; ".join(parts) + " (reported only: load is not a fault)") if parts else "not overloaded"
         return CheckResult(OVERLOAD, True, value, limit, reason)
+
+
+class CapacityCache:
+    """capacity_of each model's config, fetched once per `ttl_s` (a reload may change instances)."""
+
+    def __init__(self, fetch: Callable[[str], Mapping], ttl_s: float = defaults.OVERLOAD_CAPACITY_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fetch, self.ttl_s, self.clock = fetch, ttl_s, clock
+        self._known: dict[str, tuple[float, int | None]] = {}
+
+    def of(self, models) -> dict[str, int]:
+        found = {}
+        for model in sorted(models):
+            at, capacity = self._known.get(model, (None, None))
+            if at is None or self.clock() - at > self.ttl_s:
+                try:
+                    capacity = capacity_of(self.fetch(model))
+                except Exception:  # noqa: BLE001  (a model being reloaded: no capacity this time)
+                    capacity = None
+                self._known[model] = (self.clock(), capacity)
+            if capacity is not None:
+                found[model] = capacity
+        return found
 
 
 def is_overloaded(check: CheckResult) -> bool:
