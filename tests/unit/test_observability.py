@@ -66,6 +66,7 @@ EXPECTED_ALERTS = {
     "TritonGuardDriftAlarm": "10m",
     "TritonGuardUpstreamTimeouts": "5m",
     "TritonGuardRejecting": "5m",
+    "TritonGuardOverloaded": "5m",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -426,6 +427,8 @@ def test_rules_say_what_was_asked(rules):
     timeouts = _rule(rules, "TritonGuardUpstreamTimeouts")["expr"]
     assert 'reason="timeout"' in timeouts and re.search(r">\s*0\s*$", timeouts)
     assert re.search(r">\s*1\s*$", _rule(rules, "TritonGuardRejecting")["expr"])
+    overloaded = _rule(rules, "TritonGuardOverloaded")["expr"]
+    assert "triton_guard_canary_overloaded[10m]" in overloaded and re.search(r">\s*0\.5\s*$", overloaded)
     stale = _rule(rules, "TritonGuardCanaryStale")["expr"]
     assert "absent(triton_guard_canary_ready)" in stale and "up" in promql_metric_names(stale)
 
@@ -535,6 +538,7 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
         _series(catalogue.REJECTIONS.name, "0+30x60", model="classifier", reason="open"),  # 2 per second
         _series("triton_guard_canary_ready", "0x60", instance="pod-b:8002"),
         _series("up", "1x60", instance="pod-b:8002"),
+        _series("triton_guard_canary_overloaded", "1x60"),
     ]
     healthy = [
         _series(catalogue.BREAKER_STATE.name, "2x60", model="classifier"),  # HALF_OPEN is not OPEN
@@ -548,6 +552,7 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
         _series(catalogue.UPSTREAM_FAILURES.name, "0x20 1x40", model="classifier", reason="timeout"),  # one, 10 min ago
         _series(catalogue.UPSTREAM_FAILURES.name, "0+1x60", model="classifier", reason="client_error"),
         _series(catalogue.REJECTIONS.name, "0+6x60", model="classifier", reason="overloaded"),  # 0.4 per second
+        _series("triton_guard_canary_overloaded", "0x20 1x16 0x24"),  # a 4-minute burst is not sustained
     ]
     pod_a = {"job": "triton-guard", "instance": "pod-a:8002"}
     fires = {
@@ -560,6 +565,7 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
         "TritonGuardDriftAlarm": pod_a,
         "TritonGuardUpstreamTimeouts": pod_a,
         "TritonGuardRejecting": pod_a,
+        "TritonGuardOverloaded": pod_a,
     }
     assert set(fires) == set(EXPECTED_ALERTS)
 
