@@ -294,15 +294,20 @@ def render(args, name: str, result, rec: Recorder, events: dict, status: str, cp
         f"(seconds 2-{last - 1})",
         f"- probes: {ready} of {len(rec.probes)} ready",
     ]
-    if "hang_sent" in events:
-        hang_at = events["hang_sent"]
-        before = [p for p in rec.probes if p["end"] < hang_at]
-        after = [p for p in rec.probes if p["start"] >= hang_at and p["rc"] != 0]
+    if "hang_acknowledged" in events:
+        # The hang is in force once `triton-guard chaos` returns (its own start-up takes a second or two).
+        hang_at = events["hang_acknowledged"]
+        before = [p for p in rec.probes if p["end"] < events["hang_sent"]]
+        after = [p for p in rec.probes if p["start"] >= hang_at]
         opened = [r["t"] for r in rec.readings if r.get("breaker") == "OPEN" and r["t"] >= hang_at]
+        first = after[0] if after else None
         summary += [
             f"- before the hang: {sum(p['rc'] == 0 for p in before)} of {len(before)} probes ready",
-            f"- hang sent at {hang_at:.2f} s; first not-ready probe started "
-            + (f"{after[0]['start'] - hang_at:.2f} s after it (probe period {args.probe_period_s:g} s)" if after else "never"),
+            f"- hang sent at {events['hang_sent']:.2f} s, in force at {hang_at:.2f} s (chaos acknowledged); "
+            + ("no probe started after it" if first is None else
+               f"the first probe after it started {first['start'] - hang_at:.2f} s later (probe period "
+               f"{args.probe_period_s:g} s) and said {'ready' if first['rc'] == 0 else 'NOT READY'}; "
+               f"{sum(p['rc'] != 0 for p in after)} of {len(after)} probes after it not ready"),
             "- breaker OPEN " + (f"{opened[0] - hang_at:.1f} s after the hang" if opened else "not seen"),
         ]
     overloaded = [r for r in rec.readings if r.get("overloaded")]

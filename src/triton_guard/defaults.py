@@ -115,7 +115,7 @@ CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run i
 # and its goldens were answered right within OVERLOAD_GRACE_S.
 OVERLOAD_EVIDENCE_S = 1.0  # many executions of a batched CPU or GPU model; < CANARY_DEADLINE_MS
 OVERLOAD_GRACE_S = 120.0  # twelve of the canary's own runs (CANARY_INTERVAL_MS) without one right answer
-OVERLOAD_WINDOW_S = 10.0  # backlog: pending > one round of the instances in most looks of this window
+OVERLOAD_WINDOW_S = 10.0  # crowding: requests inside a model on average over this window > one round of its instances
 OVERLOAD_CAPACITY_TTL_S = 60.0  # a model's batch size and instances (its config) are read again this often
 
 # --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/) -------

@@ -8,6 +8,7 @@ from triton_guard.canary.golden_check import golden_check_name
 from triton_guard.canary.report import CheckResult
 from triton_guard.canary.overload import (
     OVERLOAD,
+    CapacityCache,
     Counters,
     GoldenMiss,
     MissKind,
@@ -41,8 +42,8 @@ class Clock:
         self.now += seconds
 
 
-def counters(at, answered=0, pending=None, shed=None, model="pipeline"):
-    return Counters(at, {model: answered}, pending or {}, shed or {})
+def counters(at, answered=0, request_us=None, shed=None, model="pipeline"):
+    return Counters(at, {model: answered}, request_us or {}, shed or {})
 
 
 @pytest.fixture
@@ -91,8 +92,7 @@ def test_no_progress_while_refused_is_a_stuck_model_not_load(judge, clock):
 def test_a_late_golden_with_a_hung_model_fails_however_busy_the_queue(judge, clock):
     judge.answered_right("pipeline")
     miss = GoldenMiss("pipeline", MissKind.LATE, "no answer from 'pipeline' within the 2000 ms deadline", 2.0)
-    verdict = judge.judge(miss, counters(clock.now - 2.0, answered=7, pending={"classifier": 256}),
-                          counters(clock.now, answered=7, pending={"classifier": 256}))
+    verdict = judge.judge(miss, counters(clock.now - 2.0, answered=7), counters(clock.now, answered=7))
     assert not verdict.overloaded and "stuck" in verdict.reason
 
 
@@ -146,26 +146,38 @@ def test_right_answers_are_tracked_per_model(judge, clock):
     assert not verdict.overloaded
 
 
-# --- backlog and shedding ----------------------------------------------------------
+# --- crowding and shedding ---------------------------------------------------------
 
 
-def test_backlog_needs_most_looks_of_the_window_over_capacity(judge, clock):
-    capacity = {"classifier": 64, "preprocess": 64}
-    for pending in (149, 10, 128, 72):  # 3 of 4 over 64
-        judge.observe(counters(clock.now, pending={"classifier": pending, "preprocess": 5}))
+def test_a_model_holding_more_requests_than_one_round_of_its_instances_is_crowded(judge, clock):
+    # Little's law: 5 s of looks in which classifier's answered requests added 450 s of request time
+    # (90 requests inside at once on average) and preprocess's 100 s (20 at once).
+    for second in range(6):
+        judge.observe(counters(clock.now, request_us={"classifier": second * 90e6, "preprocess": second * 20e6}))
         clock.now += 1
-    backlog = judge.backlog(capacity)
-    assert backlog == {"classifier": {"pending_max": 149, "capacity": 64, "looks_over": 3, "looks": 4}}
-    judge.observe(counters(clock.now, pending={"classifier": 3}))
-    judge.observe(counters(clock.now, pending={"classifier": 3}))
-    assert judge.backlog(capacity) == {}  # 3 of 6: not most
+    assert judge.inside() == {"classifier": pytest.approx(90), "preprocess": pytest.approx(20)}
+    assert judge.crowded({"classifier": 64, "preprocess": 64}) == {
+        "classifier": {"inside": 90.0, "capacity": 64, "window_s": 5.0}}
+    check = judge.check([], {"classifier": 64, "preprocess": 64})
+    assert is_overloaded(check) and "'classifier' held 90 requests at once over 5 s, more than one round of its " \
+        "instances takes (64)" in check.reason
+    assert not is_overloaded(judge.check([], {"classifier": 128}))  # two instances of 64 take it
 
 
-def test_backlog_forgets_looks_older_than_the_window(judge, clock):
-    judge.observe(counters(clock.now, pending={"classifier": 500}))
-    clock.now += 11
-    judge.observe(counters(clock.now, pending={"classifier": 0}))
-    assert judge.backlog({"classifier": 64}) == {}
+def test_crowding_needs_a_second_of_looks_and_forgets_older_than_the_window(judge, clock):
+    judge.observe(counters(clock.now, request_us={"classifier": 0}))
+    judge.observe(counters(clock.now + 0.5, request_us={"classifier": 500e6}))
+    assert judge.inside() == {}  # half a second of looks says nothing yet
+    clock.now += 20
+    judge.observe(counters(clock.now, request_us={"classifier": 501e6}))  # the old looks leave the window
+    judge.observe(counters(clock.now + 2, request_us={"classifier": 502e6}))
+    assert judge.inside() == {"classifier": pytest.approx(0.5)}
+
+
+def test_a_hung_model_adds_no_request_time_and_a_reset_counter_gives_no_figure(judge, clock):
+    judge.observe(counters(clock.now, request_us={"hung": 900e6, "reloaded": 900e6}))
+    judge.observe(counters(clock.now + 3, request_us={"hung": 900e6, "reloaded": 5e6}))
+    assert judge.inside() == {"hung": 0.0}
 
 
 def test_shedding_counts_growth_between_looks_and_resets_at_each_check(judge, clock):
@@ -198,8 +210,8 @@ def test_counters_are_read_from_tritons_metrics_and_the_guards_load_rejections()
         '# TYPE nv_inference_request_success counter',
         'nv_inference_request_success{model="pipeline",version="1"} 2561',
         'nv_inference_request_success{model="classifier",version="1"} 2561',
-        '# TYPE nv_inference_pending_request_count gauge',
-        'nv_inference_pending_request_count{model="classifier",version="1"} 128',
+        '# TYPE nv_inference_request_duration_us counter',
+        'nv_inference_request_duration_us{model="classifier",version="1"} 128000',
         '# TYPE triton_guard_rejections_total counter',
         'triton_guard_rejections_total{model="classifier",reason="overloaded"} 3',
         'triton_guard_rejections_total{model="classifier",reason="deadline"} 4',
@@ -208,7 +220,7 @@ def test_counters_are_read_from_tritons_metrics_and_the_guards_load_rejections()
     c = Counters.from_samples(7.0, promtext.parse(text))
     assert c.at == 7.0
     assert c.answered == {"pipeline": 2561, "classifier": 2561}
-    assert c.pending == {"classifier": 128}
+    assert c.request_us == {"classifier": 128000}
     assert c.shed == {"classifier": 7}  # an open breaker is not load
 
 
@@ -216,6 +228,29 @@ def test_capacity_is_one_round_of_every_instance():
     assert capacity_of({"max_batch_size": 64, "instance_group": [{"count": 2}, {"count": 1}]}) == 192
     assert capacity_of({"max_batch_size": 0, "instance_group": [{"count": 3}]}) == 3
     assert capacity_of({}) == 1
+
+
+def test_an_ensembles_capacity_is_its_narrowest_steps_and_configs_are_read_once_per_ttl(clock):
+    configs = {
+        "pipeline": {"max_batch_size": 64, "ensemble_scheduling": {"step": [{"model_name": "pre"}, {"model_name": "cls"}]}},
+        "pre": {"max_batch_size": 64, "instance_group": [{"count": 2}]},
+        "cls": {"max_batch_size": 64, "instance_group": [{"count": 1}]},
+    }
+    fetched = []
+
+    def fetch(model):
+        fetched.append(model)
+        if model == "gone":
+            raise OSError("model 'gone' is not loaded")
+        return configs[model]
+
+    cache = CapacityCache(fetch, ttl_s=60, clock=clock)
+    assert cache.of(["pipeline", "pre", "gone"]) == {"pipeline": 64, "pre": 128}
+    assert cache.of(["pipeline", "pre", "gone"]) == {"pipeline": 64, "pre": 128}
+    assert fetched == ["gone", "pipeline", "pre", "cls", "pre"]  # once each (the steps for the ensemble)
+    clock.now += 61
+    cache.of(["pre"])
+    assert fetched[-1] == "pre"
 
 
 # --- review: the orchestration a run uses -------------------------------------------
@@ -284,7 +319,8 @@ class BusyServer(FakeFacts):
         self.refusal = None  # the error add_sub's golden gets, None: it answers
         self.answered = 0  # add_sub's success counter
         self.answering = True  # each look at /metrics finds 250 more answers
-        self.pending = 0
+        self.inside = 0  # add_sub's requests inside at once: request time grows that fast
+        self.clock, self.looked_at, self.request_us = None, 0.0, 0.0
 
     def infer(self, model, inputs, outputs):
         if model == "add_sub" and self.refusal:
@@ -293,11 +329,14 @@ class BusyServer(FakeFacts):
 
     def fetch_metrics(self, timeout_s):
         self.answered += 250 if self.answering else 0
+        now = self.clock()
+        self.request_us += self.inside * (now - self.looked_at) * 1e6
+        self.looked_at = now
         return promtext.parse(
             "# TYPE nv_inference_request_success counter\n"
             f'nv_inference_request_success{{model="add_sub",version="1"}} {self.answered}\n'
-            "# TYPE nv_inference_pending_request_count gauge\n"
-            f'nv_inference_pending_request_count{{model="add_sub",version="1"}} {self.pending}\n'
+            "# TYPE nv_inference_request_duration_us counter\n"
+            f'nv_inference_request_duration_us{{model="add_sub",version="1"}} {self.request_us}\n'
             "# TYPE nv_inference_exec_count counter\n"
             f'nv_inference_exec_count{{model="add_sub",version="1"}} {self.answered}\n')
 
@@ -306,6 +345,7 @@ class BusyServer(FakeFacts):
 def busy(tmp_path):
     _record(tmp_path, "add_sub")
     server, clock = BusyServer(), FakeClock(100.0)
+    server.clock, server.looked_at = clock, clock.now
     canary = Canary(CanaryConfig(models=tuple(MODELS)), server, GoldenStore([tmp_path]),
                     expected_runtime(load_pins(), "cpu"), clock=clock, sleep=clock.advance)
     assert canary.run(canary.config).ready  # a right golden answer first
@@ -348,14 +388,14 @@ def test_a_dead_stub_under_load_fails_at_once(busy):
     assert clock.now == started  # no evidence to wait for: a dead stub is not load
 
 
-def test_a_backlog_is_reported_without_touching_readiness(busy):
+def test_a_crowded_model_is_reported_without_touching_readiness(busy):
     server, clock, canary = busy
-    server.pending = 100  # more than one round of add_sub's instances (8 x 1, FakeFacts.model_config)
+    server.inside = 100  # more than one round of add_sub's instances (8 x 1, FakeFacts.model_config)
     for _ in range(3):
         canary.sample()
         clock.advance(1.0)
     report = canary.run(canary.config)
     assert report.ready
     overload_check = _check(report, OVERLOAD)
-    assert overload_check.value["backlog"]["add_sub"]["capacity"] == 8
-    assert "'add_sub' has more requests waiting than its instances take at once" in overload_check.reason
+    assert overload_check.value["crowded"]["add_sub"]["capacity"] == 8
+    assert "'add_sub' held 100 requests at once over " in overload_check.reason

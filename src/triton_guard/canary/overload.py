@@ -25,9 +25,13 @@ their own, which overload never touches.
 The pod is reported overloaded (the `overload` check, which never fails
 readiness, and the triton_guard_canary_overloaded gauge) when a golden was
 judged overloaded, when the guards refused requests for load since the
-previous look, or when a model kept more requests waiting than one round of
-its instances can take (pending > max_batch_size x instances) in most
-samples of the last `window_s`.
+previous look, or when a model was *crowded* over the last `window_s`: it
+held, on average, more requests at once than one round of its instances
+takes (max_batch_size x instances; for an ensemble, its narrowest step), so
+requests wait for later rounds. The average comes from Little's law on
+Triton's own counter: requests inside = added request time
+(nv_inference_request_duration_us) per second of wall time. A hung model
+completes nothing, so it adds no request time and never looks crowded.
 
 Plain Python, time injected; the canary runner feeds it counters read from
 Triton's /metrics.
@@ -59,7 +63,8 @@ _LOAD_LIMITS = (
 # Guard rejections that mean load (not an open breaker): bulkhead full, deadline passed while queued.
 LOAD_REJECTION_REASONS = ("overloaded", "deadline")
 _ANSWERED = "nv_inference_request_success"
-_PENDING = "nv_inference_pending_request_count"
+MIN_SPAN_S = 1.0  # crowding needs looks at least this far apart
+_REQUEST_TIME = "nv_inference_request_duration_us"
 
 
 def load_limit(message: str) -> str | None:
@@ -99,7 +104,7 @@ class Counters:
 
     at: float  # the judge's clock
     answered: Mapping[str, float]  # successful requests (counter)
-    pending: Mapping[str, float]  # requests waiting in the scheduler (gauge)
+    request_us: Mapping[str, float]  # time spent inside the model by its answered requests (counter)
     shed: Mapping[str, float]  # guard rejections for load (counter)
 
     @classmethod
@@ -109,7 +114,7 @@ class Counters:
             if s.name == catalogue.REJECTIONS.name and s.labels.get("reason") in LOAD_REJECTION_REASONS:
                 shed[s.labels["model"]] = shed.get(s.labels["model"], 0.0) + s.value
         return cls(at, promtext.by_label(samples, _ANSWERED, "model"),
-                   promtext.by_label(samples, _PENDING, "model"), shed)
+                   promtext.by_label(samples, _REQUEST_TIME, "model"), shed)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ class GoldenVerdict:
 
 
 class OverloadJudge:
-    """Judges golden misses and tracks backlog and shedding between looks; one per canary."""
+    """Judges golden misses and tracks crowding and shedding between looks; one per canary."""
 
     def __init__(
         self,
@@ -194,33 +199,38 @@ class OverloadJudge:
             miss.model, True, f"overloaded: golden inference {refused} while '{miss.model}' answered "
             f"{answered:.0f} requests in {span:.1f} s; last golden answered right {age:.0f} s ago")
 
-    def waiting_models(self) -> set[str]:
-        """Models with more than one request waiting in some look of the window (backlog candidates)."""
-        return {m for c in self._looks for m, n in c.pending.items() if n > 1}
+    def inside(self) -> dict[str, float]:
+        """Requests inside each model at once, on average over the window's looks (Little's law); {} under 1 s."""
+        if len(self._looks) < 2 or self._looks[-1].at - self._looks[0].at < MIN_SPAN_S:
+            return {}
+        first, last = self._looks[0], self._looks[-1]
+        span_us = (last.at - first.at) * 1e6
+        # A counter that went down was reset (the model reloaded): no figure for it this window.
+        return {m: (t - first.request_us.get(m, 0.0)) / span_us for m, t in last.request_us.items()
+                if t >= first.request_us.get(m, 0.0)}
 
-    def backlog(self, capacity: Mapping[str, int]) -> dict[str, dict]:
-        """Models with more requests waiting than one round of their instances takes, in most recent looks."""
-        looks = list(self._looks)
-        found = {}
-        for model, room in capacity.items():
-            over = [c.pending.get(model, 0.0) for c in looks if c.pending.get(model, 0.0) > room]
-            if looks and len(over) * 2 > len(looks):
-                found[model] = {"pending_max": max(over), "capacity": room, "looks_over": len(over), "looks": len(looks)}
-        return found
+    def crowded(self, capacity: Mapping[str, int]) -> dict[str, dict]:
+        """Models that held more requests at once than one round of their instances takes."""
+        inside = self.inside()
+        return {m: {"inside": round(inside[m], 1), "capacity": room, "window_s": round(self._span(), 1)}
+                for m, room in capacity.items() if inside.get(m, 0.0) > room}
+
+    def _span(self) -> float:
+        return self._looks[-1].at - self._looks[0].at if self._looks else 0.0
 
     def check(self, verdicts: list[GoldenVerdict], capacity: Mapping[str, int]) -> CheckResult:
         """The `overload` check: reported, never failing readiness. Shedding counts from the previous check."""
         shed, self._shed_since = self._shed_since, {}
-        backlog = self.backlog(capacity)
+        crowded = self.crowded(capacity)
         busy_goldens = [v for v in verdicts if v.overloaded]
         parts = [f"golden:{v.model} {v.reason}" for v in busy_goldens]
-        parts += [f"'{m}' has more requests waiting than its instances take at once (up to {b['pending_max']:.0f} "
-                  f"> {b['capacity']}) in {b['looks_over']} of {b['looks']} looks" for m, b in sorted(backlog.items())]
+        parts += [f"'{m}' held {c['inside']:.0f} requests at once over {c['window_s']:.0f} s, more than one round of "
+                  f"its instances takes ({c['capacity']})" for m, c in sorted(crowded.items())]
         parts += [f"the guard of '{m}' refused {n:.0f} requests for load" for m, n in sorted(shed.items())]
         value = {
             "overloaded": bool(parts),
             "goldens": {v.model: v.reason for v in busy_goldens},
-            "backlog": backlog,
+            "crowded": crowded,
             "shed": shed,
         }
         limit = {"window_s": self.window_s, "overload_grace_s": self.grace_s}
@@ -229,7 +239,7 @@ class OverloadJudge:
 
 
 class CapacityCache:
-    """capacity_of each model's config, fetched once per `ttl_s` (a reload may change instances)."""
+    """capacity_of each model's config (an ensemble: its narrowest step's), fetched once per `ttl_s`."""
 
     def __init__(self, fetch: Callable[[str], Mapping], ttl_s: float = defaults.OVERLOAD_CAPACITY_TTL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -242,13 +252,20 @@ class CapacityCache:
             at, capacity = self._known.get(model, (None, None))
             if at is None or self.clock() - at > self.ttl_s:
                 try:
-                    capacity = capacity_of(self.fetch(model))
+                    capacity = self._capacity(self.fetch(model))
                 except Exception:  # noqa: BLE001  (a model being reloaded: no capacity this time)
                     capacity = None
                 self._known[model] = (self.clock(), capacity)
             if capacity is not None:
                 found[model] = capacity
         return found
+
+
+    def _capacity(self, config: Mapping) -> int:
+        steps = [s["model_name"] for s in (config.get("ensemble_scheduling") or {}).get("step") or []]
+        if steps:  # an ensemble takes at once what its narrowest step does
+            return min(capacity_of(self.fetch(step)) for step in steps)
+        return capacity_of(config)
 
 
 def is_overloaded(check: CheckResult) -> bool:

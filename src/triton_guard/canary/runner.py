@@ -170,7 +170,7 @@ class Canary:
         judged = overload.review(self.overload, results, misses, before,
                                  lambda: self._look(self._metrics(deadline)[0]), deadline, self._sleep)
         checks[:] = [results[c.name] for c in checks]
-        return self.overload.check(judged, self._capacity.of(self.overload.waiting_models()))
+        return self.overload.check(judged, self._capacity.of([m for m, n in self.overload.inside().items() if n > 1]))
 
     def _look(self, samples) -> overload.Counters | None:
         if samples is None:
