@@ -25,6 +25,10 @@ API_KEY_HEADER = "triton-guard-key"  # the HTTP header; lowercase: gRPC metadata
 GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
 API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes Secret)
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
+# Where a running `serve` records its ports, repository and key file for the local tools of the
+# same user (src/triton_guard/server/local_record.py); default $XDG_RUNTIME_DIR/triton-guard,
+# else <tmp>/triton-guard-<uid>.
+RUN_DIR_ENV = "TRITON_GUARD_RUN_DIR"
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
 # --- Guard (values from the incident write-up) ----------------------------
@@ -63,6 +67,13 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 HEAL_DEAD_UPSTREAM = True
 # Healing goes through Triton's HTTP repository API, from a thread beside the request path.
 HEAL_HTTP_TIMEOUT_S = 60.0  # one reload request; a model load can take this long
+# A guard whose upstream's config is completed at load (no config.pbtxt, or one
+# without tensors) checks its tensors against the server's config of it. At
+# start-up Triton answers HTTP only once its first loads are done, so the check
+# waits for the upstream beside the load, on a thread, this long at most.
+GUARD_INTERFACE_WAIT_S = 120.0
+GUARD_INTERFACE_POLL_S = 0.5
+GUARD_INTERFACE_HTTP_TIMEOUT_S = 2.0  # one config request from the guard's stub
 # Non-finite values (NaN, inf) in an upstream's floating-point outputs fail the call.
 CHECK_FINITE = True
 
