@@ -50,3 +50,26 @@ def test_a_bound_alone_or_priority_alone_is_a_risk_and_plain_batching_is_not():
     assert stall_risks(_config("dynamic_batching { default_queue_policy { timeout_action: REJECT } }")) == []
     assert stall_risks(_config("dynamic_batching { max_queue_delay_microseconds: 500 }")) == []
     assert stall_risks(_config("")) == []
+
+
+def test_guard_writes_the_recommendation_and_says_what_it_dropped(tmp_path):
+    from triton_guard.guard_writer import write_in_process
+    from triton_guard.guard_writer.common import GUARD_MODEL, guard_config
+    from triton_guard.model_config import read_config
+
+    model = tmp_path / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text("class TritonPythonModel:\n    pass\n")
+    (model / "config.pbtxt").write_text(
+        'name: "m"\nbackend: "python"\nmax_batch_size: 8\n'
+        'input [{ name: "X", data_type: TYPE_FP32, dims: [4] }]\noutput [{ name: "Y", data_type: TYPE_FP32, dims: [4] }]\n'
+        "dynamic_batching { preferred_batch_size: [8] default_queue_policy { max_queue_size: 16 } }\n")
+    written = write_in_process(tmp_path, "m", {})
+    config = read_config(model / "config.pbtxt")
+    assert config.backend == "guard" and list(config.dynamic_batching.preferred_batch_size) == [8]
+    assert not config.dynamic_batching.HasField("default_queue_policy")
+    assert any(line.startswith("dropped from its dynamic_batching: model 'm': dynamic_batching default_queue_policy "
+                               "sets max_queue_size: 16") for line in written.lines()), written.lines()
+    # A separate guard model gets Triton's plain dynamic batching, whatever its upstream has.
+    assert guard_config("m_guard", "m", _config(SHIPPED_BEFORE), {}, GUARD_MODEL).dynamic_batching == \
+        recommended_dynamic_batching()
