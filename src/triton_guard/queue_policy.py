@@ -1,7 +1,7 @@
 """The dynamic batching triton-guard writes and recommends on Triton 2.51: no queue policy, no priority levels.
 
-Why (Triton core r24.10, read in src/scheduler_utils.cc, src/dynamic_batch_scheduler.cc
-and src/rate_limiter.cc, measured in docs/overload.md with scripts/bench_queues.py):
+Why (read in Triton core r24.10: PriorityQueue, DynamicBatchScheduler::BatcherThread,
+RateLimiter::PayloadSlotAvailable; measured in docs/overload.md with scripts/bench_queues.py):
 
 * A dynamic batcher prefetches (prepares the next batch while an instance
   runs) only when its `default_queue_policy` sets nothing (no
