@@ -41,7 +41,7 @@ from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from triton_guard.model_config import CONFIG_FILE, read_config  # noqa: E402
 from triton_guard.server import LocalServer, Ports  # noqa: E402
-from triton_guard_demo.loadgen import LoadSpec, heldout_images, run_load  # noqa: E402
+from triton_guard_demo.loadgen import process_group_cpu_s, LoadSpec, heldout_images, run_load  # noqa: E402
 from triton_guard_demo.repository import MODEL_REPOSITORY  # noqa: E402
 
 OUT_DIR = REPO_ROOT / "out" / "bench-queues"
@@ -106,24 +106,11 @@ def variant_repository(target: Path, names: list[str], unguarded: list[str]) -> 
     return target
 
 
-def server_cpu_s(pgid: int) -> float:
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def measure(server: LocalServer, model: str, clients: int, args, images, labels) -> dict:
     spec = LoadSpec(server.grpc_url, model=model, clients=clients, processes=min(args.processes, clients))
-    cpu_before, started = server_cpu_s(server.process.pid), time.monotonic()
+    cpu_before, started = process_group_cpu_s(server.process.pid), time.monotonic()
     result = run_load(spec, images, labels, args.duration_s)
-    cpu = server_cpu_s(server.process.pid) - cpu_before
+    cpu = process_group_cpu_s(server.process.pid) - cpu_before
     wall = time.monotonic() - started
     kept = result.totals(first=1, last=int(args.duration_s) - 1)
     seconds = max(1, int(args.duration_s) - 1)

@@ -51,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing
 
 from triton_guard import promtext  # noqa: E402
-from triton_guard_demo.loadgen import LoadRun, LoadSpec, heldout_images  # noqa: E402
+from triton_guard_demo.loadgen import process_group_cpu_s, LoadRun, LoadSpec, heldout_images  # noqa: E402
 
 CLI = Path(sys.executable).parent / "triton-guard"
 OUT_DIR = REPO_ROOT / "out" / "overload"
@@ -93,20 +93,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pgid_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) of every live process in a process group (tritonserver and its stubs)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 class Serving:
@@ -209,7 +195,7 @@ def run_scenario(args, name: str, run_dir: Path, images, labels) -> dict:
                        args.duration_s)
         load_avg_start = os.getloadavg()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_before = pgid_cpu_s(server.server_pgid) if server.server_pgid else None
+        cpu_before = process_group_cpu_s(server.server_pgid) if server.server_pgid else None
         t0 = load.start()
         rec = Recorder(t0)
         phase = (args.hang_at_s + args.probe_period_s / 2) % args.probe_period_s
@@ -234,7 +220,7 @@ def run_scenario(args, name: str, run_dir: Path, images, labels) -> dict:
         rec.stop.set()
         for thread in threads:
             thread.join(args.probe_timeout_s + 10)
-        cpu_after = pgid_cpu_s(server.server_pgid) if server.server_pgid else None
+        cpu_after = process_group_cpu_s(server.server_pgid) if server.server_pgid else None
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         load_avg_end = os.getloadavg()
         if hang:

@@ -1,6 +1,6 @@
 """A closed-loop gRPC load generator for the digits pipeline: many clients, little client CPU.
 
-`run_load` starts a few worker processes; each runs asyncio with `clients /
+`LoadRun` (or `run_load`) starts a few worker processes; each runs asyncio with `clients /
 processes` coroutines over raw `grpc.aio` calls whose request bytes are
 serialised once (tritonclient's ModelInferRequest), so a call costs the
 client one send and one parse, not tritonclient's per-call tensor building.
@@ -14,7 +14,8 @@ message, below) and the latencies of the answers; the parent merges them
 into `Second` rows. Worker CPU (process time) comes back at the end, so a
 run can say how much of the machine the client took.
 
-Used by scripts/overload.py and tests/integration/test_overload.py.
+Used by scripts/overload.py, scripts/bench_queues.py and tests/integration/test_overload.py;
+`process_group_cpu_s` gives the server's share of the CPU beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import queue as queue_module
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -144,7 +146,7 @@ def _label(response_bytes: bytes, response_type) -> int:
     return int(np.frombuffer(response.raw_output_contents[index], dtype=np.int64)[0])
 
 
-async def _client(channel, payloads, labels, offset, stride, t0, stop_at, timeout_s, record, response_type):
+async def _client(channel, payloads, labels, offset, stride, stop_at, timeout_s, record, response_type):
     import grpc
 
     call = channel.unary_unary(INFER_METHOD)  # bytes in, bytes out: no per-call (de)serialiser
@@ -161,7 +163,7 @@ async def _client(channel, payloads, labels, offset, stride, t0, stop_at, timeou
             record(started, time.monotonic(), _label(answer, response_type) == labels[i], None, None)
 
 
-async def _worker_main(spec: LoadSpec, index: int, clients: int, images, labels, ready, go, t0_value, duration_s, out):
+async def _worker_main(spec: LoadSpec, index: int, clients: int, images, labels, go, t0_value, duration_s, out):
     import grpc
     from tritonclient.grpc import service_pb2
 
@@ -201,7 +203,7 @@ async def _worker_main(spec: LoadSpec, index: int, clients: int, images, labels,
     stop_at = t0 + duration_s
     tasks = [
         asyncio.create_task(_client(channels[c % len(channels)], payloads, labels, index * clients + c,
-                                    spec.processes * clients, t0, stop_at, spec.client_timeout_s, record,
+                                    spec.processes * clients, stop_at, spec.client_timeout_s, record,
                                     service_pb2.ModelInferResponse))
         for c in range(clients)
     ]
@@ -215,9 +217,9 @@ async def _worker_main(spec: LoadSpec, index: int, clients: int, images, labels,
         await channel.close()
 
 
-def _worker(spec, index, clients, images, labels, ready, go, t0_value, duration_s, out) -> None:
+def _worker(spec, index, clients, images, labels, go, t0_value, duration_s, out) -> None:
     try:
-        asyncio.run(_worker_main(spec, index, clients, images, labels, ready, go, t0_value, duration_s, out))
+        asyncio.run(_worker_main(spec, index, clients, images, labels, go, t0_value, duration_s, out))
     except BaseException as exc:  # the parent must hear of it, not wait for rows that never come
         out.put(("error", f"load worker {index}: {type(exc).__name__}: {exc}"))
     finally:
@@ -240,7 +242,7 @@ class LoadRun:
         self._t0 = context.Value("d", 0.0)
         self._workers = [
             context.Process(target=_worker, daemon=True,
-                            args=(spec, i, n, images, labels, None, self._go, self._t0, duration_s, self._out))
+                            args=(spec, i, n, images, labels, self._go, self._t0, duration_s, self._out))
             for i, n in enumerate(_split(spec.clients, spec.processes)) if n
         ]
         self.t0: float | None = None
@@ -318,12 +320,16 @@ def heldout_images() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def merge_rows(rows: Iterable[Second]) -> Second:
-    total = Second(-1)
-    for row in rows:
-        total.merge(row)
+def process_group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of every live process in a group: a tritonserver and its stubs."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
