@@ -76,7 +76,7 @@ def test_without_goldens_the_probe_checks_the_rest_and_says_no_golden_inference_
     result = triton_guard("probe", "--url", server.grpc_url)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("ready: 8 checks passed"), result.stdout
+    assert lines[0].startswith("ready: 9 checks passed"), result.stdout  # overload: docs/overload.md
     assert lines[1].startswith("note: no golden inference configured"), result.stdout
     checks = {c["name"]: c for c in probe_json(server)["report"]["checks"]}
     assert {"golden", "liveness", "headroom", "leak_trend", "stall", "breakers"} <= set(checks)
