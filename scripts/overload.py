@@ -281,20 +281,20 @@ def render(args, name: str, result, rec: Recorder, events: dict, status: str, cp
         f"- probes: {ready} of {len(rec.probes)} ready",
     ]
     if "hang_acknowledged" in events:
-        # The hang is in force once `triton-guard chaos` returns (its own start-up takes a second or two).
-        hang_at = events["hang_acknowledged"]
-        before = [p for p in rec.probes if p["end"] < events["hang_sent"]]
-        after = [p for p in rec.probes if p["start"] >= hang_at]
-        opened = [r["t"] for r in rec.readings if r.get("breaker") == "OPEN" and r["t"] >= hang_at]
-        first = after[0] if after else None
+        # The server applies the hang somewhere between the command's start and its reply (the
+        # CLI's own start-up takes a second or two): probes are counted from the command's start.
+        sent, acked = events["hang_sent"], events["hang_acknowledged"]
+        before = [p for p in rec.probes if p["end"] < sent]
+        after = [p for p in rec.probes if p["start"] >= sent]
+        opened = [r["t"] for r in rec.readings if r.get("breaker") == "OPEN" and r["t"] >= sent]
+        first = "; ".join(f"started {p['start'] - sent:.2f} s after it: {'ready' if p['rc'] == 0 else 'NOT READY'}"
+                          for p in after[:2])
         summary += [
             f"- before the hang: {sum(p['rc'] == 0 for p in before)} of {len(before)} probes ready",
-            f"- hang sent at {events['hang_sent']:.2f} s, in force at {hang_at:.2f} s (chaos acknowledged); "
-            + ("no probe started after it" if first is None else
-               f"the first probe after it started {first['start'] - hang_at:.2f} s later (probe period "
-               f"{args.probe_period_s:g} s) and said {'ready' if first['rc'] == 0 else 'NOT READY'}; "
-               f"{sum(p['rc'] != 0 for p in after)} of {len(after)} probes after it not ready"),
-            "- breaker OPEN " + (f"{opened[0] - hang_at:.1f} s after the hang" if opened else "not seen"),
+            f"- `chaos hang` sent at {sent:.2f} s, acknowledged at {acked:.2f} s; the first probes after it: "
+            + (first or "none") + f" (probe period {args.probe_period_s:g} s); "
+            f"{sum(p['rc'] != 0 for p in after)} of {len(after)} probes after it not ready",
+            "- breaker OPEN " + (f"{opened[0] - sent:.1f} s after the hang was sent" if opened else "not seen"),
         ]
     overloaded = [r for r in rec.readings if r.get("overloaded")]
     summary.append(f"- triton_guard_canary_overloaded was 1 in {len(overloaded)} of {len(rec.readings)} readings"
