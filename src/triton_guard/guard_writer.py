@@ -23,6 +23,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import defaults
+from triton_guard.errors import GuardRefused
 from triton_guard.guard.config import ConfigError, validate_parameters
 from triton_guard.model_config import (
     CONFIG_FILE,
@@ -38,10 +39,6 @@ GUARD_SUFFIX = "_guard"
 UPSTREAM_PARAMETER = "upstream_model"
 PYTHON_BACKEND = "python"
 GUARD_VERSION = "1"  # Triton loads a model only from a numbered version directory
-
-
-class GuardRefused(ValueError):
-    """`triton-guard guard` will not write; the message is one line and nothing was written."""
 
 
 @dataclass

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-
-class InputsError(ValueError):
-    """A file that does not hold usable named tensors; the message names the file and the tensor."""
+from triton_guard.errors import InputsError
 
 
 def load_inputs(path: Path) -> dict[str, np.ndarray]:

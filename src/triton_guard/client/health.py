@@ -15,18 +15,7 @@ from typing import Any
 
 from triton_guard import defaults
 from triton_guard.canary.probe import AsyncModelHealthValidator, HealthResult
-
-
-class TritonNotReady(RuntimeError):
-    """The canary said not ready, or could not be asked; the message says why.
-
-    Only the message crosses a process boundary (Ray Serve pickles the
-    exception of a failed health check): `result` is None on the other side.
-    """
-
-    def __init__(self, message: str, result: HealthResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
+from triton_guard.errors import TritonNotReady
 
 
 class CanaryHealthCheck:
