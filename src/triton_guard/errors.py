@@ -13,9 +13,7 @@ or tool that did not do its part.
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (this module is imported everywhere)
 if TYPE_CHECKING:
     import grpc
 
@@ -112,9 +110,6 @@ class TritonNotReady(RuntimeError):
         self.result = result
 
 
-_LAZY_LOCK = threading.Lock()
-
-
 def _define_client_guard_error() -> type:
     from tritonclient.utils import InferenceServerException
 
@@ -150,14 +145,12 @@ def _define_client_guard_error() -> type:
     return ClientGuardError
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type:
     # PEP 562: ClientGuardError needs tritonclient, which a stub or a CLI command need not import.
     if name != "ClientGuardError":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    with _LAZY_LOCK:
-        if "ClientGuardError" not in globals():
-            globals()["ClientGuardError"] = _define_client_guard_error()
-    return globals()["ClientGuardError"]
+    # setdefault is atomic: threads that race here all get the first class defined.
+    return globals().setdefault("ClientGuardError", _define_client_guard_error())
 
 
 __all__ = [
