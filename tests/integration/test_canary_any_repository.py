@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, running_server
+from tests.integration.conftest import FOREIGN, running_server
 from triton_guard import metrics as catalogue
 from triton_guard import promtext
 from triton_guard.canary.goldens import GOLDEN_SUFFIX, GoldenCase
@@ -26,7 +26,6 @@ from triton_guard.server import Ports
 
 pytestmark = pytest.mark.integration
 
-FOREIGN = REPO_ROOT / "tests" / "integration" / "repos" / "foreign"
 MODELS = ("add_sub", "tokenize", "add_then_scale")
 CLI = str(Path(sys.executable).parent / "triton-guard")
 
