@@ -36,6 +36,7 @@ from triton_guard.errors import (
     GuardRefused,
     InputsError,
     ModelConfigError,
+    NotServed,
     PerfAnalyzerError,
     RecordError,
     RecordRefused,
@@ -43,6 +44,7 @@ from triton_guard.errors import (
     ServerError,
     SettingsConflict,
     TritonNotReady,
+    Unreadable,
 )
 
 __version__ = "0.1.0"
@@ -107,6 +109,7 @@ __all__ = [
     "LocalServer",
     "ModelConfigError",
     "ModelHealthValidator",
+    "NotServed",
     "PerfAnalyzerError",
     "Ports",
     "RecordError",
@@ -115,5 +118,6 @@ __all__ = [
     "ServerError",
     "SettingsConflict",
     "TritonNotReady",
+    "Unreadable",
     "__version__",
 ]

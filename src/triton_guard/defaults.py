@@ -2,10 +2,12 @@
 
 Each value can be overridden where it is used (a model's config.pbtxt
 `parameters`, a CLI flag); this module only names the starting point and the
-reason for it. README.md carries the same table for users.
+reason for it. The docs' parameter reference (docs/reference/parameters.md) is
+generated from this file: each constant with its value and its comment, under
+its `# --- Section` header.
 """
 
-# --- Server (ARCHITECTURE.md section 3) ------------------------------------
+# --- Server ---------------------------------------------------------------
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
@@ -23,9 +25,13 @@ API_KEY_HEADER = "triton-guard-key"  # the HTTP header; lowercase: gRPC metadata
 GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
 API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes Secret)
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
+# Where a running `serve` records its ports, repository and key file for the local tools of the
+# same user (src/triton_guard/server/local_record.py); default $XDG_RUNTIME_DIR/triton-guard,
+# else <tmp>/triton-guard-<uid>.
+RUN_DIR_ENV = "TRITON_GUARD_RUN_DIR"
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
-# --- Guard (ARCHITECTURE.md section 4; values from the incident write-up) --
+# --- Guard (values from the incident write-up) ----------------------------
 TIMEOUT_MS = 10_000  # hard deadline on every upstream call
 FAILURE_THRESHOLD = 5  # consecutive failures that open the breaker
 RECOVERY_MS = 30_000  # OPEN -> HALF_OPEN after this long
@@ -61,6 +67,13 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 HEAL_DEAD_UPSTREAM = True
 # Healing goes through Triton's HTTP repository API, from a thread beside the request path.
 HEAL_HTTP_TIMEOUT_S = 60.0  # one reload request; a model load can take this long
+# A guard whose upstream's config is completed at load (no config.pbtxt, or one
+# without tensors) checks its tensors against the server's config of it. At
+# start-up Triton answers HTTP only once its first loads are done, so the check
+# waits for the upstream beside the load, on a thread, this long at most.
+GUARD_INTERFACE_WAIT_S = 120.0
+GUARD_INTERFACE_POLL_S = 0.5
+GUARD_INTERFACE_HTTP_TIMEOUT_S = 2.0  # one config request from the guard's stub
 # Non-finite values (NaN, inf) in an upstream's floating-point outputs fail the call.
 CHECK_FINITE = True
 
@@ -79,7 +92,7 @@ STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
 STATE_DIR_PREFIX = "triton-guard-"  # + tritonserver pid: one directory per server
 WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bounds window_size
 
-# --- Canary (ARCHITECTURE.md section 5) ------------------------------------
+# --- Canary ---------------------------------------------------------------
 CANARY_MODEL = "canary"
 CANARY_MODELS = ()  # liveness: empty means every model the server has loaded
 # Goldens (canary/goldens.py): a float output passes within this of its golden

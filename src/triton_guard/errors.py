@@ -36,7 +36,15 @@ class ModelConfigError(ValueError):
 
 
 class GuardRefused(ValueError):
-    """guard_writer (`triton-guard guard`): it will not write; the message is one line and nothing was written."""
+    """guard_writer (`triton-guard guard`, `unguard`): it will not write; one line, and nothing was written."""
+
+
+class NotServed(ModelConfigError):
+    """model_source: the server does not answer for this model yet (not up, or not loaded): ask again later."""
+
+
+class Unreadable(ValueError):
+    """config_edit: a config.pbtxt text its scanner does not read; edit the whole config instead."""
 
 
 # --- the canary and its goldens (triton_guard.canary) ------------------------
@@ -163,6 +171,7 @@ __all__ = [
     "GuardRefused",
     "InputsError",
     "ModelConfigError",
+    "NotServed",
     "PerfAnalyzerError",
     "RecordError",
     "RecordRefused",
@@ -170,4 +179,5 @@ __all__ = [
     "ServerError",
     "SettingsConflict",
     "TritonNotReady",
+    "Unreadable",
 ]

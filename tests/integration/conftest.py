@@ -110,6 +110,17 @@ def call_pipeline(server, images, client_timeout_s: float = 30.0):
         return False, exc, time.monotonic() - started
 
 
+def infer(client, model: str, inputs, timeout_s: float = 30.0):
+    """(the result or the InferenceServerException, seconds) for one request through a tritonclient client."""
+    from tritonclient.utils import InferenceServerException
+
+    started = time.monotonic()
+    try:
+        return client.infer(model, inputs, client_timeout=timeout_s), time.monotonic() - started
+    except InferenceServerException as exc:
+        return exc, time.monotonic() - started
+
+
 def metric(metrics_url: str, name: str, **labels: str) -> float:
     """The sum of a family's samples on /metrics whose labels include `labels` (0.0 when none)."""
     return sum(

@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from triton_guard.server import admin_headers_from_environment
-from tests.integration.conftest import FOREIGN, running_server
+from tests.integration.conftest import FOREIGN, infer, running_server
 from triton_guard.model_config import CONFIG_FILE, read_config, write_config
 
 pytestmark = pytest.mark.integration
@@ -92,15 +92,6 @@ def fp32(name: str, array: np.ndarray):
 def add_sub_inputs(rng, names=("INPUT0", "INPUT1")):
     a, b = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
     return a, b, [fp32(names[0], a), fp32(names[1], b)]
-
-
-def infer(client, model, inputs, timeout_s=30.0):
-    """(result or InferenceServerException, seconds)."""
-    started = time.monotonic()
-    try:
-        return client.infer(model, inputs, client_timeout=timeout_s), time.monotonic() - started
-    except InferenceServerException as exc:
-        return exc, time.monotonic() - started
 
 
 def test_the_command_said_what_it_wrote_and_how_to_call_it(repo, written):

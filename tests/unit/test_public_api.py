@@ -26,6 +26,12 @@ def test_every_public_name_resolves(name):
     assert name in dir(triton_guard)
 
 
+def test_every_error_is_public():
+    from triton_guard import errors
+
+    assert set(errors.__all__) <= set(triton_guard.__all__)
+
+
 def test_the_library_placement_outside_triton_is_a_clear_import_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "triton_python_backend_utils", raising=False)
     monkeypatch.delitem(sys.modules, "triton_guard.backends.bls", raising=False)

@@ -31,7 +31,7 @@ class HttpServer:
     def _http(self, path: str, timeout_s: float, body: bytes | None = None):
         if not self.http_url:
             raise RuntimeError(f"no HTTP URL (set {defaults.HTTP_URL_ENV})")
-        # The repository index is a restricted API under `triton-guard serve` (README "Security").
+        # The repository index is a restricted API under `triton-guard serve` (docs/security.md).
         key = os.environ.get(defaults.API_KEY_ENV)
         headers = {defaults.API_KEY_HEADER: key} if key else {}
         request = urllib.request.Request(f"{self.http_url}{path}", data=body, headers=headers)

@@ -27,7 +27,11 @@ def add_parser(subparsers) -> None:
         "--kind", required=True, choices=("probs", "values"),
         help="probs: class probabilities per row; values: real-valued rows (summarised by mean and spread)",
     )
-    drift_record.add_argument("--model-repository", default="model_repository", help="default: %(default)s")
+    drift_record.add_argument(
+        "--model-repository", metavar="DIR",
+        help="the repository the server loads MODEL from (default: the one a local `triton-guard serve` at --url "
+        "serves, else ./model_repository)",
+    )
     drift_record.add_argument("--timeout", type=float, default=30.0, help="seconds per gRPC call (default: %(default)s)")
     drift_record.set_defaults(func=run)
 
@@ -39,11 +43,15 @@ def run(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException
 
     from triton_guard.drift.record import (
-        ModelShape, RecordError, guard_parameters_text, record, reference_path, write_reference)
+        ModelShape, RecordError, guard_parameters_text, record, reference_path, renamed_guard_reference, write_reference)
     from triton_guard.inputs import InputsError, load_inputs, triton_datatype
 
+    from triton_guard.canary.record import default_repository
+    from triton_guard.model_source import served_tensors_source
+    from triton_guard.server.auth import is_restricted_refusal, restricted_hint
+
     prog = "triton-guard drift record"
-    repository = Path(args.model_repository)
+    repository = Path(args.model_repository) if args.model_repository else default_repository(args.url)
     if not (repository / args.model).is_dir():
         print(f"{prog}: refused: model '{args.model}' is not in {repository} (give --model-repository)", file=sys.stderr)
         return EXIT_FAILED
@@ -56,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         shape = ModelShape.from_config(client.get_model_config(args.model, client_timeout=args.timeout).config)
     except InferenceServerException as exc:
-        print(f"{prog}: refused: {args.url}: {exc.message()}", file=sys.stderr)
+        hint = f" ({restricted_hint(args.url)})" if is_restricted_refusal(exc.message()) else ""
+        print(f"{prog}: refused: {args.url}: {exc.message()}{hint}", file=sys.stderr)
         return EXIT_FAILED
+    print(f"model '{args.model}': {served_tensors_source(args.url, repository, args.model)}")
 
     def infer(batch: dict) -> np.ndarray:
         tensors = []
@@ -79,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     path = reference_path(repository, args.model, args.output)
     write_reference(path, document)
     print(f"wrote {path}: a '{args.kind}' reference of {document['rows']} answers of '{args.model}' output '{args.output}'")
+    reference = renamed_guard_reference(repository, args.model, args.output)
     print(f"monitor it from the guard of '{args.model}' (its config.pbtxt parameters):")
-    print(guard_parameters_text(args.output, args.kind))
+    print(guard_parameters_text(args.output, args.kind, reference))
+    print(f"or, guarding it now: --param drift_output={args.output} --param drift_kind={args.kind}"
+          + (f" --param drift_reference={reference}" if reference else ""))
     return EXIT_OK

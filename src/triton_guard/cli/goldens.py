@@ -24,8 +24,9 @@ def add_parser(subparsers) -> None:
         help="a KServe v2 JSON inference request body, or an .npz of named arrays",
     )
     record.add_argument(
-        "--model-repository", default="model_repository",
-        help="the repository the server loads MODEL from; writes MODEL/goldens/NAME.golden.json (default: %(default)s)",
+        "--model-repository", metavar="DIR",
+        help="the repository the server loads MODEL from; writes DIR/MODEL/goldens/NAME.golden.json "
+        "(default: the one a local `triton-guard serve` at --url serves, else ./model_repository)",
     )
     record.add_argument("--name", help="the case's name (default: FILE's name without its extension)")
     record.add_argument(
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             default_tolerance = number
     try:
         recorded = record(
-            args.url, args.model, Path(args.inputs), Path(args.model_repository), args.name,
+            args.url, args.model, Path(args.inputs), Path(args.model_repository) if args.model_repository else None, args.name,
             tolerances, default_tolerance, args.device_class, args.metrics_url, args.timeout,
         )
     except RecordRefused as exc:

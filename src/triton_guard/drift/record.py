@@ -111,7 +111,24 @@ def write_reference(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document) + "\n")
 
 
-def guard_parameters_text(output: str, kind: str) -> str:
+def renamed_guard_reference(repository: Path, model: str, output: str) -> str | None:
+    """The drift_reference a guard needs when MODEL is a renamed guard (its default looks beside the moved model), else None."""
+    from triton_guard.guard_writer import RENAMED
+    from triton_guard.guard_writer.changes import record_of
+
+    try:
+        record = record_of(Path(repository) / model)
+    except ValueError:
+        return None
+    if record is None or record.get("placement") != RENAMED:
+        return None
+    return f"{model}/{defaults.DRIFT_REFERENCE_DIR}/{output}.json"
+
+
+def guard_parameters_text(output: str, kind: str, reference: str | None = None) -> str:
     """What to add to the guard's config.pbtxt `parameters` to monitor this output."""
-    return (f'  {{ key: "drift_output", value: {{ string_value: "{output}" }} }},\n'
-            f'  {{ key: "drift_kind", value: {{ string_value: "{kind}" }} }}')
+    lines = [f'  {{ key: "drift_output", value: {{ string_value: "{output}" }} }}',
+             f'  {{ key: "drift_kind", value: {{ string_value: "{kind}" }} }}']
+    if reference:
+        lines.append(f'  {{ key: "drift_reference", value: {{ string_value: "{reference}" }} }}')
+    return ",\n".join(lines)

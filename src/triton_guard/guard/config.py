@@ -158,7 +158,7 @@ def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
     return config
 
 
-# --- Output drift monitoring (triton_guard.drift; README "Output drift monitor") ---
+# --- Output drift monitoring (triton_guard.drift; docs/drift.md) ---
 
 DRIFT_WINDOW_MIN, DRIFT_WINDOW_MAX = 10, 100_000
 
