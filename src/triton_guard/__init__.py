@@ -20,38 +20,20 @@ Beside them, the `triton-guard` command, the `guard` and `canary` backends
 in triton_guard.defaults are the outside contract. Everything else (every
 other module and name) is internal and may change without notice.
 
-Importing this package is cheap: only the errors are imported with it; every
+Importing this package is cheap: only the errors module is imported with it; every
 other name is imported on first use (PEP 562), so `import triton_guard`
 pulls in no numpy, tritonclient or torch.
 """
 
 from __future__ import annotations
 
-from triton_guard.errors import (
-    CanaryConfigError,
-    ConfigError,
-    DriftReferenceError,
-    FaultError,
-    GoldenError,
-    GuardRefused,
-    InputsError,
-    ModelConfigError,
-    NotServed,
-    PerfAnalyzerError,
-    RecordError,
-    RecordRefused,
-    RecordUsage,
-    ServerError,
-    SettingsConflict,
-    TritonNotReady,
-    Unreadable,
-)
+from triton_guard import errors as _errors
 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first use.
 _LAZY = {
-    "ClientGuardError": "triton_guard.errors",  # an InferenceServerException: needs tritonclient
+    **dict.fromkeys(_errors.__all__, "triton_guard.errors"),  # every error (ClientGuardError needs tritonclient)
     "GuardConfig": "triton_guard.guard.config",
     "CircuitBreaker": "triton_guard.guard.breaker",
     "GuardedClient": "triton_guard.client.guard",
@@ -89,35 +71,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = [
-    "AsyncModelHealthValidator",
-    "CanaryConfigError",
-    "CanaryHealthCheck",
-    "CircuitBreaker",
-    "ClientGuardError",
-    "ConfigError",
-    "DriftReferenceError",
-    "FaultError",
-    "GoldenError",
-    "GuardConfig",
-    "GuardRefused",
-    "GuardedClient",
-    "GuardedUpstream",
-    "Health",
-    "HealthResult",
-    "InputsError",
-    "LocalServer",
-    "ModelConfigError",
-    "ModelHealthValidator",
-    "NotServed",
-    "PerfAnalyzerError",
-    "Ports",
-    "RecordError",
-    "RecordRefused",
-    "RecordUsage",
-    "ServerError",
-    "SettingsConflict",
-    "TritonNotReady",
-    "Unreadable",
-    "__version__",
-]
+__all__ = sorted([*_LAZY, "__version__"])

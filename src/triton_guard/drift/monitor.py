@@ -39,6 +39,7 @@ from scipy import stats
 from triton_guard import defaults
 from triton_guard.drift.ring import RowRing
 from triton_guard.errors import DriftReferenceError
+from triton_guard.jsonfile import read_json
 
 KINDS = ("probs", "values")
 REFERENCE_FORMAT = 1
@@ -282,12 +283,7 @@ def reference_document(reference, model: str, output: str, batched: bool, extra:
 def load_reference(path: Path):
     """The reference in `path` (either kind; the old demo file without `kind` is a probs reference)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise DriftReferenceError(f"cannot read drift reference {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise DriftReferenceError(f"drift reference {path} is not JSON: {exc}") from None
+    data = read_json(path, DriftReferenceError, f"drift reference {path}")
     kind = data.get("kind", "probs") if isinstance(data, dict) else None
     if kind not in REFERENCE_KINDS:
         raise DriftReferenceError(f"drift reference {path}: unknown kind {kind!r}")
