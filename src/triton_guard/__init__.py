@@ -13,7 +13,8 @@ here, `from triton_guard import GuardedClient`:
 * `GuardedUpstream`: the guard as a library call from your own Triton Python
   model. It exists only inside a Triton Python stub (it imports
   triton_python_backend_utils); anywhere else, importing it raises an
-  ImportError that says so.
+  ImportError that says so. It is importable by name but left out of
+  `__all__`, so `from triton_guard import *` works outside Triton too.
 
 Beside them, the `triton-guard` command, the `guard` and `canary` backends
 (`triton-guard backend-dir`), their config.pbtxt parameters and the defaults
@@ -47,6 +48,7 @@ _LAZY = {
     "GuardedUpstream": "triton_guard.backends.bls",  # the library placement: inside a Triton stub only
 }
 _STUB_ONLY = "triton_python_backend_utils"
+_STUB_ONLY_NAMES = frozenset({"GuardedUpstream"})  # need _STUB_ONLY: importable inside a Triton stub only
 
 
 def __getattr__(name: str) -> object:
@@ -71,4 +73,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted([*_LAZY, "__version__"])
+# The stub-only name stays out of `__all__`: a star import must work anywhere.
+__all__ = sorted([*(name for name in _LAZY if name not in _STUB_ONLY_NAMES), "__version__"])

@@ -16,7 +16,7 @@ def _run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-@pytest.mark.parametrize("name", sorted(set(triton_guard.__all__) - STUB_ONLY))
+@pytest.mark.parametrize("name", sorted(triton_guard.__all__))
 def test_every_public_name_resolves(name):
     value = getattr(triton_guard, name)
     assert value is not None
@@ -24,6 +24,16 @@ def test_every_public_name_resolves(name):
         # Defined in triton_guard's own modules, not a third party's.
         assert value.__module__.startswith("triton_guard."), value.__module__
     assert name in dir(triton_guard)
+
+
+def test_a_star_import_works_outside_triton():
+    names = _run("from triton_guard import *; print(sorted(k for k in dir() if not k.startswith('_')))")
+    assert "GuardedClient" in names and "GuardedUpstream" not in names
+
+
+def test_the_stub_only_name_is_importable_by_name_but_not_starred():
+    assert STUB_ONLY.isdisjoint(triton_guard.__all__)
+    assert STUB_ONLY <= set(dir(triton_guard))
 
 
 def test_every_error_is_public():
