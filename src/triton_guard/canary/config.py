@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triton_guard import defaults
-
-
-class CanaryConfigError(ValueError):
-    pass
+from triton_guard.errors import CanaryConfigError
 
 
 def _bool(name: str, text: str) -> bool:

@@ -8,7 +8,8 @@ import sys
 from triton_guard import defaults
 from triton_guard.chaos.command import CLEAR
 from triton_guard.chaos.protocol import FAULT_NAMES
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from triton_guard.cli.arguments import add_url
+from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, refused, usage_error
 
 
 def add_parser(subparsers) -> None:
@@ -21,31 +22,16 @@ def add_parser(subparsers) -> None:
     chaos.add_argument(
         "--model", default=defaults.CHAOS_TARGET_MODEL, help="the model to break (default: %(default)s)"
     )
-    chaos.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
-    chaos.add_argument(
-        "--slow-ms", type=int, default=defaults.CHAOS_SLOW_MS, help="slow: added to each execute (default: %(default)s)"
-    )
-    chaos.add_argument(
-        "--leak-mb-per-s",
-        type=float,
-        default=defaults.CHAOS_LEAK_MB_PER_S,
-        help="leak: growth per model instance (default: %(default)s)",
-    )
-    chaos.add_argument(
-        "--leak-cap-mb", type=float, default=defaults.CHAOS_LEAK_CAP_MB, help="leak: held at most (default: %(default)s)"
-    )
-    chaos.add_argument(
-        "--drift-scale",
-        type=float,
-        default=defaults.CHAOS_DRIFT_SCALE,
-        help="drift: weight noise, in units of each tensor's std (default: %(default)s)",
-    )
-    chaos.add_argument(
-        "--seed", type=int, default=defaults.CHAOS_DRIFT_SEED, help="drift: noise seed (default: %(default)s)"
-    )
-    chaos.add_argument(
-        "--timeout", type=float, default=defaults.CHAOS_TIMEOUT_S, help="seconds per gRPC call (default: %(default)s)"
-    )
+    add_url(chaos)
+    for flag, kind, default, what in (
+        ("--slow-ms", int, defaults.CHAOS_SLOW_MS, "slow: added to each execute"),
+        ("--leak-mb-per-s", float, defaults.CHAOS_LEAK_MB_PER_S, "leak: growth per model instance"),
+        ("--leak-cap-mb", float, defaults.CHAOS_LEAK_CAP_MB, "leak: held at most"),
+        ("--drift-scale", float, defaults.CHAOS_DRIFT_SCALE, "drift: weight noise, in units of each tensor's std"),
+        ("--seed", int, defaults.CHAOS_DRIFT_SEED, "drift: noise seed"),
+        ("--timeout", float, defaults.CHAOS_TIMEOUT_S, "seconds per gRPC call"),
+    ):
+        chaos.add_argument(flag, type=kind, default=default, help=f"{what} (default: %(default)s)")
     chaos.set_defaults(func=run)
 
 
@@ -72,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     except FaultError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(prog, exc)
     refused = f"{prog}: refused: the server at {args.url} was not started with --chaos (it has no '{defaults.CHAOS_MODEL}' model)"
     try:
         client = grpcclient.InferenceServerClient(args.url)
@@ -86,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     except InferenceServerException as exc:
         status = str(exc.status())
         if status == "StatusCode.INVALID_ARGUMENT":  # the chaos model said no, and why
-            print(f"{prog}: refused: {exc.message()}", file=sys.stderr)
-            return EXIT_FAILED
+            return refused(prog, exc.message())
         if status == "StatusCode.DEADLINE_EXCEEDED":
             print(f"{prog}: unreachable: no answer from {args.url} within {args.timeout:g} s", file=sys.stderr)
             return EXIT_USAGE

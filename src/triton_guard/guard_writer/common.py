@@ -17,6 +17,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import defaults, model_source
+from triton_guard.errors import GuardRefused
 from triton_guard.guard.config import ConfigError, validate_parameters
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, read_config, tensor_text, type_name
 from triton_guard.queue_policy import recommended_dynamic_batching
@@ -33,10 +34,6 @@ GUARD_VERSION = "1"  # Triton loads a model only from a numbered version directo
 GUARD_MODEL = "guard model"
 IN_PROCESS = "in-process"
 RENAMED = "renamed"
-
-
-class GuardRefused(ValueError):
-    """`triton-guard guard` or `unguard` will not write; the message is one line and nothing was written."""
 
 
 @dataclass(frozen=True)
