@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import fast_model_repository, running_server, wait_until
+from tests.conftest import wait_until
 from tests.deploy_helpers import readiness_probe_command
+from tests.integration.conftest import CLI, breaker_state, chaos, fast_model_repository, run_cli, running_server
 from triton_guard import promtext
 from triton_guard.canary.probe import ModelHealthValidator
-from triton_guard.guard.breaker import CircuitBreaker, State
-from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.breaker import State
 from triton_guard.model_config import CONFIG_FILE, read_config, write_config
 from triton_guard_demo.loadgen import LoadRun, LoadSpec, heldout_images
 
 pytestmark = pytest.mark.integration
-
-CLI = Path(sys.executable).parent / "triton-guard"
 CLIENTS = 256
 QUEUE = 32
 TIMEOUT_S = 1.0
@@ -52,7 +47,7 @@ def server(tmp_path_factory):
     write_config(repository / "classifier" / CONFIG_FILE, classifier)
     with running_server(repository, tmp / "tritonserver.log", chaos=True) as srv:
         yield srv
-        subprocess.run([str(CLI), "chaos", "clear", "--url", srv.grpc_url], capture_output=True, timeout=30)
+        run_cli("chaos", "clear", "--url", srv.grpc_url)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +86,7 @@ def test_under_256_clients_goldens_are_shed_as_load_and_every_probe_stays_ready(
     argv = readiness_probe_command()
     argv[0], argv[argv.index("--url") + 1] = str(CLI), server.grpc_url
     deployment = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    status = subprocess.run([str(CLI), "status", "--url", server.grpc_url, "--metrics-url", server.metrics_url],
-                            capture_output=True, text=True, timeout=30)
+    status = run_cli("status", "--url", server.grpc_url, "--metrics-url", server.metrics_url)
     shed = load.collect().totals()
 
     assert shed.errors.get("queue_full", 0) > shed.answers > 0  # Triton really shed most of the load
@@ -107,12 +101,9 @@ def test_under_256_clients_goldens_are_shed_as_load_and_every_probe_stays_ready(
 
 
 def test_a_hang_under_the_same_load_is_not_ready_at_once_and_the_breaker_opens(server, digits):
-    breaker = CircuitBreaker("classifier", GuardConfig(), SharedFileStore(server.state_dir))
     load = _load(server, digits, seconds=6.0)
-    hang = subprocess.run([str(CLI), "chaos", "hang", "--url", server.grpc_url], capture_output=True, text=True,
-                          timeout=30)
+    chaos(server, "hang")
     hung_at = time.monotonic()
-    assert hang.returncode == 0, hang.stderr
     try:
         result = ModelHealthValidator(server.grpc_url, timeout_s=PROBE_TIMEOUT_S).check()
         answered_at = time.monotonic()
@@ -120,9 +111,8 @@ def test_a_hang_under_the_same_load_is_not_ready_at_once_and_the_breaker_opens(s
         assert answered_at - hung_at < PROBE_PERIOD_S + 0.5  # the first probe after the hang already says so
         golden = _check(result, "golden:pipeline")
         assert not golden["ok"] and not golden["reason"].startswith("overloaded"), golden
-        wait_until(lambda: breaker.snapshot().state is State.OPEN, TIMEOUT_S + 5, "the breaker OPEN")
+        wait_until(lambda: breaker_state(server, "classifier") is State.OPEN, TIMEOUT_S + 5, "the breaker OPEN")
     finally:
         load.collect()
-    report = json.loads(subprocess.run([str(CLI), "probe", "--url", server.grpc_url, "--json"],
-                                       capture_output=True, text=True, timeout=30).stdout)
+    report = json.loads(run_cli("probe", "--url", server.grpc_url, "--json").stdout)
     assert not report["ready"]

@@ -9,18 +9,17 @@ declare priority levels. Requests queue at the default (lower) level in
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import running_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import REPOS, running_server
 from triton_guard import promtext
 
 pytestmark = pytest.mark.integration
 
-REPOSITORY = Path(__file__).parent / "repos" / "priority"
+REPOSITORY = REPOS / "priority"
 QUEUED = 12
 
 
