@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from triton_guard.errors import Unreadable
 from triton_guard.model_config import config_text
 
 _TOKEN = re.compile(
@@ -35,10 +36,6 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _OPEN, _CLOSE = "{<", "}>"
-
-
-class Unreadable(ValueError):
-    """The text holds something this scanner does not read: edit the whole config instead."""
 
 
 @dataclass(frozen=True)

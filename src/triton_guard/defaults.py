@@ -144,6 +144,14 @@ METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
 # without it, the repository the canary model itself lives in.
 MODEL_REPOSITORIES_ENV = "TRITON_GUARD_MODEL_REPOSITORIES"
 CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run in progress
+# Overload is not a fault (canary/overload.py): a golden refused or delayed for load
+# counts as "overloaded", not failed, when the model answered requests over at least
+# OVERLOAD_EVIDENCE_S (the canary looks twice, that far apart, within its deadline)
+# and its goldens were answered right within OVERLOAD_GRACE_S.
+OVERLOAD_EVIDENCE_S = 1.0  # many executions of a batched CPU or GPU model; < CANARY_DEADLINE_MS
+OVERLOAD_GRACE_S = 120.0  # twelve of the canary's own runs (CANARY_INTERVAL_MS) without one right answer
+OVERLOAD_WINDOW_S = 10.0  # crowding: requests inside a model on average over this window > one round of its instances
+OVERLOAD_CAPACITY_TTL_S = 60.0  # a model's batch size and instances (its config) are read again this often
 
 # --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.

@@ -191,7 +191,7 @@ STATE_DAMAGE = _declare(
 
 # --- the canary ----------------------------------------------------------------
 
-CANARY_CHECKS = ("golden", "liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift")
+CANARY_CHECKS = ("golden", "liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift", "overload")
 
 CANARY_READY = _declare(
     Metric("triton_guard_canary_ready", "1 when the last canary run found the server ready", Kind.GAUGE, Publisher.CANARY)
@@ -221,6 +221,16 @@ MEMORY_SECONDS_TO_FLOOR = _declare(
     Metric(
         "triton_guard_memory_seconds_to_floor",
         "Projected seconds until free memory reaches the floor (+Inf: not falling)",
+        Kind.GAUGE,
+        Publisher.CANARY,
+    )
+)
+CANARY_OVERLOADED = _declare(
+    Metric(
+        "triton_guard_canary_overloaded",
+        # Never part of readiness: overload is not a fault (triton_guard/canary/overload.py).
+        "1 when the last canary run found the server overloaded (goldens shed or late for load while the "
+        "models answer, guard load rejections, or a backlog above one round of a model's instances)",
         Kind.GAUGE,
         Publisher.CANARY,
     )

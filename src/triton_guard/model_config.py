@@ -16,13 +16,10 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import defaults
+from triton_guard.errors import ModelConfigError
 
 ModelConfig = model_config_pb2.ModelConfig
 CONFIG_FILE = "config.pbtxt"
-
-
-class ModelConfigError(ValueError):
-    """A config that cannot be read; the message is one line naming the file."""
 
 
 def read_config(path: Path) -> model_config_pb2.ModelConfig:

@@ -24,6 +24,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import defaults
+from triton_guard.errors import NotServed
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, config_from_json, read_config
 
 ModelConfig = model_config_pb2.ModelConfig
@@ -36,10 +37,6 @@ INTERFACE_FIELDS = ("max_batch_size", "input", "output")
 
 # model name -> the server's config of it; raises NotServed or ModelConfigError.
 Fetch = Callable[[str], ModelConfig]
-
-
-class NotServed(ModelConfigError):
-    """The server does not answer for this model yet (not up, or the model not loaded): ask again later."""
 
 
 def declares_tensors(config: ModelConfig | None) -> bool:

@@ -20,6 +20,7 @@ from triton_guard import defaults, promtext
 from triton_guard import metrics as catalogue
 from triton_guard.guard.breaker import State
 from triton_guard.canary.leak import duration, per_minute
+from triton_guard.canary.overload import OVERLOAD
 from triton_guard.canary.probe import Health, ModelHealthValidator
 
 MIB = 1024 * 1024
@@ -101,9 +102,12 @@ def _counts(counts: dict[str, float], names: tuple[str, ...]) -> str:
 
 
 def render(status: dict[str, Any]) -> str:
+    checks_found = (status.get("report") or {}).get("checks") or []
+    # Overload never fails readiness (canary/overload.py): said beside the verdict, not instead of it.
+    busy = any(c["name"] == OVERLOAD and (c.get("value") or {}).get("overloaded") for c in checks_found)
     lines = [
         f"triton-guard status  {status['url']}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['at']))}  "
-        f"{status['health'].upper().replace('_', ' ')}"
+        f"{status['health'].upper().replace('_', ' ')}" + ("  (OVERLOADED)" if busy else "")
     ]
     if status["health"] == Health.UNREACHABLE.value:
         lines += [f"  {r}" for r in status["reasons"]]

@@ -29,7 +29,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import running_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import infer, running_server
 from triton_guard import defaults
 from triton_guard.model_config import CONFIG_FILE
 
@@ -95,15 +96,6 @@ def fp32(name, array):
     tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
     tensor.set_data_from_numpy(array.astype(np.float32))
     return tensor
-
-
-def infer(client, model, inputs, timeout_s=30.0):
-    """(result or InferenceServerException, seconds)."""
-    started = time.monotonic()
-    try:
-        return client.infer(model, inputs, client_timeout=timeout_s), time.monotonic() - started
-    except InferenceServerException as exc:
-        return exc, time.monotonic() - started
 
 
 def add_sub(client, model, a, b):

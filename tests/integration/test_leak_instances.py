@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import running_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import REPOS, chaos, run_cli, running_server
 from triton_guard import defaults, promtext
 from triton_guard import metrics as catalogue
 from triton_guard.canary.leak_reload import side_reload
@@ -38,8 +37,7 @@ from triton_guard.server.processes import scan_stubs
 
 pytestmark = pytest.mark.integration
 
-REPOSITORY = Path(__file__).resolve().parent / "repos" / "leak"
-CLI = Path(sys.executable).parent / "triton-guard"
+REPOSITORY = REPOS / "leak"
 LEAK_MB_PER_S = 100
 # Steady growth through the 10 s of history the test canary keeps (the evidence rule: half the ~3 min
 # a 100 MB/s leak leaves to the floor is more than that), plus a run, on a loaded 2-core box.
@@ -165,9 +163,8 @@ def test_a_leak_in_one_instance_is_named_that_instance_reloaded_alone_and_the_pr
     timings = {}
     before = server.stub_pids()
     wait_until(lambda: leak_trend(server)["value"]["blamed"] == [], 20, "nobody blamed before the leak")
-    done = subprocess.run(
-        [str(CLI), "chaos", "leak", "--model", "leaky", "--instance", "1", "--leak-mb-per-s", str(LEAK_MB_PER_S),
-         "--leak-cap-mb", "2000", "--url", server.grpc_url], capture_output=True, text=True, timeout=60)
+    done = run_cli("chaos", "leak", "--model", "leaky", "--instance", "1", "--leak-mb-per-s", str(LEAK_MB_PER_S),
+                   "--leak-cap-mb", "2000", "--url", server.grpc_url)
     assert done.returncode == 0, done.stderr
     assert "in instance 1 only" in done.stdout
     started = time.monotonic()
@@ -188,7 +185,7 @@ def test_a_leak_in_one_instance_is_named_that_instance_reloaded_alone_and_the_pr
         headroom = ModelHealthValidator(server.grpc_url, timeout_s=5).check().report
         assert next(c for c in headroom.checks if c.name == "headroom").ok  # named before the floor
         # The readiness probe a person (or the kubelet) runs says which instance.
-        probe = subprocess.run([str(CLI), "probe", "--url", server.grpc_url], capture_output=True, text=True, timeout=60)
+        probe = run_cli("probe", "--url", server.grpc_url)
         assert probe.returncode == 1 and "leaky_0_1" in probe.stdout and "leaky_0_0" not in probe.stdout, probe.stdout
 
         # leak_reload is on: the canary reloads `leaky` (both its instances), nothing else.
@@ -196,8 +193,7 @@ def test_a_leak_in_one_instance_is_named_that_instance_reloaded_alone_and_the_pr
         timings["reloaded_after_s"] = round(time.monotonic() - started, 2)
     finally:
         # The fault is still set: the new instance would leak again (as a real leak would, later).
-        subprocess.run([str(CLI), "chaos", "clear", "--model", "leaky", "--url", server.grpc_url],
-                       capture_output=True, timeout=60)
+        chaos(server, "clear", "--model", "leaky")
     cleared = time.monotonic()
 
     def ready_without_blame():

@@ -73,6 +73,8 @@ def test_label_values_follow_the_code_that_produces_them():
 
 
 def test_canary_check_names_are_the_ones_the_checks_return():
+    from triton_guard.canary.overload import OverloadJudge
+
     """Each check function, called with nothing to go on, still names itself."""
     produced = {
         checks.check_liveness({}).name,
@@ -84,6 +86,7 @@ def test_canary_check_names_are_the_ones_the_checks_return():
         checks.check_breakers([], False, 0.0).name,
         checks.check_pins({}, {}, False).name,
         checks.check_drift({}, 0.0, False).name,
+        OverloadJudge().check([], {}).name,
     }
     assert produced == set(catalogue.CANARY_CHECK_OK.allowed("check"))
 

@@ -75,6 +75,19 @@ def test_gather_reads_metrics_where_the_canary_says_the_server_serves_them(monke
     assert fetched[-1] == "http://elsewhere:1/metrics"
 
 
+def test_an_overloaded_but_ready_server_says_both_in_the_header_and_the_check_says_why():
+    from triton_guard.canary.overload import OverloadJudge
+
+    judge = OverloadJudge()
+    busy = CheckResult("overload", True, {"overloaded": True}, None,
+                       "OVERLOADED: the guard of 'classifier' refused 12 requests for load (reported only: load is not a fault)")
+    for overload, header in ((busy, "READY  (OVERLOADED)"), (judge.check([], {}), "READY")):
+        report = CanaryReport([CheckResult("liveness", True, {}, None, "4 models ready"), overload], 0.01, "cpu", at=0.0)
+        first, *rest = status.render(_status(report, {}, health=Health.READY)).splitlines()
+        assert first.endswith(header)
+        assert any(line.strip().startswith("ok   overload") and overload.reason in line for line in rest)
+
+
 def _instance(instance, rate, steady=False, to_floor=None, growing_for=None, model="classifier", pid=4100):
     return {"model": model, "instance": instance, "pid": pid, "device": "cpu", "kind": "host", "bytes": 400 * 2**20,
             "host_bytes": 400 * 2**20, "gpu_bytes": None, "rate_bytes_per_s": rate, "growing_for_s": growing_for,

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triton_guard import defaults
-
-
-class CanaryConfigError(ValueError):
-    pass
+from triton_guard.errors import CanaryConfigError
 
 
 def _bool(name: str, text: str) -> bool:
@@ -53,6 +50,10 @@ class CanaryConfig:
     strict_pins: bool = defaults.STRICT_PINS
     drift_fails_readiness: bool = defaults.DRIFT_FAILS_READINESS
     device_class: str = "auto"  # "cpu", "gpu", or "auto": gpu when Triton reports GPU memory
+    # Overload is not a fault (canary/overload.py, docs/overload.md).
+    overload_evidence_s: float = defaults.OVERLOAD_EVIDENCE_S
+    overload_grace_s: float = defaults.OVERLOAD_GRACE_S
+    overload_window_s: float = defaults.OVERLOAD_WINDOW_S
 
     # What a probe may change for one call (thresholds, never what is checked).
     PER_CALL: frozenset = frozenset(
@@ -70,7 +71,7 @@ class CanaryConfig:
 
     def __post_init__(self) -> None:
         positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s",
-                    "leak_reload_cooldown_s")
+                    "overload_evidence_s", "overload_grace_s", "overload_window_s", "leak_reload_cooldown_s")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

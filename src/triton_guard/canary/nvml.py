@@ -16,11 +16,9 @@ import threading
 from types import ModuleType
 from typing import Callable
 
+from triton_guard.errors import NvmlUnavailable
+
 INSTALL_HINT = "per-instance GPU memory needs the nvidia-ml-py package (pip install nvidia-ml-py)"
-
-
-class NvmlUnavailable(RuntimeError):
-    """NVML cannot say (not installed, no driver); the message says which."""
 
 
 def _import_pynvml() -> ModuleType:

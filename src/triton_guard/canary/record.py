@@ -31,18 +31,11 @@ from triton_guard.canary.goldens import (
     datatype_of,
     record_case_file,
 )
+from triton_guard.errors import RecordRefused, RecordUsage
 from triton_guard.inputs import InputsError, load_inputs
 from triton_guard.model_source import served_tensors_source
 
 _CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class RecordRefused(Exception):
-    """The server answered, but not with something to record (exit 1)."""
-
-
-class RecordUsage(Exception):
-    """Bad arguments, an unusable inputs file, or no server to ask (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_guard import defaults
-
-
-class FaultError(ValueError):
-    """A fault or command that cannot be applied; the message says why."""
+from triton_guard.errors import FaultError
 
 
 class FaultKind(str, enum.Enum):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, refused
 
 
 def add_parser(subparsers) -> None:
@@ -80,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     prog = "triton-guard guard"
     problem = _usage_problem(args)
     if problem:
-        print(f"{prog}: refused: {problem}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, problem)
     repository, server, command = Path(args.model_repository), Server.at(args.url), _command(args)
     try:
         params = parse_params(args.param)
@@ -90,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         plan = _plan_one(args, repository, params, server, command)
         written = plan.written if args.dry_run else plan.apply(command)
     except GuardRefused as exc:
-        print(f"{prog}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, exc)
     print("\n".join(written.lines()))
     if args.dry_run:
         print("dry run: nothing written")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from triton_guard.cli.exit_codes import EXIT_OK, refused
 
 
 def add_parser(subparsers) -> None:
@@ -35,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = unguard(Path(args.model_repository), args.model)
     except GuardRefused as exc:
-        print(f"triton-guard unguard: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused("triton-guard unguard", exc)
     print("\n".join(written.lines()))
     print("\n".join(server_lines(written.server_steps, args.url)))
     return EXIT_OK

@@ -22,11 +22,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from triton_guard import defaults
-from triton_guard.drift.monitor import ReferenceError, build_reference, reference_document
-
-
-class RecordError(ValueError):
-    """Why a reference cannot be recorded; one line, nothing written."""
+from triton_guard.drift.monitor import build_reference, reference_document
+from triton_guard.errors import DriftReferenceError, RecordError
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def record(shape: ModelShape, inputs: Mapping[str, np.ndarray], output: str, kin
                           "(its own sampling error would raise alarms)")
     try:
         reference = build_reference(kind, rows)
-    except ReferenceError as exc:
+    except DriftReferenceError as exc:
         raise RecordError(f"output '{output}': {exc}") from None
     return reference_document(reference, shape.name, output, shape.batched,
                               {"rows": len(rows), "inputs": source})

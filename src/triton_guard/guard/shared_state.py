@@ -75,6 +75,7 @@ from types import TracebackType
 from typing import Callable, Mapping
 
 from triton_guard import defaults
+from triton_guard.errors import SettingsConflict
 from triton_guard.guard.breaker import BreakerRecord, State
 from triton_guard.guard.config import ConfigError, GuardConfig
 
@@ -188,10 +189,6 @@ class _MemoryTransaction:
 
 # A bulkhead is per guard instance: guards of one upstream may size theirs differently.
 PER_INSTANCE_SETTINGS = frozenset({"max_inflight"})
-
-
-class SettingsConflict(ConfigError):
-    """Two guard models of one upstream with different breaker settings."""
 
 
 def breaker_settings(config: GuardConfig) -> dict[str, int | float]:

@@ -17,8 +17,10 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import defaults, model_source
+from triton_guard.errors import GuardRefused
 from triton_guard.guard.config import ConfigError, validate_parameters
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, read_config, tensor_text, type_name
+from triton_guard.queue_policy import recommended_dynamic_batching
 
 GUARD_BACKEND = "guard"
 PYTHON_BACKEND = "python"
@@ -32,10 +34,6 @@ GUARD_VERSION = "1"  # Triton loads a model only from a numbered version directo
 GUARD_MODEL = "guard model"
 IN_PROCESS = "in-process"
 RENAMED = "renamed"
-
-
-class GuardRefused(ValueError):
-    """`triton-guard guard` or `unguard` will not write; the message is one line and nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -178,15 +176,16 @@ def dynamic_batching_settings(
 ) -> model_config_pb2.ModelDynamicBatching | None:
     """The dynamic_batching block of a config `guard` writes for `model`; None: the config has none.
 
-    The one place for these settings (queue and priority policies go here).
-    A guard model batches when its model does: each dynamic batch becomes one
-    BLS call, and it has no queue policy of its own (in Triton 2.51 a queue
-    timeout on the guard let requests wait with an instance free; the guard's
-    deadline bounds the wait instead). In-process, the model keeps its own.
+    The one place for these settings: triton_guard.queue_policy's
+    recommendation. A guard model batches when its model does: each dynamic
+    batch becomes one BLS call. In-process, the model keeps its own batching
+    less any queue policy or priority levels: on Triton 2.51 those stop the
+    batcher prefetching and a full queue then stalls (docs/overload.md); the
+    guard's deadline bounds the wait instead.
     """
     if placement == IN_PROCESS:
-        return model.dynamic_batching if model.HasField("dynamic_batching") else None
-    return model_config_pb2.ModelDynamicBatching() if model.max_batch_size > 0 else None
+        return recommended_dynamic_batching(model.dynamic_batching) if model.HasField("dynamic_batching") else None
+    return recommended_dynamic_batching() if model.max_batch_size > 0 else None
 
 
 def guard_config(

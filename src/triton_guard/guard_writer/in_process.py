@@ -33,6 +33,7 @@ from triton_guard.guard_writer.common import (
     source_line,
 )
 from triton_guard.model_config import CONFIG_FILE
+from triton_guard.queue_policy import stall_risks
 
 
 def _wanted(source: model_source.ModelSource, params: Mapping[str, str]) -> model_config_pb2.ModelConfig:
@@ -123,6 +124,7 @@ def plan_in_process(
         written.wrote.append(
             f"rewrote {path}: backend \"{GUARD_BACKEND}\" (was \"{PYTHON_BACKEND}\"; {settings_text(params)})" + comments
         )
+    written.wrote.extend(f"dropped from its dynamic_batching: {risk}" for risk in stall_risks(config))
     written.call.append(f"its model.py runs behind the guard in the same process; clients keep calling '{model}'")
     written.server_steps = [("load", model)]
     return Plan(changes, written, undo_server_steps=[("load", model)])

@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.server.errors import ServerError
+from triton_guard.errors import ServerError
 
 
 def is_loopback(host: str) -> bool:

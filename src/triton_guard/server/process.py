@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import IO
 
 from triton_guard import defaults
+from triton_guard.errors import ServerError
 from triton_guard.server import local_record, watchdog
 from triton_guard.server.auth import check_api_key, is_loopback, resolve_api_key, restricted_api_args
-from triton_guard.server.errors import ServerError
 from triton_guard.server.locate import (
     BACKENDS_DIR,
     CANARY_REPOSITORY,

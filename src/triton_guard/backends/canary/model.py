@@ -28,6 +28,7 @@ from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import memory
 from triton_guard.canary.checks import metric_labels
 from triton_guard.canary.config import CanaryConfig, CanaryConfigError
+from triton_guard.canary.overload import is_overloaded
 from triton_guard.canary.golden_store import GoldenStore, repositories_from_environment
 from triton_guard.canary.instance_metrics import InstanceMetricUpdates
 from triton_guard.canary.instances import InstanceSampler
@@ -160,9 +161,11 @@ class _CanaryMetrics:
                 catalogue.MEMORY_FLOOR_BYTES,
                 catalogue.MEMORY_SECONDS_TO_FLOOR,
                 catalogue.CANARY_RUN_SECONDS,
+                catalogue.CANARY_OVERLOADED,
             )
         ]
-        ready, checks, free, floor, to_floor, seconds = self.families
+        ready, checks, free, floor, to_floor, seconds, overloaded = self.families
+        self.overloaded = overloaded.Metric(labels={})
         self.ready = ready.Metric(labels={})
         self.checks_family = checks
         self.checks = {}
@@ -188,6 +191,7 @@ class _CanaryMetrics:
         with self._lock:
             self.ready.set(1.0 if report.ready else 0.0)
             self.seconds.set(report.duration_s)
+            self.overloaded.set(1.0 if any(is_overloaded(c) for c in report.checks) else 0.0)
             for check in report.checks:
                 if check.name not in self.checks:
                     self.checks[check.name] = self.checks_family.Metric(labels=metric_labels(check.name))

@@ -4,14 +4,12 @@ As NVIDIA's python_backend `auto_complete` example (batch_model.py and
 nobatch_model.py in one file): `batch_auto` batches up to 4, any other name
 (`nobatch_auto`, whose model.py links here) does not batch. A test fault: a
 file FAULT in the model's folder holding `hang` (execute waits while it
-does), `wrong` (OUTPUT0 off by one) or `error`.
+does), `wrong` (OUTPUT0 off by one) or `error` (fault_hooks.FaultFile).
 """
-
-import os
-import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from fault_hooks import FaultFile, answer_each  # tests/integration/repos/fault_hooks.py
 
 
 class TritonPythonModel:
@@ -30,27 +28,17 @@ class TritonPythonModel:
         return config
 
     def initialize(self, args):
-        self.fault_file = os.path.join(args["model_repository"], "FAULT")
-
-    def fault(self):
-        try:
-            with open(self.fault_file) as f:
-                return f.read().strip()
-        except OSError:
-            return ""
+        self.fault = FaultFile(args["model_repository"])
 
     def execute(self, requests):
-        while self.fault() == "hang":
-            time.sleep(0.02)
-        fault, responses = self.fault(), []
-        for request in requests:
-            if fault == "error":
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("injected error")))
-                continue
+        fault = self.fault.after_hang()
+
+        def outputs(request):
             a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
             b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
-            responses.append(pb_utils.InferenceResponse([
+            return [
                 pb_utils.Tensor("OUTPUT0", (a + b + (1 if fault == "wrong" else 0)).astype(np.float32)),
                 pb_utils.Tensor("OUTPUT1", (a - b).astype(np.float32)),
-            ]))
-        return responses
+            ]
+
+        return answer_each(requests, "injected error" if fault == "error" else None, outputs)
