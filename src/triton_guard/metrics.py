@@ -241,8 +241,8 @@ CANARY_RUN_SECONDS = _declare(
 
 # Memory per model instance (canary/instances.py, canary/leak.py): one row per Python backend stub and one
 # for the server process itself (model and instance "tritonserver": C++ backends live in it).
-# host: resident memory (/proc); gpu: device memory (NVML, GPU hosts); gpu_*: torch's CUDA allocator as an
-# in-process guard on a GPU instance reports it (canary/allocator.py).
+# host: resident memory (/proc); gpu: device memory (NVML, GPU hosts); gpu_*: torch's CUDA allocator as a
+# model on a GPU instance reports it (canary/allocator.py).
 INSTANCE_MEMORY_KINDS = ("host", "gpu", "gpu_allocated", "gpu_reserved", "gpu_reserved_unallocated")
 INSTANCE_MEMORY_BYTES = _declare(
     Metric(
@@ -279,7 +279,7 @@ ALLOCATOR_RETRIES = _declare(
         Kind.COUNTER,
         Publisher.CANARY,
         {"model": ANY, "instance": ANY},
-        first_series_on="an in-process guard on a GPU instance reporting torch's allocator",
+        first_series_on="a model on a GPU instance reporting torch's allocator (canary/allocator.py)",
     )
 )
 ALLOCATOR_OOMS = _declare(
@@ -289,7 +289,7 @@ ALLOCATOR_OOMS = _declare(
         Kind.COUNTER,
         Publisher.CANARY,
         {"model": ANY, "instance": ANY},
-        first_series_on="an in-process guard on a GPU instance reporting torch's allocator",
+        first_series_on="a model on a GPU instance reporting torch's allocator (canary/allocator.py)",
     )
 )
 LEAK_RELOADS = _declare(

@@ -9,10 +9,11 @@ look fine. Only the process that runs the model can see this
 them (reserved but unallocated: fragmentation and cache), allocation retries
 and OOMs.
 
-* `AllocatorReporter` runs inside a model's process (an in-process guard on a
-  GPU instance: `start_reporter`) and writes one small JSON document per
-  instance into the server's state directory every interval, from a thread of
-  its own (never on the request path; it never creates a CUDA context).
+* `AllocatorReporter` runs inside a model's process (one call in a GPU
+  instance's `initialize`: `start_reporter`) and writes one small JSON
+  document per instance into the server's state directory every interval,
+  from a thread of its own (never on the request path; it never creates a
+  CUDA context).
 * `read_allocator_states` is the canary's side: the readings of every
   instance, stale ones (a reporter that stopped) left out. The canary trends
   the gap, counts retries and OOMs (triton_guard.canary.leak) and publishes

@@ -3,12 +3,13 @@
 `LeakWatch` keeps a growth series (triton_guard.canary.growth) for the
 memory in use in total (host, cgroup or GPU, whichever the headroom check
 reads) and for every model instance's memory of the same kind (resident
-bytes, or device bytes on a GPU host), plus, where an in-process guard
+bytes, or device bytes on a GPU host), plus, where a model on a GPU
 reports torch's allocator, the reserved-but-unallocated gap and the
 allocation retries and OOMs. The canary's sampler feeds it; a run judges it:
 
-* an instance is **blamed** when its growth is steady (not a warm-up) and,
-  at its rate, free memory reaches the floor within the horizon;
+* an instance is **blamed** when its growth counts as a leak (steady, not a
+  warm-up, and already half of the room left: canary/growth.py) and, at its
+  rate, free memory reaches the floor within the horizon;
 * an instance whose allocator retried an allocation or ran out of memory
   within the last `sustain_s` is a **starvation risk**, whatever free
   memory says, and so is steady growth of its allocator's gap;

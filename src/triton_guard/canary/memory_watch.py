@@ -3,7 +3,7 @@
 `MemoryWatch` gathers, at every sample of the canary's sampler, the memory
 reading the headroom check uses, the per-instance rows
 (triton_guard.canary.instances: /proc, and NVML on a GPU host) and the
-allocator readings of in-process guards on GPU instances
+allocator readings models on GPU instances report
 (triton_guard.canary.allocator), into one `LeakWatch`
 (triton_guard.canary.leak). A run asks it for a `LeakAssessment`; the
 server's own runs (not a probe's one-off thresholds) may act on it: with
