@@ -3,7 +3,9 @@
     python scripts/check_fresh_install.py [--python python3] [--keep] [--out out/fresh_install]
 
 In a temporary directory, outside the checkout: a fresh venv, `pip install`
-of the project (no torch: the repository served here needs none), then, from
+of the project (no torch: the repository served here needs none) and of
+the test models' fault hook (the models import it, as a user's models import
+a library of their own), then, from
 that directory, the commands of docs/guarding.md on a copy
 of tests/integration/repos/foreign: `serve` with no repository (a clear
 refusal), `backend-dir`, `guard add_sub --ensemble add_then_scale`, `serve
@@ -32,6 +34,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = REPO_ROOT / "tests" / "integration" / "repos" / "foreign"
+FAULT_HOOKS = REPO_ROOT / "tests" / "integration" / "repos" / "fault_hooks.py"
 READY_TIMEOUT_S = 180.0
 
 
@@ -116,6 +119,11 @@ def check(python: str, work: Path) -> Steps:
     env = user_env(venv)
     steps.run("pip install", [str(venv / "bin" / "pip"), "install", "-q", str(source)], home, env)
     shutil.rmtree(source)  # the install must not depend on the source tree
+    # The copied test models import their fault hook by name (tests/integration/repos/fault_hooks.py), as a
+    # user's models import a library of their own installed in the venv: put it there, beside the project.
+    purelib = steps.run("site-packages", [str(venv / "bin" / "python"), "-c",
+                                          "import sysconfig; print(sysconfig.get_paths()['purelib'])"], home, env)
+    shutil.copy2(FAULT_HOOKS, Path(purelib.strip().splitlines()[-1]))
     tg = "triton-guard"
     out = steps.run("serve without a repository", [tg, "serve"], home, env, expect_rc=1, timeout=60)
     if "no model repository" not in out:

@@ -78,7 +78,10 @@ def _check(result, name: str) -> dict:
 
 def test_under_256_clients_goldens_are_shed_as_load_and_every_probe_stays_ready(server, digits):
     validator = ModelHealthValidator(server.grpc_url, timeout_s=PROBE_TIMEOUT_S)
-    load = _load(server, digits, seconds=8.0)
+    load = _load(server, digits, seconds=10.0)
+    # The canary's own view of the overload needs one overload window of samples (overload_window_s 3)
+    # before it can call the pod crowded: wait for it to say so once, then every probe must say so.
+    wait_until(lambda: _gauge(server, "triton_guard_canary_overloaded") == 1.0, 8, "the pod reported overloaded")
     results, gauges = [], []
     for _ in range(3):
         results.append(validator.check())

@@ -20,7 +20,7 @@ from triton_guard import promtext
 pytestmark = pytest.mark.integration
 
 REPOSITORY = REPOS / "priority"
-QUEUED = 12
+QUEUED = 16
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,12 @@ def test_a_priority_1_request_overtakes_the_queue_in_every_step_of_an_ensemble(s
 
         def queued():
             samples = promtext.fetch(server.metrics_url, 2.0)
-            return promtext.by_label(samples, "nv_inference_pending_request_count", "model").get("slow", 0) >= QUEUED / 2
+            # Most of them waiting in the steps' queues when the priority request is sent: at most a few are
+            # ahead of it for any reason but a queue (executing, or done), on a loaded box too.
+            pending = promtext.by_label(samples, "nv_inference_pending_request_count", "model")
+            return pending.get("first", 0) + pending.get("slow", 0) >= QUEUED - 4
 
-        wait_until(queued, 10, "requests queued in 'slow'")
+        wait_until(queued, 10, "requests queued in the steps of 'chain'")
         send("priority 1", 1)
         assert all_done.wait(60), finished
     finally:

@@ -270,7 +270,7 @@ def test_repository_without_models_is_one_line_and_exit_1(tmp_path):
     empty.mkdir()
     result = run_serve(serve_command(empty, Ports.free()))
     assert result.returncode == 1
-    assert result.stderr == f"{PREFIX}model repository {empty} holds no model (no */config.pbtxt)\n"
+    assert result.stderr == f"{PREFIX}model repository {empty} holds no model (no */config.pbtxt, no */<version>/)\n"
     assert result.stdout == ""
 
 
@@ -341,7 +341,8 @@ def _start_chaos_serve(tmp_path, ports, exit_timeout_s):
     )
     out = Output(proc.stdout)
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not http_ready(ports.http):
+    # serve's "ready" line: every endpoint answers (/metrics opens after HTTP's ready).
+    while not any("triton-guard: ready" in line for line in list(out.lines)):
         assert time.monotonic() < deadline, f"not ready in {READY_TIMEOUT_S} s:\n{out.text()[-3000:]}"
         assert proc.poll() is None, out.text()[-3000:]
         time.sleep(0.2)

@@ -305,16 +305,21 @@ class LocalServer:
                 self._recent_errors.append(line.strip())
 
     def _wait_ready(self, timeout_s: float) -> None:
+        # Ready means every endpoint answers: Triton opens its metrics port after
+        # HTTP, so a caller reading /metrics right after HTTP's 200 could be refused.
         deadline = time.monotonic() + timeout_s
-        url = f"http://{self.http_url}/v2/health/ready"
+        pending = [f"http://{self.http_url}/v2/health/ready", self.metrics_url]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._pump.join(timeout=5)
                 raise ServerError(self._startup_failure())
             try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
+                with urllib.request.urlopen(pending[0], timeout=1) as resp:
                     if resp.status == 200:
-                        return
+                        pending.pop(0)
+                        if not pending:
+                            return
+                        continue
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.1)
