@@ -572,3 +572,27 @@ def test_recovery_ms_stays_the_upper_bound_without_a_good_probe(make, clock):
     rejected(breaker, "open")
     clock.advance(0.001)
     assert breaker.acquire().transition.reason == "recovery_elapsed"
+
+
+# --- issue 20: a permit counts once -------------------------------------------------------
+
+
+def test_a_trial_recorded_twice_counts_once(make, clock):
+    # Two trials must succeed; one real call reported twice is still one.
+    breaker = make(failure_threshold=1, half_open_max_calls=2)
+    trip(breaker)
+    trial = recover(breaker, clock)
+    assert breaker.record(trial, success=True, duration_s=FAST_S) is None
+    assert breaker.record(trial, success=True, duration_s=FAST_S) is None
+    assert breaker.snapshot().state == State.HALF_OPEN
+    second = permit(breaker)
+    assert breaker.record(second, success=True, duration_s=FAST_S).to_state == State.CLOSED
+
+
+def test_a_closed_permit_recorded_twice_counts_one_failure(make):
+    breaker = make(failure_threshold=2, failure_rate_threshold=1.0)
+    failed = permit(breaker)
+    assert breaker.record(failed, success=False, duration_s=FAST_S) is None
+    assert breaker.record(failed, success=False, duration_s=FAST_S) is None
+    snap = breaker.snapshot()
+    assert (snap.state, snap.consecutive_failures) == (State.CLOSED, 1)

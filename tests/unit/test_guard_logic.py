@@ -700,3 +700,20 @@ def test_expired_requests_get_the_breakers_answer_when_it_is_open(make_guard, cl
     assert part.result.rejected == "open"
     assert part.result.message.startswith(UNAVAILABLE_PREFIX) and "next trial call in 20.0 s" in part.result.message
     assert events.take() == [("rejected", "open")]
+
+
+# --- issue 20: the guard's own refusals say nothing about the upstream ----------------------------
+
+
+def test_a_trial_refused_by_the_guards_own_bulkhead_goes_back_unused(make_guard, upstream, clock, events):
+    guard = make_guard(max_inflight=1, failure_threshold=1, recovery_ms=1_000)
+    assert guard.call(upstream.hangs(), error_answer).failure is Failure.TIMEOUT  # abandoned: holds the one slot
+    assert guard.breaker.snapshot().state is State.OPEN
+    clock.advance(1.0)
+    refused = guard.call(upstream.answer(), error_answer)  # HALF_OPEN's trial permit, but no free slot
+    assert refused.rejected == "overloaded" and upstream.calls == 1
+    assert guard.breaker.snapshot().state is State.HALF_OPEN  # not re-opened without an upstream call
+    upstream.release.set()
+    wait_until_workers_idle(guard)
+    assert guard.call(upstream.answer(7), error_answer).value == 7  # the trial permit was given back
+    assert guard.breaker.snapshot().state is State.CLOSED

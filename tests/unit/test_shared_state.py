@@ -426,3 +426,21 @@ def test_default_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv(defaults.STATE_DIR_ENV, str(tmp_path))
     assert default_state_dir() == str(tmp_path)
     assert default_state_dir(server_pid=4242) == str(tmp_path)
+
+
+# --- issue 20: a replaced file never turns OPEN into CLOSED -------------------------------------
+
+
+def test_a_closed_copy_never_overwrites_an_open_breaker_made_at_the_path_after_a_delete(tmp_path):
+    # Process A has seen a full cycle (OPEN, HALF_OPEN, CLOSED: 3 transitions) and holds a CLOSED copy.
+    clock = [1000.0]
+    store, _ = _store(tmp_path)
+    a = CircuitBreaker(NAME, GuardConfig(failure_threshold=1, recovery_ms=1000), store, clock=lambda: clock[0])
+    a.record(a.acquire(), success=False, duration_s=0.001)
+    clock[0] += 1.0
+    a.record(a.acquire(), success=True, duration_s=0.001)
+    assert a.snapshot().state == State.CLOSED
+    os.unlink(store.path_for(NAME))
+    _run(_trip, str(tmp_path))  # process B makes a new file at the path and trips it OPEN (1 transition)
+    assert isinstance(a.acquire(), Rejection)  # A follows the path and sees OPEN
+    assert SharedFileStore(tmp_path).read(NAME).state == State.OPEN
