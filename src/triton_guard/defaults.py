@@ -78,6 +78,10 @@ STATE_DIR_ENV = "TRITON_GUARD_STATE_DIR"  # overrides the state directory
 STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
 STATE_DIR_PREFIX = "triton-guard-"  # + tritonserver pid: one directory per server
 WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bounds window_size
+# The request path reads a breaker's state without a lock; this often it takes
+# the lock instead, to follow a deleted or replaced file and to check (and
+# repair) the whole record. A damaged file is found within this long.
+STATE_CHECK_INTERVAL_S = 0.1
 
 # --- Canary (ARCHITECTURE.md section 5) ------------------------------------
 CANARY_MODEL = "canary"

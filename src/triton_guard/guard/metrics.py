@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from triton_guard import metrics as catalogue
-from triton_guard.guard.breaker import Transition
 from triton_guard.guard.failures import Failure
-from triton_guard.guard.core import GuardEvents
+from triton_guard.guard.policy import GuardEvents
+from triton_guard.guard.record import Transition
 
 # Names, help, labels and buckets: triton_guard.metrics (the catalogue).
 # The latency histogram is written as its three counter series (_bucket{le},

@@ -27,7 +27,8 @@ import threading
 import time
 from typing import Callable, Generic, Protocol, TypeVar
 
-from triton_guard.guard.breaker import CircuitBreaker, State, Transition
+from triton_guard.guard.breaker import CircuitBreaker
+from triton_guard.guard.record import State, Transition
 
 T = TypeVar("T")
 
@@ -116,8 +117,8 @@ class ActiveRecovery(Generic[T]):
     ) -> None:
         config = breaker.config
         self.breaker = breaker
-        self.interval_s = config.probe_interval_ms / 1000.0
-        self._timeout_s = config.timeout_ms / 1000.0
+        self.interval_s = config.probe_interval_s
+        self._timeout_s = config.timeout_s
         self._good_within_s = min(config.slow_call_ms, config.timeout_ms) / 1000.0
         self._make_probe = make_probe
         self._error_of = error_of
@@ -131,7 +132,8 @@ class ActiveRecovery(Generic[T]):
 
     def probe_once(self) -> str:
         """Send one probe if the breaker is OPEN and no probe is in flight; block until it returns."""
-        if self.breaker.snapshot().state is not State.OPEN:  # the common case: no lock, no probe
+        snapshot = self.breaker.snapshot()
+        if snapshot.state is not State.OPEN or snapshot.override:  # the common case (or an operator's): no probe
             return ProbeOutcome.NOT_OPEN
         probe = self._make_probe()
         if probe is None:
@@ -141,7 +143,7 @@ class ActiveRecovery(Generic[T]):
         try:
             # Read again under the lock: another process's probe may just have ended OPEN.
             snapshot = self.breaker.snapshot()
-            if snapshot.state is not State.OPEN:
+            if snapshot.state is not State.OPEN or snapshot.override:
                 return ProbeOutcome.NOT_OPEN
             started = self._clock()
             try:
