@@ -21,7 +21,8 @@ from triton_guard.guard import state_file as layout
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.record import OUTCOME_FAILED, Permit, Rejection, State
-from triton_guard.guard.shared_state import SharedFileStore, breaker_filename, default_state_dir, read_claim
+from triton_guard.guard.shared_state import SharedFileStore, read_claim
+from triton_guard.guard.state_dir import breaker_filename, default_state_dir
 from triton_guard.guard.store import MemoryStore, SettingsConflict, breaker_settings
 
 FILE_SIZE, LAYOUT_VERSION, MAGIC = layout.FILE_SIZE, layout.LAYOUT_VERSION, layout.MAGIC

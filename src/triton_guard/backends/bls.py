@@ -54,7 +54,8 @@ from triton_guard.guard.config import EXTRA_PARAMETERS, ConfigError, validate_pa
 from triton_guard.guard.finite import non_finite_output
 from triton_guard.guard.healer import SideHealer
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock
-from triton_guard.guard.shared_state import SharedFileStore, default_state_dir
+from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.guard.store import breaker_settings
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics

@@ -31,7 +31,7 @@ from triton_guard.drift.monitor import DriftMonitor, ReferenceError, is_probe_pa
 from triton_guard.drift.ring import RowRing
 from triton_guard.drift.scorer import Scorer, write_off_state
 from triton_guard.guard.config import ConfigError, DriftConfig
-from triton_guard.guard.shared_state import default_state_dir
+from triton_guard.guard.state_dir import default_state_dir
 
 
 def is_probe(request) -> bool:

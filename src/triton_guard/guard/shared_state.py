@@ -1,10 +1,8 @@
 """SharedFileStore: one breaker per upstream per server, in a file every guard process shares.
 
-One small file per breaker in a directory shared by every guard stub process
-of a tritonserver (and readable by the canary model, tests and `status`);
-its layout is in state_file.py. The file is read and written with
-pread/pwrite, never mmap'ed: a file truncated under a mapping would kill the
-process with SIGBUS.
+One file per breaker in the server's state directory (state_dir.py), read by
+the canary and `status` too; its layout: state_file.py. Read and written with
+pread/pwrite, never mmap'ed: a file truncated under a mapping kills with SIGBUS.
 
 Two paths. `peek` (the request path) reads the 96-byte hot block without a
 lock: one pread and a CRC of 80 bytes. A transaction (everything that
@@ -16,24 +14,11 @@ whole record checked at least that often while a breaker is in use.
 Damage. A transaction checks, under the lock, that the path still names the
 file this process has open, so a deleted or replaced file (or a removed
 directory) is followed and every guard converges on the file now at the path.
-One rule for whatever is found: a damaged or unknown record is never taken to
-mean CLOSED.
-* A file that is truncated, corrupt or found empty by a process that had
-  seen it before is rebuilt from this process's last good copy: a copy that
-  was OPEN (or HALF_OPEN) is restored as it was; a CLOSED copy, or no copy at
-  all, resumes as HALF_OPEN, so one trial call decides and a hung upstream is
-  not handed all traffic again. A file whose numbers are intact but whose
-  name, window or claim is damaged keeps its state with a fresh window.
-* A valid file that is not the one this process last used (the path was
-  replaced, or the file was unusable meanwhile) is merged with this process's
-  copy: the more severe state wins (operator-forced OPEN, OPEN, HALF_OPEN,
-  CLOSED), then the one that saw more transitions. A newcomer's fresh breaker
-  never closes an OPEN one, and a stale CLOSED copy never overwrites a
-  breaker another process opened.
-* A file that cannot be opened or written (read-only, immutable, directory
-  gone and not creatable) leaves the process on its own copy in memory,
-  retried every DAMAGE_RETRY_S.
-Each event is reported once (`report`, stderr by default) and counted in
+What it then keeps follows one rule, a damaged or unknown record is never
+taken to mean CLOSED (the cases: repair.py). A file that cannot be opened or
+written (read-only, immutable, directory gone and not creatable) leaves the
+process on its own copy in memory, retried every DAMAGE_RETRY_S. Each event
+is reported once (`report`, stderr by default) and counted in
 `SharedFileStore.damage` for a metric.
 
 Locking: `fcntl.lockf` on the whole file for the length of one transaction
@@ -48,60 +33,24 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import hashlib
-import json
 import os
-import re
 import sys
-import tempfile
 import threading
 import time
 from types import TracebackType
 from typing import Callable, Mapping
 
 from triton_guard import defaults
+from triton_guard.guard import repair
 from triton_guard.guard import state_file as layout
-from triton_guard.guard.record import BreakerRecord, Override, State
+from triton_guard.guard.record import BreakerRecord
+from triton_guard.guard.state_dir import FILE_SUFFIX, breaker_filename
 from triton_guard.guard.store import SettingsConflict, conflict, merged_claim
 
-FILE_SUFFIX = ".breaker"
 DAMAGE_RETRY_S = 1.0  # an unusable breaker file is tried again this often
 # Kept importable from here: tests and tools check files against the layout.
 FILE_SIZE = layout.FILE_SIZE
 _is_valid = layout.is_valid
-
-
-def default_state_dir(server_pid: int | None = None) -> str:
-    """The state directory of one tritonserver.
-
-    `$TRITON_GUARD_STATE_DIR` if set; else /dev/shm/triton-guard-<pid> where
-    pid is the server's: every python-backend stub is a direct child of
-    tritonserver, so inside a stub the default (os.getppid()) is right. A
-    process outside the server (status command, tests) passes server_pid.
-    """
-    override = os.environ.get(defaults.STATE_DIR_ENV)
-    if override:
-        return override
-    pid = os.getppid() if server_pid is None else server_pid
-    base = defaults.STATE_DIR_BASE
-    if not os.path.isdir(base):  # not Linux: no tmpfs at /dev/shm
-        base = tempfile.gettempdir()
-    return os.path.join(base, f"{defaults.STATE_DIR_PREFIX}{pid}")
-
-
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_STEM_MAX = 100  # keeps <stem>-<hash>.breaker well under NAME_MAX of filesystems
-
-
-def breaker_filename(name: str) -> str:
-    """A filename for a breaker name; altered names get a hash so they stay unique."""
-    encoded = name.encode("utf-8")
-    if not encoded or len(encoded) > layout.NAME_MAX:
-        raise ValueError(f"breaker name {name!r}: expected 1 to {layout.NAME_MAX} bytes of UTF-8")
-    stem = _UNSAFE_CHARS.sub("_", name)[:_STEM_MAX]
-    if stem != name:
-        stem += "-" + hashlib.sha256(encoded).hexdigest()[:12]
-    return stem + FILE_SUFFIX
 
 
 def _report_to_stderr(message: str) -> None:
@@ -198,15 +147,6 @@ def _open_breaker_file(path: str, name: str, store: SharedFileStore) -> _Breaker
         if breaker_file is None:
             breaker_file = _open_files[path] = _BreakerFile(path, name, store)
         return breaker_file
-
-
-def _severity(rec: BreakerRecord) -> tuple[int, int]:
-    """Which of two records of one breaker to keep: the more severe, then the one that saw more."""
-    if rec.override == int(Override.FORCED_OPEN):
-        rank = 3
-    else:
-        rank = {int(State.OPEN): 2, int(State.HALF_OPEN): 1}.get(rec.state, 0)
-    return rank, rec.transitions
 
 
 class _BreakerFile:
@@ -329,45 +269,17 @@ class _BreakerFile:
             return self._memory_image(now)
 
     def _checked(self, found: bytes, moved: bool, now: float) -> bytearray:
-        """What the file should hold, by the rules of the module docstring."""
+        """What the file should hold (repair.py), with any damage reported."""
         returning = bool(self._unusable_until)
         if returning:
             self._unusable_until = 0.0
             self._store._report(f"breaker '{self.name}': state file {self.path} usable again")
-        kind = None
-        if layout.is_valid(found, self._prefix):
-            found_rec = layout.record_of(found)
-        else:
-            kind = self._damage_kind(found, moved)
-            if kind is None:  # a new breaker, not damage
-                image = layout.initial_image(self.name)
-                image[layout.CLAIM_OFFSET :] = self._claim_region()
-                layout.seal(image)
-                return image
-            found_rec = None
-            numbers = layout.hot_numbers(found, self._prefix) if len(found) == layout.FILE_SIZE else None
-            if numbers is not None:  # the state is intact: keep it, with a fresh window
-                found_rec = BreakerRecord.of(numbers, bytes(layout.RING_CAPACITY))
-                found_rec.reset_window(found_rec.window_size)
-        if found_rec is None:  # unknown: our last good copy, never CLOSED
-            rec = self._rebuilt(now)
-        else:
-            rec = found_rec
-            if (moved or returning) and self._good is not None:
-                ours = layout.record_of(self._good)
-                if _severity(ours) > _severity(found_rec):  # a CLOSED copy never wins
-                    rec = ours
-                    if kind is None and moved:
-                        self._damaged("replaced", f"state file {self.path} was replaced; this process's "
-                                      f"{_described(ours)} breaker is kept (it is the more severe)")
-        if kind is None and rec is found_rec:
-            return bytearray(found)
-        image = layout.initial_image(self.name)
-        image[layout.CLAIM_OFFSET :] = self._claim_region()
-        layout.pack_record(image, rec)
-        if kind is not None:
-            self._damaged(kind, f"state file {self.path} was {kind}; rebuilt as {layout.state_name(image)}")
-        return image
+        verdict = repair.checked_image(
+            self.name, found, good=self._good, claim=self._claim_region(), moved=moved, returning=returning, now=now
+        )
+        if verdict.damage is not None:
+            self._damaged(verdict.damage, f"state file {self.path} was {verdict.damage}; {verdict.outcome}")
+        return verdict.image
 
     def _follow_path(self) -> bool:
         """Open (and lock) the file the path names now; True if that is not the one held before."""
@@ -394,30 +306,6 @@ class _BreakerFile:
             moved = self._good is not None
         raise OSError(f"{self.path} keeps being replaced")
 
-    def _damage_kind(self, image: bytes, moved: bool) -> str | None:
-        """What happened to an invalid file; None: a new breaker, not damage."""
-        if not image:
-            if self._good is None:
-                return None  # created just now (by this process or a peer)
-            return "missing" if moved else "truncated"
-        if len(image) >= 6 and image[:4] == layout.MAGIC and image[4:6] != self._prefix[4:6]:
-            return None  # another layout version: a new breaker
-        if moved:
-            return "replaced"
-        return "truncated" if len(image) < layout.FILE_SIZE else "corrupt"
-
-    def _rebuilt(self, now: float) -> BreakerRecord:
-        """The last good copy by the rule of the module docstring: never CLOSED."""
-        rec = layout.record_of(self._good) if self._good is not None else BreakerRecord()
-        if rec.state == int(State.CLOSED) and rec.override != int(Override.FORCED_CLOSED):
-            rec.state = int(State.HALF_OPEN)
-            rec.since = now
-            rec.generation += 1  # permits issued before the damage become stale
-            rec.transitions += 1
-            rec.trials_issued = rec.trials_succeeded = 0
-            rec.last_trial_at = 0.0
-        return rec
-
     def _claim_region(self) -> bytes:
         if self._claim is not None:
             return self._claim
@@ -426,10 +314,8 @@ class _BreakerFile:
         return bytes(layout.CLAIM_SIZE)
 
     def _memory_image(self, now: float) -> bytearray:
-        if self._good is None:
-            image = layout.initial_image(self.name)
-            layout.pack_record(image, self._rebuilt(now))
-            self._good = bytes(image)
+        if self._good is None:  # nothing known: never CLOSED
+            self._good = bytes(repair.rebuilt_image(self.name, None, self._claim_region(), now))
         self._read = None
         return bytearray(self._good)
 
@@ -476,12 +362,6 @@ class _BreakerFile:
             self._thread_lock.release()
 
 
-def _described(rec: BreakerRecord) -> str:
-    if rec.override == int(Override.FORCED_OPEN):
-        return "operator-forced OPEN"
-    return State(rec.state).name
-
-
 def _read_once_image(path: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -517,25 +397,3 @@ def _reset_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_locks_in_child)
-
-
-# --- small JSON documents beside the breakers (drift scores) -------------------
-
-
-def write_json_state(directory: str | os.PathLike[str], filename: str, data: dict) -> None:
-    """Atomically replace `filename` in the state directory: readers never see half a file."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, filename)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-def read_json_state(directory: str | os.PathLike[str], filename: str) -> dict | None:
-    """The document, or None when it was never written (or is unreadable)."""
-    try:
-        with open(os.path.join(directory, filename)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None

@@ -30,7 +30,8 @@ from triton_guard.canary import memory
 from triton_guard.canary.runner import Canary, GoldenStore, HttpServer, repositories_from_environment
 from triton_guard.guard.breaker import BreakerSnapshot
 from triton_guard.drift.state import read_states
-from triton_guard.guard.shared_state import SharedFileStore, default_state_dir
+from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.pins import observe_runtime
 
 

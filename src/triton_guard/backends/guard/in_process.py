@@ -46,7 +46,7 @@ from triton_guard.guard.config import DRIFT_PARAMETERS, ConfigError, GuardConfig
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.finite import non_finite_output
 from triton_guard.guard.healer import SideHealer
-from triton_guard.guard.shared_state import default_state_dir
+from triton_guard.guard.state_dir import default_state_dir
 
 MODEL_FILE = "model.py"
 _STUB_DEAD_INSTANCE = re.compile(r"Stub process '([^']+)' is not healthy")
