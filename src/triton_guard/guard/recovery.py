@@ -3,7 +3,7 @@
 Without it, an OPEN breaker waits `recovery_ms` (30 s by default) even when
 the upstream answers again a moment after it opened. `ActiveRecovery` sends
 one probe (a small input that the upstream answered well before: the
-placement keeps it, see backends/bls.py) at most every `probe_interval_ms`,
+placement keeps it in a `ProbeSample`) at most every `probe_interval_ms`,
 outside client traffic: it uses neither the guard's workers nor its bulkhead,
 and no client waits for it. A probe that answers without error, and no
 slower than `slow_call_ms`, moves the breaker OPEN -> HALF_OPEN at once
@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Callable, Generic, Protocol, TypeVar
 
+from triton_guard import defaults
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.record import State, Transition
 
@@ -98,7 +99,7 @@ class ProbeOutcome:
 
 
 class ActiveRecovery(Generic[T]):
-    """Probes for one breaker. `probe_once` is the whole logic; `run` is its loop.
+    """Probes for one breaker. `probe_once` is the whole logic; a thread of the placement calls it every interval_s.
 
     `make_probe()` returns the call to make, `probe(timeout_s) -> answer`, or
     None when there is nothing to probe with yet. `error_of(answer)` returns
@@ -159,11 +160,24 @@ class ActiveRecovery(Generic[T]):
             self._on_transition(transition)
         return ProbeOutcome.SUCCEEDED
 
-    def run(self, stop: threading.Event, may_call: Callable[[], bool] = lambda: True) -> None:
-        """Probe every interval_s until `stop` is set; `may_call()` False skips a round."""
-        while not stop.wait(self.interval_s):
-            if may_call():
-                try:
-                    self.probe_once()
-                except Exception:  # a bad round must not end recovery; recovery_ms still bounds OPEN
-                    continue
+
+class ProbeSample(Generic[T]):
+    """What the placement probes with: a copy of a recent good call's input, refreshed at most every refresh_s.
+
+    `due(now)` is the request path's only cost after a good call (one
+    comparison); the placement copies its input only when it is due (the
+    request's tensors die with the request). Nothing is kept when recovery
+    is off.
+    """
+
+    def __init__(self, enabled: bool, refresh_s: float = defaults.PROBE_SAMPLE_REFRESH_S) -> None:
+        self.enabled = enabled
+        self.refresh_s = refresh_s
+        self.value: T | None = None
+        self._next = -float("inf") if enabled else float("inf")
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def keep(self, value: T, now: float) -> None:
+        self.value, self._next = value, now + self.refresh_s

@@ -9,7 +9,6 @@ metrics on Triton's /metrics) and translates requests and reports.
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 # As backends/guard/model.py: import the triton_guard this file ships in
@@ -23,7 +22,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
-from triton_guard.backends import metric_families
+from triton_guard.backends.metrics import MetricsPublisher
 from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import checks as canary
 from triton_guard.canary import memory
@@ -137,44 +136,20 @@ class _TritonFacts(HttpServer):
 
 
 class _CanaryMetrics:
-    """The canary's verdicts on Triton's /metrics (families kept alive on self)."""
+    """The canary's verdicts on Triton's /metrics, through the one publisher of every backend."""
 
     def __init__(self):
-        self.families = [
-            metric_families.family(metric)
-            for metric in (
-                catalogue.CANARY_READY,
-                catalogue.CANARY_CHECK_OK,
-                catalogue.MEMORY_FREE_BYTES,
-                catalogue.MEMORY_FLOOR_BYTES,
-                catalogue.MEMORY_SECONDS_TO_FLOOR,
-                catalogue.CANARY_RUN_SECONDS,
-            )
-        ]
-        ready, checks, free, floor, to_floor, seconds = self.families
-        self.ready = ready.Metric(labels={})
-        self.checks_family = checks
-        self.checks = {}
-        self.free_family = free
-        self.free = {}
-        self.floor = floor.Metric(labels={})
-        self.to_floor = to_floor.Metric(labels={})
-        self.seconds = seconds.Metric(labels={})
-        self._lock = threading.Lock()
+        self.metrics = MetricsPublisher()
 
     def publish(self, report, reading, trend_snapshot):
-        with self._lock:
-            self.ready.set(1.0 if report.ready else 0.0)
-            self.seconds.set(report.duration_s)
-            for check in report.checks:
-                if check.name not in self.checks:
-                    self.checks[check.name] = self.checks_family.Metric(labels=canary.metric_labels(check.name))
-                self.checks[check.name].set(1.0 if check.ok else 0.0)
-            if reading is not None:
-                if reading.source not in self.free:
-                    self.free[reading.source] = self.free_family.Metric(labels={"source": reading.source})
-                self.free[reading.source].set(float(reading.free_bytes))
-            if trend_snapshot is not None:
-                floor, trend = trend_snapshot
-                self.floor.set(float(floor))
-                self.to_floor.set(float("inf") if trend is None else float(trend.seconds_to_floor))
+        m = self.metrics
+        m.set(catalogue.CANARY_READY, 1.0 if report.ready else 0.0)
+        m.set(catalogue.CANARY_RUN_SECONDS, report.duration_s)
+        for check in report.checks:
+            m.set(catalogue.CANARY_CHECK_OK, 1.0 if check.ok else 0.0, **canary.metric_labels(check.name))
+        if reading is not None:
+            m.set(catalogue.MEMORY_FREE_BYTES, float(reading.free_bytes), source=reading.source)
+        if trend_snapshot is not None:
+            floor, trend = trend_snapshot
+            m.set(catalogue.MEMORY_FLOOR_BYTES, float(floor))
+            m.set(catalogue.MEMORY_SECONDS_TO_FLOOR, float("inf") if trend is None else float(trend.seconds_to_floor))

@@ -24,6 +24,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  (after the path fi
 
 from triton_guard import defaults
 from triton_guard.backends.bls import GuardedUpstream
+from triton_guard.backends.runtime import stamp_s
 from triton_guard.guard.config import ConfigError
 from triton_guard.model_config import ModelConfigError, check_guard_interface
 from triton_guard.backends.guard import in_process
@@ -73,10 +74,12 @@ class TritonPythonModel:
     def execute(self, requests):
         # Deadlines, the expired-before-the-guard rule and the split-batch rule
         # live in triton_guard.guard.core.Guard.call_requests; this only translates.
-        inputs = [
-            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names} for r in requests
-        ]
-        results = self.upstream.infer_requests(inputs, self.output_names, [_arrival_s(r) for r in requests])
+        inputs, arrivals = [], []
+        for request in requests:
+            tensors = {t.name(): t for t in request.inputs()}  # one pass over each request's inputs
+            inputs.append({name: tensors[name].as_numpy() for name in self.input_names})
+            arrivals.append(stamp_s(tensors.get(defaults.ARRIVAL_INPUT)))
+        results = self.upstream.infer_requests(inputs, self.output_names, arrivals)
         self.upstream.observe_results(results, requests)  # output drift monitor: a copy of the answers into its window
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(n, result.value[n]) for n in self.output_names])
@@ -88,8 +91,3 @@ class TritonPythonModel:
     def finalize(self):
         self.upstream.close()
 
-
-def _arrival_s(request):
-    """When the request entered the pipeline (time.monotonic seconds), if a step before stamped it."""
-    arrived = pb_utils.get_input_tensor_by_name(request, defaults.ARRIVAL_INPUT)
-    return None if arrived is None else int(arrived.as_numpy().min()) / 1e9
