@@ -4,13 +4,13 @@
 
 In a temporary directory, outside the checkout: a fresh venv, `pip install`
 of the project (no torch: the repository served here needs none), then, from
-that directory, the commands of README "Guarding your own model" on a copy
+that directory, the commands of docs/guarding.md on a copy
 of tests/integration/repos/foreign: `serve` with no repository (a clear
 refusal), `backend-dir`, `guard add_sub --ensemble add_then_scale`, `serve
 --model-repository`, one request to the guard and one through the ensemble
 (answers checked against numpy), SIGTERM. Prints every command with what it
 printed and the seconds each took; writes report.json under --out/<stamp>.
-Exit 0 when every step did what the README says, 1 otherwise.
+Exit 0 when every step did what docs/guarding.md says, 1 otherwise.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from triton_guard import defaults  # noqa: E402
-from triton_guard.chaos.faults import perturbed_weights  # noqa: E402
+from triton_guard.chaos.hook import perturbed_weights  # noqa: E402
 from triton_guard_demo.digits import heldout_split, load_digits_uint8, normalize  # noqa: E402
 from triton_guard_demo.digits_net import load_digits_net  # noqa: E402
 from triton_guard.drift.monitor import DriftMonitor, Reference  # noqa: E402

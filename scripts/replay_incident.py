@@ -75,7 +75,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from triton_guard_demo.repository import fast_model_repository  # noqa: E402
 from triton_guard import defaults  # noqa: E402
 from triton_guard.guard.breaker import CircuitBreaker  # noqa: E402
-from triton_guard.chaos.faults import CLEAR, ChaosCommand, ChaosControl, FaultKind  # noqa: E402
+from triton_guard.chaos.command import CLEAR, ChaosCommand  # noqa: E402
+from triton_guard.chaos.protocol import ChaosControl, FaultKind  # noqa: E402
 from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
 from triton_guard.guard.config import GuardConfig  # noqa: E402
 from triton_guard.canary.probe import ModelHealthValidator  # noqa: E402

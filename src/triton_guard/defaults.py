@@ -2,10 +2,12 @@
 
 Each value can be overridden where it is used (a model's config.pbtxt
 `parameters`, a CLI flag); this module only names the starting point and the
-reason for it. README.md carries the same table for users.
+reason for it. The docs' parameter reference (docs/reference/parameters.md) is
+generated from this file: each constant with its value and its comment, under
+its `# --- Section` header.
 """
 
-# --- Server (ARCHITECTURE.md section 3) ------------------------------------
+# --- Server ---------------------------------------------------------------
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
@@ -25,7 +27,7 @@ API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes S
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
-# --- Guard (ARCHITECTURE.md section 4; values from the incident write-up) --
+# --- Guard (values from the incident write-up) ----------------------------
 TIMEOUT_MS = 10_000  # hard deadline on every upstream call
 FAILURE_THRESHOLD = 5  # consecutive failures that open the breaker
 RECOVERY_MS = 30_000  # OPEN -> HALF_OPEN after this long
@@ -83,7 +85,7 @@ WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bou
 # repair) the whole record. A damaged file is found within this long.
 STATE_CHECK_INTERVAL_S = 0.1
 
-# --- Canary (ARCHITECTURE.md section 5) ------------------------------------
+# --- Canary ---------------------------------------------------------------
 CANARY_MODEL = "canary"
 CANARY_MODELS = ()  # liveness: empty means every model the server has loaded
 # Goldens (canary/goldens.py): a float output passes within this of its golden
@@ -112,7 +114,7 @@ METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
 MODEL_REPOSITORIES_ENV = "TRITON_GUARD_MODEL_REPOSITORIES"
 CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run in progress
 
-# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/faults.py) -------
+# --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.
 CHAOS_DIR_ENV = "TRITON_GUARD_CHAOS_DIR"
 CHAOS_MODEL = "chaos"  # the control model; served only in chaos mode

@@ -1,6 +1,6 @@
 """`triton-guard guard`: put a guard in front of a model of any repository, from its config alone.
 
-Two placements (README "Guarding your own model"):
+Two placements (docs/guarding.md, docs/placements.md):
 
 * a separate guard model, `DIR/MODEL_guard`, with exactly MODEL's inputs,
   outputs and batching, calling MODEL through BLS (`write_guard`); with an
@@ -128,7 +128,7 @@ def guard_config(
         copy.ClearField("reshape")
     config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=defaults.GUARD_INSTANCE_COUNT)
     if upstream.max_batch_size > 0:
-        # Each dynamic batch becomes one BLS call; no queue policy (README "Guarding your own model").
+        # Each dynamic batch becomes one BLS call; no queue policy (docs/guarding.md).
         config.dynamic_batching.SetInParent()
     config.parameters[UPSTREAM_PARAMETER].string_value = model
     for key, value in params.items():

@@ -2,7 +2,7 @@
 
 The publishers create their families from these entries (the guard in
 triton_guard.backends.bls, the canary backend, the drift tap, through
-triton_guard.backends.metric_families); `triton-guard status`, the dashboard
+triton_guard.backends.metrics, the one publisher); `triton-guard status`, the dashboard
 and alert tests and the CloudWatch configuration read them. Plain Python:
 nothing here imports Triton.
 

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import call_pipeline, fast_model_repository, running_server, wait_until
 from triton_guard import defaults
-from triton_guard.chaos.faults import ChaosControl
+from triton_guard.chaos.protocol import ChaosControl
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 from triton_guard.server import Ports
 

@@ -103,7 +103,7 @@ def healthy_upstream(server, faults):
     wait_until(lambda: closed("faulty_guard", "faulty"), RECOVERY_S + 5, "faulty's breaker CLOSED")
     wait_until(lambda: closed("lagging_guard", "lagging"), 10, "lagging's breaker CLOSED")
     # Good calls on both lagging_guard instances (if the batcher spreads them): probe inputs.
-    # (One right after an earlier test's hung call may be told its deadline passed: see README, "Deadlines".)
+    # (One right after an earlier test's hung call may be told its deadline passed: see docs/breaker.md, "Deadlines".)
     good = 0
     for _ in range(5):
         with ThreadPoolExecutor(4) as pool:

@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import fast_model_repository, running_server, wait_until
 from triton_guard import defaults
-from triton_guard.chaos.faults import ChaosControl, Fault
+from triton_guard.chaos.protocol import ChaosControl, Fault
 from triton_guard.guard.breaker import CircuitBreaker, State
 from triton_guard.guard.config import GuardConfig
 from triton_guard.metrics import STATE_DAMAGE as _STATE_DAMAGE

@@ -148,7 +148,7 @@ def test_http_wrong_datatype_is_400_and_next_request_works(pipeline_server, held
 def test_http_unparsable_body_is_refused_and_next_request_works(pipeline_server, heldout, body):
     # Triton 2.51's HTTP frontend answers a body it cannot parse with 500,
     # not 400, before any model runs: nothing inside Triton can change that
-    # (README, "Known Triton 2.51 behaviour"). Pinned so an upgrade shows it.
+    # (docs/triton-2.51.md). Pinned so an upgrade shows it.
     status, payload = _http_post(pipeline_server, body)
     assert status == 500, payload
     assert "parse" in payload["error"], payload

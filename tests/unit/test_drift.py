@@ -799,7 +799,7 @@ def test_tap_refuses_a_relative_reference_without_a_repository(tap_module):
 
 
 def test_status_shows_one_drift_line_per_monitored_model(tmp_path):
-    from triton_guard.canary.checks import CanaryReport
+    from triton_guard.canary.report import CanaryReport
     from triton_guard.status import render
 
     clock = FakeClock(10.0)

@@ -1,4 +1,4 @@
-"""triton_guard.canary.goldens: tensors as JSON, the output hash, compare, recording, and the demo's goldens."""
+"""triton_guard.canary.goldens: tensors as JSON, the output hash, case files, recording, and the demo's goldens."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from triton_guard.canary.goldens import (
     GoldenError,
     case_files,
     case_path,
-    compare_case,
     outputs_hash,
     record_case,
+    record_case_file,
     reproducibility_problem,
     tensor_from_json,
     tensor_to_json,
 )
+from triton_guard.canary.golden_check import compare_case
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,84 +153,6 @@ def test_unusable_files_are_refused_naming_the_file(tmp_path, text, message):
     assert str(path) in str(caught.value)
 
 
-# --- compare ------------------------------------------------------------------------
-
-
-def _answer_of(case: GoldenCase) -> dict:
-    return {n: o.value.copy() for n, o in case.expected["cpu"].outputs.items()}
-
-
-def test_identical_outputs_are_bit_exact():
-    case = _case({"Y": np.array([0.5, 0.25], np.float32), "N": np.array([1], np.int32)})
-    result = compare_case(case, "cpu", _answer_of(case))
-    assert result.ok and result.bit_exact and result.reason == "case 'c': bit-exact"
-
-
-def test_one_ulp_is_within_tolerance_not_bit_exact():
-    case = _case({"Y": np.array([0.5, 0.25], np.float32)})
-    answer = _answer_of(case)
-    answer["Y"][0] = np.nextafter(np.float32(0.5), np.float32(1))
-    result = compare_case(case, "cpu", answer)
-    assert result.ok and not result.bit_exact
-    assert result.outputs[0].max_abs_diff == 2.0**-24
-    assert result.reason.startswith("case 'c': within tolerance, not bit-exact")
-
-
-def test_a_float_beyond_tolerance_fails_naming_the_output_and_the_element():
-    case = _case({"Y": np.array([[0.5, 0.25]], np.float32)})
-    answer = _answer_of(case)
-    answer["Y"][0, 1] += np.float32(2e-4)
-    result = compare_case(case, "cpu", answer)
-    assert not result.ok
-    assert result.reason.startswith("case 'c': Y differs by 0.0002 at [0, 1] (0.2502, golden 0.25; tolerance 0.0001)")
-
-
-def test_tolerance_scales_with_large_values():
-    case = _case({"Y": np.array([1e6, 1.0], np.float32)})
-    answer = _answer_of(case)
-    answer["Y"][0] += np.float32(64)  # 64 <= 1e-4 * 1e6
-    assert compare_case(case, "cpu", answer).ok
-    answer["Y"][1] += np.float32(0.01)  # 0.01 > 1e-4 * 1
-    assert not compare_case(case, "cpu", answer).ok
-
-
-def test_the_tolerance_boundary_is_inclusive():
-    # 0.5 + 2^-10 is exact in float32, so |d| is exactly 2^-10.
-    case = _case({"Y": np.array([0.5], np.float32)}, tolerances={"Y": 2.0**-10})
-    assert compare_case(case, "cpu", {"Y": np.array([0.5 + 2.0**-10], np.float32)}).ok
-    tighter = _case({"Y": np.array([0.5], np.float32)}, tolerances={"Y": 2.0**-10 - 2.0**-30})
-    assert not compare_case(tighter, "cpu", {"Y": np.array([0.5 + 2.0**-10], np.float32)}).ok
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_answers_fail_whatever_the_tolerance(bad):
-    case = _case({"Y": np.array([0.5, 0.5], np.float32)}, tolerances={"Y": 1e30})
-    result = compare_case(case, "cpu", {"Y": np.array([0.5, bad], np.float32)})
-    assert not result.ok and "Y is not finite (NaN or inf)" in result.reason
-
-
-def test_integer_and_bytes_outputs_must_be_identical():
-    case = _case({"N": np.array([[4], [5]], np.int32), "T": np.array([[b"HI"], [b"YO"]], dtype=object)})
-    answer = _answer_of(case)
-    answer["N"][1, 0] = 6
-    answer["T"][0, 0] = b"HI!"
-    result = compare_case(case, "cpu", answer)
-    assert not result.ok
-    assert "N differs in 1 of 2 values (first at [1, 0]: 6, golden 5)" in result.reason
-    assert "T differs in 1 of 2 values (first at [0, 0]: b'HI!', golden b'HI')" in result.reason
-
-
-@pytest.mark.parametrize("answer, message", [
-    ({}, "Y is missing from the answer"),
-    ({"Y": np.array([[0.5, 0.25]], np.float32)}, "Y has shape [1, 2], expected [2]"),
-    ({"Y": np.array([0.5, 0.25], np.float64)}, "Y is FP64, expected FP32"),
-    ({"Y": np.array([b"a", b"b"], dtype=object)}, "Y is BYTES, expected FP32"),
-])
-def test_an_answer_of_another_form_fails_saying_how(answer, message):
-    result = compare_case(_case({"Y": np.array([0.5, 0.25], np.float32)}), "cpu", answer)
-    assert not result.ok and message in result.reason and not result.bit_exact
-
-
 # --- recording ------------------------------------------------------------------------
 
 
@@ -268,6 +191,20 @@ def test_recording_another_device_class_keeps_the_first_with_the_same_inputs_onl
     again = _case({"Y": np.array([1.0], np.float32)}, inputs={"X": np.array([9.0, 9.0], np.float32)},
                   device="gpu", existing=both)
     assert sorted(again.expected) == ["gpu"]
+
+
+def test_recording_into_a_case_file_keeps_its_other_device_class_and_replaces_an_unreadable_one(tmp_path):
+    inputs, cpu_answer = {"X": np.array([1.0, 2.0], np.float32)}, {"Y": np.array([1.0], np.float32)}
+    path = case_path(tmp_path / "m", "c")
+    path.parent.mkdir(parents=True)
+    path.write_text(_case(cpu_answer).to_json())
+    gpu_answer = {"Y": np.array([1.0000001], np.float32)}
+    written, case = record_case_file(tmp_path / "m", "c", inputs, gpu_answer, gpu_answer, "gpu", {}, 1e-4, {})
+    assert written == path and case.model == "m" and sorted(case.expected) == ["cpu", "gpu"]
+    assert case.expected["cpu"] == _case(cpu_answer).expected["cpu"]
+    path.write_text("{not json")
+    _, case = record_case_file(tmp_path / "m", "c", inputs, gpu_answer, gpu_answer, "gpu", {}, 1e-4, {})
+    assert sorted(case.expected) == ["gpu"]
 
 
 # --- the demo's goldens ---------------------------------------------------------------

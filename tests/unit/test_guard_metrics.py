@@ -36,7 +36,7 @@ def test_drain_returns_what_happened_since_the_last_drain():
     delta = buf.drain()
 
     assert dict(delta.rejections) == {"open": 2, "overloaded": 1}
-    # Keyed by the values the /metrics labels use (README: reason="timeout", to="OPEN").
+    # Keyed by the values the /metrics labels use (docs/reference/metrics.md: reason="timeout", to="OPEN").
     assert dict(delta.failures) == {"timeout": 2, "client_error": 1}
     assert dict(delta.transitions) == {"OPEN": 2, "HALF_OPEN": 1}
     assert delta.call_seconds == [0.25, 0.5, 0.125, 0.0625]  # every call, failed or not, in order

@@ -79,7 +79,7 @@ def test_ejects_on_gateway_errors_and_never_on_500(outlier):
 
 
 def test_what_a_sick_pod_answers_ejects_and_what_a_bad_client_causes_does_not():
-    """The codes triton-guard's errors carry (README, "Errors clients see") against the gateway-error set."""
+    """The codes triton-guard's errors carry (docs/breaker.md, "Errors clients see") against the gateway-error set."""
     sick = {
         "breaker open": HTTP_STATUS[grpc.StatusCode.UNAVAILABLE],
         "guard deadline": HTTP_STATUS[grpc.StatusCode.UNAVAILABLE],

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from triton_guard import metrics as catalogue
-from triton_guard.canary import checks, memory
+from triton_guard.canary import checks, golden_check, memory
 from triton_guard.drift.monitor import DriftScores, Reference
 from triton_guard.guard.breaker import State
 from triton_guard.guard.failures import Failure
@@ -75,8 +75,8 @@ def test_canary_check_names_are_the_ones_the_checks_return():
     """Each check function, called with nothing to go on, still names itself."""
     produced = {
         checks.check_liveness({}).name,
-        checks.metric_labels(checks.check_golden("add_sub", None, "no answer").name)["check"],
-        checks.check_no_goldens().name,
+        checks.metric_labels(golden_check.check_golden("add_sub", None, "no answer").name)["check"],
+        golden_check.check_no_goldens().name,
         checks.check_headroom(None, 0, "unreadable").name,
         checks.check_trend(None, 900.0, 0, 5).name,
         checks.check_stall(None, 10.0, "no metrics").name,

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from triton_guard import server as srv
+from triton_guard.server import locate
+from triton_guard.server import process as server_process
 from triton_guard.server import (
     LocalServer,
     Ports,
@@ -33,7 +35,7 @@ from triton_guard.server import (
 )
 from triton_guard import defaults
 
-PYTRITON = srv._pytriton_root()
+PYTRITON = locate._pytriton_root()
 DIST = PYTRITON / "tritonserver" if PYTRITON else None
 needs_pytriton = pytest.mark.skipif(PYTRITON is None, reason="nvidia-pytriton is not installed")
 
@@ -189,7 +191,7 @@ def test_backend_dir_without_backends_source_has_only_python(tmp_path, source):
 def test_backend_dir_reports_a_missing_stub_for_this_python(tmp_path, monkeypatch):
     fake_root = tmp_path / "pytriton"
     (fake_root / "tritonserver" / "python_backend_stubs" / "2.7").mkdir(parents=True)
-    monkeypatch.setattr(srv, "_pytriton_root", lambda: fake_root)
+    monkeypatch.setattr(locate, "_pytriton_root", lambda: fake_root)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     with pytest.raises(ServerError, match=rf"^nvidia-pytriton has no Python backend stub for Python {version}$"):
         build_backend_dir(tmp_path / "out", None)
@@ -286,7 +288,7 @@ REAL_LOAD_FAILURE = (
 
 @pytest.mark.parametrize("ending", ["", "\n"], ids=["bare", "newline"])
 def test_load_failure_regex_takes_model_and_reason(ending):
-    match = srv._LOAD_FAILURE.search(REAL_LOAD_FAILURE + ending)
+    match = server_process._LOAD_FAILURE.search(REAL_LOAD_FAILURE + ending)
     assert match is not None
     assert match.group(1) == "classifier_guard"
     assert match.group(2) == (
@@ -300,13 +302,13 @@ def test_load_failure_regex_reads_the_first_line_of_a_python_traceback():
         "E1127 17:53:10.123 5430 model_lifecycle.cc:641] \"failed to load 'broken' version 1: "
         "Internal: ValueError: no weights here\n"
     )
-    match = srv._LOAD_FAILURE.search(line)
+    match = server_process._LOAD_FAILURE.search(line)
     assert (match.group(1), match.group(2)) == ("broken", "Internal: ValueError: no weights here")
 
 
 def test_load_failure_regex_ignores_other_error_lines():
     line = 'E1127 17:53:10.200 5430 server.cc:305] "Failed to start the server: some models failed to load"'
-    assert srv._LOAD_FAILURE.search(line) is None
+    assert server_process._LOAD_FAILURE.search(line) is None
 
 
 # --- serve_forever's signal handling (a stand-in for LocalServer, no tritonserver) ------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from triton_guard import promtext, status
-from triton_guard.canary.checks import CanaryReport, CheckResult
+from triton_guard.canary.report import CanaryReport, CheckResult
 from triton_guard.canary.probe import Health, HealthResult
 from triton_guard import metrics as catalogue
 

@@ -4,7 +4,7 @@ A KIND_GPU instance runs on its GPU (configs/gpu.pbtxt); a KIND_CPU instance
 runs on the CPU with one torch thread, so instances do not fight over cores.
 
 Under `triton-guard serve --chaos` a ChaosHook applies injected faults
-(triton_guard.chaos.faults); otherwise `self.chaos` is None and execute pays one
+(triton_guard.chaos.hook); otherwise `self.chaos` is None and execute pays one
 `is not None` check.
 """
 
@@ -16,7 +16,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from triton_guard.guard.batching import split_like
-from triton_guard.chaos.faults import FaultKind, hook_from_environment, perturbed_weights
+from triton_guard.chaos.hook import hook_from_environment, perturbed_weights
+from triton_guard.chaos.protocol import FaultKind
 from triton_guard_demo.digits_net import load_digits_net
 
 WEIGHTS_FILE = "digits_net.pt"

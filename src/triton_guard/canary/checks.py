@@ -1,201 +1,91 @@
-"""The canary's checks and its report, as plain Python (no Triton import).
+"""The canary's verdicts, as plain Python (no Triton import).
 
-The canary (triton_guard.canary.runner) gathers facts (model readiness, one
-golden inference per model that has goldens, memory readings, server metrics,
-breaker states, runtime versions) and these functions turn each into a
-`CheckResult`: name, pass/fail, the measured value, the limit and a reason a
-person can act on. `ready` is the AND of all checks.
+The canary (canary/runner.py) gathers one run's facts from the server into a
+`RunFacts` (model readiness, each golden model's comparisons, memory
+readings, stalled models, breaker states, runtime versions, drift states);
+`judge` turns them into the report's checks with the run's `CanaryConfig`,
+each a `CheckResult` (canary/report.py): name, pass/fail, the measured value,
+the limit and a reason a person can act on. The golden verdict itself lives
+with its comparison in canary/golden_check.py. `StallDetector` keeps, between
+runs, when each model last made progress.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
-
 from triton_guard import defaults
-from triton_guard.guard.breaker import BreakerSnapshot, State
-from triton_guard.canary.goldens import CaseComparison
+from triton_guard.canary.config import CanaryConfig
+from triton_guard.canary.golden_check import CaseComparison, check_golden, check_no_goldens
 from triton_guard.canary.memory import MemoryReading, Trend
-from triton_guard.drift.state import judge
-from triton_guard.pins import Pins
-
-
-class CanaryConfigError(ValueError):
-    pass
-
-
-def _bool(name: str, text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise CanaryConfigError(f"{name}={text!r} is invalid: expected true or false")
+from triton_guard.canary.report import CheckResult
+from triton_guard.drift.state import judge as judge_drift
+from triton_guard.guard.breaker import BreakerSnapshot, State
+from triton_guard.pins import Pins, load_pins
 
 
 @dataclass(frozen=True)
-class CanaryConfig:
-    # Models whose readiness is checked; empty: every model the server has loaded.
-    models: tuple[str, ...] = defaults.CANARY_MODELS
-    deadline_ms: int = defaults.CANARY_DEADLINE_MS
-    interval_ms: int = defaults.CANARY_INTERVAL_MS
-    sample_interval_ms: int = defaults.CANARY_SAMPLE_INTERVAL_MS
-    headroom_floor_fraction: float = defaults.HEADROOM_FLOOR_FRACTION
-    headroom_floor_mb: float = defaults.HEADROOM_FLOOR_MB
-    trend_window_s: float = defaults.TREND_WINDOW_S
-    trend_min_samples: int = defaults.TREND_MIN_SAMPLES
-    trend_min_span_s: float = defaults.TREND_MIN_SPAN_S
-    trend_horizon_s: float = defaults.TREND_HORIZON_S
-    stall_s: float = defaults.STALL_S
-    half_open_not_ready: bool = defaults.HALF_OPEN_NOT_READY
-    strict_pins: bool = defaults.STRICT_PINS
-    drift_fails_readiness: bool = defaults.DRIFT_FAILS_READINESS
-    device_class: str = "auto"  # "cpu", "gpu", or "auto": gpu when Triton reports GPU memory
+class RunFacts:
+    """What one run found on the server (canary/runner.py gathers it, in this order); `judge` judges it."""
 
-    # What a probe may change for one call (thresholds, never what is checked).
-    PER_CALL: frozenset = frozenset(
-        {
-            "deadline_ms",
-            "headroom_floor_fraction",
-            "headroom_floor_mb",
-            "trend_horizon_s",
-            "stall_s",
-            "half_open_not_ready",
-            "strict_pins",
-            "drift_fails_readiness",
-        }
-    )
-
-    def __post_init__(self) -> None:
-        positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s")
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise CanaryConfigError(f"{name}={value!r} is invalid: expected a number > 0")
-        if not 0 <= self.headroom_floor_fraction < 1:
-            raise CanaryConfigError(
-                f"headroom_floor_fraction={self.headroom_floor_fraction!r} is invalid: expected 0 <= x < 1"
-            )
-        if not (math.isfinite(self.headroom_floor_mb) and self.headroom_floor_mb >= 0):
-            # nan or inf would pass `< 0` and make floor_bytes() raise on every run.
-            raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected a finite number >= 0")
-        if not (math.isfinite(self.trend_min_span_s) and 0 <= self.trend_min_span_s < self.trend_window_s):
-            # Samples never span more than the window: a longer (or inf) span would mean no verdict, ever.
-            raise CanaryConfigError(
-                f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected 0 <= x < trend_window_s "
-                f"({self.trend_window_s:g})"
-            )
-        if self.trend_min_samples < 3:
-            raise CanaryConfigError(f"trend_min_samples={self.trend_min_samples!r} is invalid: expected >= 3")
-        if self.device_class not in ("auto", "cpu", "gpu"):
-            raise CanaryConfigError(f"device_class={self.device_class!r} is invalid: expected auto, cpu or gpu")
-
-    @classmethod
-    def from_parameters(cls, params: Mapping[str, Any], base: "CanaryConfig | None" = None) -> "CanaryConfig":
-        """Strings from config.pbtxt `parameters` (or a probe's options) -> config; unknown keys raise."""
-        base = base or cls()
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        changes: dict[str, Any] = {}
-        for name, raw in params.items():
-            if name not in fields:
-                raise CanaryConfigError(f"unknown canary parameter {name!r}; known: {sorted(fields)}")
-            current = getattr(base, name)
-            try:
-                if isinstance(current, bool):
-                    changes[name] = raw if isinstance(raw, bool) else _bool(name, raw)
-                elif isinstance(current, tuple):
-                    changes[name] = tuple(m.strip() for m in str(raw).split(",") if m.strip())
-                elif isinstance(current, int):
-                    changes[name] = int(raw)
-                elif isinstance(current, float):
-                    changes[name] = float(raw)
-                else:
-                    changes[name] = str(raw)
-            except (TypeError, ValueError) as exc:
-                if isinstance(exc, CanaryConfigError):
-                    raise
-                raise CanaryConfigError(f"{name}={raw!r} is invalid: expected a {type(current).__name__}") from None
-        return dataclasses.replace(base, **changes)
-
-    def with_call_options(self, options: Mapping[str, Any]) -> "CanaryConfig":
-        refused = sorted(set(options) - self.PER_CALL)
-        if refused:
-            raise CanaryConfigError(f"option(s) {refused} cannot be set per call; allowed: {sorted(self.PER_CALL)}")
-        return self.from_parameters(options, base=self)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    ok: bool
-    value: Any
-    limit: Any
-    reason: str
-
-
-@dataclass
-class CanaryReport:
-    checks: list[CheckResult]
-    duration_s: float
     device_class: str
-    at: float = field(default_factory=time.time)  # wall clock, for people
-    notes: list[str] = field(default_factory=list)  # what a passing report should still say
-    metrics_url: str | None = None  # the server's /metrics as the canary reaches it
-
-    @property
-    def ready(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def failed(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.ok]
-
-    def to_dict(self) -> dict:
-        return {
-            "ready": self.ready,
-            "at": self.at,
-            "duration_s": self.duration_s,
-            "device_class": self.device_class,
-            "notes": list(self.notes),
-            "metrics_url": self.metrics_url,
-            "checks": [dataclasses.asdict(c) for c in self.checks],
-        }
-
-    def to_json(self) -> str:
-        """Standard JSON (jq, Go, JavaScript): a NaN or inf measurement is written as null."""
-        return json.dumps(_finite(self.to_dict()), default=str, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CanaryReport":
-        return cls(
-            checks=[CheckResult(**c) for c in data["checks"]],
-            duration_s=data["duration_s"],
-            device_class=data["device_class"],
-            at=data["at"],
-            notes=list(data.get("notes") or []),
-            metrics_url=data.get("metrics_url"),
-        )
+    goldens: dict[str, list[CaseComparison] | str] | None  # by model: its comparisons, or why none; None: no goldens
+    ready_by_model: dict[str, bool] | None  # None: the models could not be listed (liveness_error says why)
+    not_ready_why: dict[str, str] | None
+    liveness_error: str | None
+    reading: MemoryReading | None  # None: memory unread (memory_error says why)
+    memory_error: str | None
+    floor: int  # the headroom floor, bytes (when there is a reading)
+    trend: Trend | None
+    trend_samples: int
+    trend_span_s: float | None
+    waiting: dict[str, float] | None  # StallDetector.waiting; None: no metrics (metrics_error says why)
+    metrics_error: str | None
+    breakers: list[BreakerSnapshot]
+    breakers_at: float  # the breakers' clock (time.monotonic) when they were read
+    runtime: dict[str, str | None]  # observed runtime versions
+    drift: Mapping[str, Mapping[str, Any]] | None
+    drift_at: float  # time.monotonic when the drift states were read
 
 
-def _finite(value):
-    """`value` with every non-finite float (NaN, inf, numpy's too) replaced by None."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+def judge(config: CanaryConfig, facts: RunFacts) -> list[CheckResult]:
+    """Every check of one run, in the report's order: goldens first, then liveness, memory, the rest."""
+    if facts.goldens is None:
+        checks = [check_no_goldens()]
+    else:
+        checks = [
+            check_golden(model, None, found) if isinstance(found, str) else check_golden(model, found)
+            for model, found in sorted(facts.goldens.items())
+        ]
+    if facts.ready_by_model is None:
+        checks.append(CheckResult("liveness", False, None, "all ready", facts.liveness_error))
+    else:
+        checks.append(check_liveness(facts.ready_by_model, facts.not_ready_why))
+    if facts.reading is not None:
+        checks.append(check_headroom(facts.reading, facts.floor))
+        checks.append(check_trend(facts.trend, config.trend_horizon_s, facts.trend_samples,
+                                  config.trend_min_samples, config.trend_min_span_s, facts.trend_span_s))
+    else:
+        checks.append(check_headroom(None, 0, facts.memory_error))
+        checks.append(not_run("leak_trend", facts.memory_error or "no memory reading"))
+    if facts.waiting is None:
+        checks.append(check_stall(None, config.stall_s, facts.metrics_error))
+    else:
+        checks.append(check_stall(over_stall(facts.waiting, config.stall_s), config.stall_s))
+    checks.append(check_breakers(facts.breakers, config.half_open_not_ready, facts.breakers_at))
+    expected = expected_runtime(load_pins(), facts.device_class)
+    observed = {k: facts.runtime.get(k) for k in expected}
+    checks.append(check_pins(expected, observed, config.strict_pins))
+    checks.append(check_drift(facts.drift, facts.drift_at, config.drift_fails_readiness))
+    return checks
+
+
+def metric_labels(check_name: str) -> dict[str, str]:
+    """triton_guard_canary_check_ok's labels: golden:add_sub -> check golden, model add_sub; else no model."""
+    check, _, model = check_name.partition(":")
+    return {"check": check, "model": model}
 
 
 # --- the checks ----------------------------------------------------------------
@@ -214,45 +104,6 @@ def check_liveness(ready_by_model: Mapping[str, bool], why: Mapping[str, str] | 
         f"not ready: {named}" if not_ready else f"{len(ready_by_model)} models ready",
     )
 
-
-GOLDEN = "golden"  # a golden check is named golden:<model>
-NO_GOLDENS_NOTE = (
-    "no golden inference configured: no model has goldens "
-    "(record some with `triton-guard goldens record`)"
-)
-
-
-def golden_check_name(model: str) -> str:
-    return f"{GOLDEN}:{model}"
-
-
-def metric_labels(check_name: str) -> dict[str, str]:
-    """triton_guard_canary_check_ok's labels: golden:add_sub -> check golden, model add_sub; else no model."""
-    check, _, model = check_name.partition(":")
-    return {"check": check, "model": model}
-
-
-def check_golden(model: str, comparisons: list[CaseComparison] | None, error: str | None = None) -> CheckResult:
-    """One model's golden cases: every case must give its recorded outputs."""
-    name = golden_check_name(model)
-    if comparisons is None:
-        return CheckResult(name, False, None, "answer within deadline", error or "no answer")
-    value = {
-        c.case: {
-            "bit_exact": c.bit_exact,
-            "outputs": {o.name: {"ok": o.ok, "max_abs_diff": o.max_abs_diff} for o in c.outputs},
-        }
-        for c in comparisons
-    }
-    limit = {c.case: {o.name: o.tolerance for o in c.outputs} for c in comparisons}
-    failed = [c for c in comparisons if not c.ok]
-    shown = failed or comparisons
-    return CheckResult(name, not failed, value, {"tolerance": limit}, "; ".join(c.reason for c in shown))
-
-
-def check_no_goldens() -> CheckResult:
-    """No model has goldens: nothing to compare, and the report says so."""
-    return CheckResult(GOLDEN, True, None, None, NO_GOLDENS_NOTE)
 
 
 def check_headroom(reading: MemoryReading | None, floor: int, error: str | None = None) -> CheckResult:
@@ -321,13 +172,18 @@ class StallDetector:
                 self._progress_at[model] = now
             self._last_exec[model] = count
 
+    def waiting(self, now: float, pending: Mapping[str, float]) -> dict[str, float]:
+        """{model: seconds without progress} for every model with requests pending."""
+        return {model: now - at for model, at in self._progress_at.items() if pending.get(model, 0) > 0}
+
     def stalled(self, now: float, stall_s: float, pending: Mapping[str, float]) -> dict[str, float]:
         """{model: seconds without progress} for every stalled model."""
-        return {
-            model: now - at
-            for model, at in self._progress_at.items()
-            if pending.get(model, 0) > 0 and now - at >= stall_s
-        }
+        return over_stall(self.waiting(now, pending), stall_s)
+
+
+def over_stall(waiting: Mapping[str, float], stall_s: float) -> dict[str, float]:
+    """The models of `waiting` ({model: seconds without progress}) that have waited `stall_s` or more."""
+    return {model: seconds for model, seconds in waiting.items() if seconds >= stall_s}
 
 
 def check_stall(stalled: Mapping[str, float] | None, stall_s: float, error: str | None = None) -> CheckResult:
@@ -391,7 +247,7 @@ def check_drift(states: Mapping[str, Mapping[str, Any]] | None, now: float, fail
     limit = {"p_alarm": defaults.DRIFT_P_ALARM, "psi_alarm": defaults.DRIFT_PSI_ALARM, "stale_s": stale_s}
     if not states:
         return CheckResult("drift", True, None, limit, "no monitored model (no guard sets drift_output)")
-    verdicts = [judge(model, state, now, stale_s) for model, state in sorted(states.items())]
+    verdicts = [judge_drift(model, state, now, stale_s) for model, state in sorted(states.items())]
     value = {v.model: {"status": v.status, **v.value} for v in verdicts}
     reason = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)
     if any(v.alarm for v in verdicts) and not fails_readiness:

@@ -19,7 +19,9 @@ the answer was bit-for-bit the recorded one.
 Values are written as JSON numbers: a float32 or float16 widened to a Python
 float and printed by repr() reads back to the same bits. BYTES elements are
 UTF-8 strings, or {"base64": ...} when they are not text.
-`triton-guard goldens record` writes these files (`record_case`).
+`triton-guard goldens record` writes these files (`record_case_file`); the
+canary's golden store (canary/golden_store.py) reads them and its golden
+verdict (canary/golden_check.py) compares answers with them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ GOLDEN_SUFFIX = ".golden.json"
 DEVICE_CLASSES = ("cpu", "gpu")
 FORMAT_VERSION = 1
 
-_FLOAT_TYPES = ("FP16", "FP32", "FP64")
+FLOAT_TYPES = ("FP16", "FP32", "FP64")
 
 
 class GoldenError(ValueError):
@@ -96,7 +98,7 @@ def tensor_to_json(name: str, array: np.ndarray) -> dict:
                 data.append(value.decode("utf-8"))
             except UnicodeDecodeError:
                 data.append({"base64": base64.b64encode(value).decode("ascii")})
-    elif datatype in _FLOAT_TYPES:
+    elif datatype in FLOAT_TYPES:
         if not np.all(np.isfinite(flat)):
             raise GoldenError(f"tensor '{name}' holds NaN or inf: not representable as a golden")
         data = [float(v) for v in flat.tolist()]
@@ -154,6 +156,11 @@ def outputs_hash(outputs: Mapping[str, np.ndarray]) -> str:
         else:
             digest.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
     return digest.hexdigest()
+
+
+def position_of(shape: tuple[int, ...], flat_index: int) -> list[int]:
+    """The index of element `flat_index` (row-major) in an array of `shape`."""
+    return [int(i) for i in np.unravel_index(flat_index, shape)] if shape else []
 
 
 # --- a golden case ---------------------------------------------------------------
@@ -232,7 +239,7 @@ class GoldenCase:
                 tolerance = float(tensor.get("tolerance", 0.0))
                 if not (math.isfinite(tolerance) and tolerance >= 0):
                     raise GoldenError(f"{where}: output '{out_name}': tolerance {tolerance!r} must be >= 0")
-                outputs[out_name] = ExpectedOutput(out_name, value, tolerance if datatype_of(value) in _FLOAT_TYPES else 0.0)
+                outputs[out_name] = ExpectedOutput(out_name, value, tolerance if datatype_of(value) in FLOAT_TYPES else 0.0)
             if not outputs:
                 raise GoldenError(f"{where}: {device}: no expected output")
             sha = entry.get("sha256")
@@ -284,97 +291,6 @@ def case_files(model_dir: Path) -> list[Path]:
     return sorted(folder.glob(f"*{GOLDEN_SUFFIX}")) if folder.is_dir() else []
 
 
-# --- comparing an answer -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutputComparison:
-    name: str
-    ok: bool
-    max_abs_diff: float | None  # None for exact (non-float) outputs and unusable answers
-    tolerance: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class CaseComparison:
-    case: str
-    bit_exact: bool
-    outputs: list[OutputComparison]
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outputs)
-
-    @property
-    def reason(self) -> str:
-        failed = [o.reason for o in self.outputs if not o.ok]
-        if failed:
-            return f"case '{self.case}': " + "; ".join(failed)
-        if self.bit_exact:
-            return f"case '{self.case}': bit-exact"
-        diffs = ", ".join(f"{o.name} {o.max_abs_diff:.3g}" for o in self.outputs if o.max_abs_diff)
-        return f"case '{self.case}': within tolerance, not bit-exact (max |d| {diffs or '0'})"
-
-
-def _where(shape: tuple[int, ...], flat_index: int) -> list[int]:
-    return [int(i) for i in np.unravel_index(flat_index, shape)] if shape else []
-
-
-def compare_output(expected: ExpectedOutput, answer: np.ndarray | None) -> OutputComparison:
-    name, want = expected.name, expected.value
-    fail = lambda reason, diff=None: OutputComparison(name, False, diff, expected.tolerance, f"{name} {reason}")  # noqa: E731
-    if answer is None:
-        return fail("is missing from the answer")
-    answer = np.asarray(answer)
-    try:
-        got_type = datatype_of(answer)
-    except GoldenError:
-        return fail(f"has dtype {answer.dtype}, expected {expected.datatype}")
-    if got_type != expected.datatype:
-        return fail(f"is {got_type}, expected {expected.datatype}")
-    if tuple(answer.shape) != tuple(want.shape):
-        return fail(f"has shape {list(answer.shape)}, expected {list(want.shape)}")
-    if expected.datatype in _FLOAT_TYPES:
-        got = answer.astype(np.float64).reshape(-1)
-        ref = want.astype(np.float64).reshape(-1)
-        if not np.all(np.isfinite(got)):
-            return fail("is not finite (NaN or inf)")
-        if got.size == 0:
-            return OutputComparison(name, True, 0.0, expected.tolerance, f"{name} empty, as recorded")
-        diff = np.abs(got - ref)
-        worst = int(np.argmax(diff - expected.tolerance * np.maximum(1.0, np.abs(ref))))
-        max_abs = float(diff.max())
-        allowed = expected.tolerance * max(1.0, abs(float(ref[worst])))
-        if diff[worst] > allowed:
-            return fail(
-                f"differs by {diff[worst]:.3g} at {_where(want.shape, worst)} "
-                f"({got[worst]:.7g}, golden {ref[worst]:.7g}; tolerance {expected.tolerance:g})",
-                max_abs,
-            )
-        return OutputComparison(name, True, max_abs, expected.tolerance, f"{name} within {expected.tolerance:g}")
-    got = canonical(answer, got_type).reshape(-1)
-    ref = canonical(want, expected.datatype).reshape(-1)
-    differing = [i for i, (a, b) in enumerate(zip(got.tolist(), ref.tolist())) if a != b]
-    if differing:
-        first = differing[0]
-        return fail(
-            f"differs in {len(differing)} of {ref.size} values (first at {_where(want.shape, first)}: "
-            f"{got[first]!r}, golden {ref[first]!r})"
-        )
-    return OutputComparison(name, True, None, 0.0, f"{name} identical")
-
-
-def compare_case(case: GoldenCase, device_class: str, answer: Mapping[str, np.ndarray]) -> CaseComparison:
-    expected = case.expected[device_class]
-    outputs = [compare_output(e, answer.get(n)) for n, e in expected.outputs.items()]
-    try:
-        bit_exact = outputs_hash({n: answer[n] for n in expected.outputs}) == expected.sha256
-    except (KeyError, GoldenError):
-        bit_exact = False
-    return CaseComparison(case.name, bit_exact, outputs)
-
-
 # --- recording ---------------------------------------------------------------------
 
 
@@ -393,10 +309,10 @@ def reproducibility_problem(first: Mapping[str, np.ndarray], second: Mapping[str
             if np.all(np.isfinite(diff)):
                 worst = int(np.argmax(diff))
                 return (f"output '{name}' differs between two calls by up to {diff[worst]:.3g} "
-                        f"(at {_where(a.shape, worst)})")
+                        f"(at {position_of(a.shape, worst)})")
         flat_a, flat_b = canonical(a).reshape(-1).tolist(), canonical(b).reshape(-1).tolist()
         first_diff = next(i for i, (x, y) in enumerate(zip(flat_a, flat_b)) if not (x == y or (x != x and y != y)))
-        return (f"output '{name}' differs between two calls at {_where(a.shape, first_diff)}: "
+        return (f"output '{name}' differs between two calls at {position_of(a.shape, first_diff)}: "
                 f"{flat_a[first_diff]!r} then {flat_b[first_diff]!r}")
     return None
 
@@ -429,9 +345,9 @@ def record_case(
     outputs = {}
     for out_name in sorted(first):
         value = canonical(first[out_name])
-        if datatype_of(value) in _FLOAT_TYPES and not np.all(np.isfinite(value)):
+        if datatype_of(value) in FLOAT_TYPES and not np.all(np.isfinite(value)):
             raise GoldenError(f"output '{out_name}' holds NaN or inf: a model answering that is not a golden")
-        tolerance = float(tolerances.get(out_name, default_tolerance)) if datatype_of(value) in _FLOAT_TYPES else 0.0
+        tolerance = float(tolerances.get(out_name, default_tolerance)) if datatype_of(value) in FLOAT_TYPES else 0.0
         outputs[out_name] = ExpectedOutput(out_name, value, tolerance)
     inputs = {n: canonical(a) for n, a in inputs.items()}
     for in_name, array in inputs.items():
@@ -441,6 +357,24 @@ def record_case(
     if existing is not None and existing.model == model and _same_inputs(existing.inputs, inputs):
         kept = {d: e for d, e in existing.expected.items() if d != device_class}
     return GoldenCase(model, name, inputs, {**kept, device_class: expected})
+
+
+def record_case_file(model_dir: Path, name: str, inputs: Mapping[str, np.ndarray], first: Mapping[str, np.ndarray],
+                     second: Mapping[str, np.ndarray], device_class: str, tolerances: Mapping[str, float],
+                     default_tolerance: float, environment: Mapping[str, Any]) -> tuple[Path, GoldenCase]:
+    """The case `record_case` makes of these answers for `<model_dir>/goldens/<name>.golden.json`, and that path.
+
+    The file already there (if readable) is the existing case whose other
+    device classes are kept; an unreadable one is replaced.
+    """
+    path = case_path(model_dir, name)
+    try:
+        existing = GoldenCase.load(path) if path.exists() else None
+    except GoldenError:
+        existing = None  # unreadable: replaced by this recording
+    case = record_case(Path(model_dir).name, name, inputs, first, second, device_class,
+                       tolerances, default_tolerance, environment, existing)
+    return path, case
 
 
 def _same_inputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from triton_guard import defaults
-from triton_guard.canary.checks import CanaryReport
+from triton_guard.canary.report import CanaryReport
 
 
 class Health(enum.Enum):

@@ -28,9 +28,8 @@ from triton_guard.canary.goldens import (
     GoldenCase,
     GoldenError,
     canonical,
-    case_path,
     datatype_of,
-    record_case,
+    record_case_file,
 )
 from triton_guard.inputs import InputsError, load_inputs
 from triton_guard.model_config import CONFIG_FILE
@@ -157,7 +156,7 @@ def record(
         except InferenceServerException as exc:
             raise RecordUsage(f"server at {url} unreachable: {exc.message()}") from None
         try:
-            # A restricted API under `triton-guard serve`: the key from the environment (README "Security").
+            # A restricted API under `triton-guard serve`: the key from the environment (docs/security.md).
             headers = admin_headers_from_environment(grpc=True)
             index = client.get_model_repository_index(headers=headers, client_timeout=timeout_s)
             known = {m.name: m.state for m in index.models}
@@ -190,11 +189,6 @@ def record(
             f"{model_dir / CONFIG_FILE} not found: pass the repository the server loads '{model}' from (--model-repository)")
     if device_class == "auto":
         device_class = server_device_class(url, metrics_url, timeout_s)
-    path = case_path(model_dir, case_name)
-    try:
-        existing = GoldenCase.load(path) if path.exists() else None
-    except GoldenError:
-        existing = None  # unreadable: replaced by this recording
     environment = {
         "tritonserver": server_version,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -204,8 +198,8 @@ def record(
         "cpu": _cpu_model(),
     }
     try:
-        case = record_case(model, case_name, inputs, first, second, device_class,
-                           tolerances or {}, default_tolerance, environment, existing)
+        path, case = record_case_file(model_dir, case_name, inputs, first, second, device_class,
+                                      tolerances or {}, default_tolerance, environment)
     except GoldenError as exc:
         raise RecordRefused(str(exc)) from None
     _write_atomically(path, case.to_json() + "\n")

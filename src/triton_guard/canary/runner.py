@@ -5,6 +5,10 @@ needs from the server it lives in (the `canary` backend,
 triton_guard.backends.canary, implements the Triton parts: BLS inference,
 model readiness, logging, metrics; unit tests pass a fake).
 
+* A run is given one `CanaryConfig` (canary/config.py), gathers the server's
+  facts into one `RunFacts` and has canary/checks.py judge them in one call;
+  the golden cases come from the `GoldenStore` (canary/golden_store.py), each
+  answer is compared as it comes (canary/golden_check.py).
 * A run checks everything within `deadline_ms`. A probe arriving while a run
   with the same config is in flight joins it instead of queueing another.
 * Golden inferences: one worker per model with goldens, so a hung model costs
@@ -18,15 +22,11 @@ model readiness, logging, metrics; unit tests pass a fake).
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
-from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 import numpy as np
@@ -34,15 +34,12 @@ import numpy as np
 from triton_guard import defaults, promtext
 from triton_guard.canary import checks as verdicts
 from triton_guard.canary import memory
-from triton_guard.canary.goldens import (
-    CaseComparison,
-    GoldenCase,
-    GoldenError,
-    case_files,
-    compare_case,
-)
+from triton_guard.canary.config import CanaryConfig
+from triton_guard.canary.golden_check import NO_GOLDENS_NOTE, CaseComparison, compare_case
+from triton_guard.canary.golden_store import GoldenStore
+from triton_guard.canary.goldens import GoldenCase
+from triton_guard.canary.report import CanaryReport
 from triton_guard.guard.breaker import BreakerSnapshot
-from triton_guard.pins import load_pins
 
 READY_STATE = "READY"
 
@@ -62,114 +59,13 @@ class ServerFacts(Protocol):
     def server_version(self) -> str | None: ...
     def server_ready(self) -> bool: ...
     def warn(self, message: str) -> None: ...
-    def publish(self, report: verdicts.CanaryReport, reading, trend_snapshot) -> None: ...
-
-
-class HttpServer:
-    """The server facts that come over Triton's own HTTP endpoints (no Triton import)."""
-
-    def __init__(self, http_url: str | None, metrics_url: str | None) -> None:
-        self.http_url = http_url
-        self.metrics_url = metrics_url
-
-    def fetch_metrics(self, timeout_s: float) -> list[promtext.Sample]:
-        if not self.metrics_url:
-            raise RuntimeError(f"no metrics URL (set {defaults.METRICS_URL_ENV})")
-        return promtext.fetch(self.metrics_url, timeout_s)
-
-    def _http(self, path: str, timeout_s: float, body: bytes | None = None):
-        if not self.http_url:
-            raise RuntimeError(f"no HTTP URL (set {defaults.HTTP_URL_ENV})")
-        # The repository index is a restricted API under `triton-guard serve` (README "Security").
-        key = os.environ.get(defaults.API_KEY_ENV)
-        headers = {defaults.API_KEY_HEADER: key} if key else {}
-        request = urllib.request.Request(f"{self.http_url}{path}", data=body, headers=headers)
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, response.read()
-
-    def model_states(self, timeout_s: float) -> dict[str, tuple[str, str]]:
-        """Every model the server has tried to load, from its repository index."""
-        _, body = self._http("/v2/repository/index", timeout_s, b"{}")
-        states = {}
-        for entry in json.loads(body):
-            state, reason = entry.get("state") or "", entry.get("reason") or ""
-            if state and not (state == "UNAVAILABLE" and reason == "unloaded"):  # unloaded on purpose
-                states[entry["name"]] = (state, reason)
-        return states
-
-    def server_version(self) -> str | None:
-        try:
-            return json.loads(self._http("/v2", 1.0)[1])["version"]
-        except Exception:
-            return None
-
-    def server_ready(self) -> bool:
-        try:
-            return self._http("/v2/health/ready", 1.0)[0] == 200
-        except Exception:
-            return False
-
-
-class GoldenStore:
-    """The golden cases of every model in some repositories, re-read when their files change.
-
-    A model's cases are `<repository>/<model>/goldens/*.golden.json`; a file
-    that cannot be used is that model's verdict (its message names the file).
-    """
-
-    def __init__(self, repositories: list[Path], skip: frozenset[str] = frozenset({defaults.CANARY_MODEL})) -> None:
-        self.repositories = [Path(r) for r in repositories]
-        self.skip = skip
-        self._cache: dict[Path, tuple[tuple[int, int], GoldenCase | str]] = {}
-
-    def cases(self) -> dict[str, list[GoldenCase] | str]:
-        found: dict[str, list[GoldenCase] | str] = {}
-        for repository in self.repositories:
-            try:
-                model_dirs = sorted(p for p in repository.iterdir() if p.is_dir())
-            except OSError:
-                continue
-            for model_dir in model_dirs:
-                if model_dir.name in self.skip or model_dir.name in found:
-                    continue
-                files = case_files(model_dir)
-                if not files:
-                    continue
-                loaded = [self._load(path) for path in files]
-                errors = [c for c in loaded if isinstance(c, str)]
-                found[model_dir.name] = errors[0] if errors else loaded
-        return found
-
-    def _load(self, path: Path) -> GoldenCase | str:
-        try:
-            stat = path.stat()
-        except OSError as exc:
-            return f"{path}: {exc.strerror}"
-        key = (stat.st_mtime_ns, stat.st_size)
-        cached = self._cache.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        try:
-            case: GoldenCase | str = GoldenCase.load(path)
-            if case.model != path.parent.parent.name:
-                case = f"{path}: recorded for model '{case.model}', lives in '{path.parent.parent.name}'"
-        except GoldenError as exc:
-            case = str(exc)
-        self._cache[path] = (key, case)
-        return case
-
-
-def repositories_from_environment(environ: Mapping[str, str], canary_model_dir: Path) -> list[Path]:
-    """Where goldens are looked for: MODEL_REPOSITORIES_ENV, then the canary's own repository."""
-    listed = [Path(p).resolve() for p in environ.get(defaults.MODEL_REPOSITORIES_ENV, "").split(os.pathsep) if p]
-    own = Path(canary_model_dir).resolve().parent
-    return listed + ([own] if own not in listed else [])
+    def publish(self, report: CanaryReport, reading, trend_snapshot) -> None: ...
 
 
 class Canary:
     def __init__(
         self,
-        config: verdicts.CanaryConfig,
+        config: CanaryConfig,
         facts: ServerFacts,
         goldens: GoldenStore,
         runtime: dict[str, str | None],
@@ -188,7 +84,7 @@ class Canary:
         self._golden_calls: dict[str, tuple[float, Future]] = {}
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="canary-run")
         self._run_lock = threading.Lock()
-        self._current_run: tuple[verdicts.CanaryConfig, Future] | None = None
+        self._current_run: tuple[CanaryConfig, Future] | None = None
         self._stop = threading.Event()
         self._served = threading.Event()  # a probe arrived: the server serves
         self._sampler: threading.Thread | None = None
@@ -198,7 +94,7 @@ class Canary:
     def mark_served(self) -> None:
         self._served.set()
 
-    def run_shared(self, config: verdicts.CanaryConfig) -> verdicts.CanaryReport:
+    def run_shared(self, config: CanaryConfig) -> CanaryReport:
         """A run with this config; a caller arriving during one joins it instead of queueing."""
         with self._run_lock:
             run = self._current_run
@@ -209,65 +105,75 @@ class Canary:
         try:
             return run[1].result(timeout=limit_s)
         except FutureTimeout:
-            return verdicts.CanaryReport(
+            return CanaryReport(
                 [verdicts.not_run("canary", "an earlier run is still busy past its deadline")],
                 limit_s, self._device_class or "unknown", metrics_url=self.facts.metrics_url)
 
-    def run(self, config: verdicts.CanaryConfig) -> verdicts.CanaryReport:
+    def run(self, config: CanaryConfig) -> CanaryReport:
         """Every check now, within config.deadline_ms."""
         started = self.clock()
         deadline = started + config.deadline_ms / 1000
+        facts, trend_snapshot = self._gather(config, deadline)
+        checks = verdicts.judge(config, facts)
+        notes = [NO_GOLDENS_NOTE] if facts.goldens is None else []
+        report = CanaryReport(
+            checks, self.clock() - started, facts.device_class, notes=notes, metrics_url=self.facts.metrics_url)
+        if config == self.config:  # a probe's one-off thresholds are not the server's state
+            self.facts.publish(report, facts.reading, trend_snapshot)
+        return report
+
+    def _gather(self, config: CanaryConfig, deadline: float) -> tuple[verdicts.RunFacts, tuple | None]:
+        """This run's facts, asked of the server in this order, and the memory floor with the trend to it."""
         samples, metrics_error = self._metrics(deadline)
         device_class = self._resolve_device_class(samples)
         # Goldens first: through a guard, the golden inference is also the breaker's trial call.
-        checks, notes = self._golden_checks(config, device_class, deadline)
-        checks.append(self._liveness(config, deadline))
+        goldens = self._golden_comparisons(config, device_class, deadline)
+        ready_by_model, not_ready_why, liveness_error = self._liveness(config, deadline)
         reading, memory_error = self._memory(device_class, samples)
-        trend_snapshot = None
+        floor, trend, n, span_s, trend_snapshot = 0, None, 0, None, None
         if reading is not None:
             floor = memory.floor_bytes(reading.total_bytes, config.headroom_floor_fraction, config.headroom_floor_mb)
             with self._facts_lock:
                 trend, n, span_s = self.trend.trend(floor), len(self.trend), self.trend.span_s
             trend_snapshot = (floor, trend)
-            checks.append(verdicts.check_headroom(reading, floor))
-            checks.append(verdicts.check_trend(
-                trend, config.trend_horizon_s, n, config.trend_min_samples, config.trend_min_span_s, span_s))
-        else:
-            checks.append(verdicts.check_headroom(None, 0, memory_error))
-            checks.append(verdicts.not_run("leak_trend", memory_error or "no memory reading"))
-        checks.append(self._stall_check(config, samples, metrics_error))
-        checks.append(verdicts.check_breakers(self.facts.breakers(), config.half_open_not_ready, time.monotonic()))
-        checks.append(self._pins_check(config, device_class))
-        checks.append(verdicts.check_drift(self.facts.drift_state(), time.monotonic(), config.drift_fails_readiness))
-        report = verdicts.CanaryReport(
-            checks, self.clock() - started, device_class, notes=notes, metrics_url=self.facts.metrics_url)
-        if config == self.config:  # a probe's one-off thresholds are not the server's state
-            self.facts.publish(report, reading, trend_snapshot)
-        return report
+        waiting = None
+        if samples is not None:
+            pending = self._feed_stall(samples)
+            with self._facts_lock:
+                waiting = self.stall.waiting(self.clock(), pending)
+        breakers, breakers_at = self.facts.breakers(), time.monotonic()
+        if self.runtime.get("tritonserver") is None:  # HTTP is not up while models load
+            self.runtime["tritonserver"] = self.facts.server_version()
+        runtime = dict(self.runtime)
+        drift, drift_at = self.facts.drift_state(), time.monotonic()
+        facts = verdicts.RunFacts(
+            device_class, goldens, ready_by_model, not_ready_why, liveness_error, reading, memory_error,
+            floor, trend, n, span_s, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at)
+        return facts, trend_snapshot
 
     # --- goldens --------------------------------------------------------------------
 
-    def _golden_checks(self, config, device_class: str, deadline: float):
+    def _golden_comparisons(self, config, device_class: str, deadline: float):
+        """{model: its golden comparisons, or why there are none}; None when no model has goldens."""
         found = self.goldens.cases()
         if not found:
-            return [verdicts.check_no_goldens()], [verdicts.NO_GOLDENS_NOTE]
-        results: dict[str, verdicts.CheckResult] = {}
+            return None
+        results: dict[str, list[CaseComparison] | str] = {}
         pending: dict[str, Future] = {}
         for model, cases in sorted(found.items()):
             if isinstance(cases, str):
-                results[model] = verdicts.check_golden(model, None, cases)
+                results[model] = cases
                 continue
             missing = [c.name for c in cases if device_class not in c.expected]
             if missing:
-                results[model] = verdicts.check_golden(
-                    model, None,
+                results[model] = (
                     f"case(s) {', '.join(missing)} have no outputs for device class '{device_class}': record them on a "
                     f"{device_class} server (triton-guard goldens record --model {model} ...)")
                 continue
             previous = self._golden_calls.get(model)
             if previous is not None and not previous[1].done():
-                results[model] = verdicts.check_golden(
-                    model, None, f"the previous golden inference of '{model}' is still unanswered after "
+                results[model] = (
+                    f"the previous golden inference of '{model}' is still unanswered after "
                     f"{self.clock() - previous[0]:.1f} s")
                 continue
             future = self._worker(model).submit(self._infer_cases, model, cases, device_class)
@@ -275,15 +181,12 @@ class Canary:
             pending[model] = future
         for model, future in pending.items():
             try:
-                comparisons = future.result(timeout=max(deadline - self.clock(), 0.0))
+                results[model] = future.result(timeout=max(deadline - self.clock(), 0.0))
             except FutureTimeout:
-                results[model] = verdicts.check_golden(
-                    model, None, f"no answer from '{model}' within the {config.deadline_ms} ms deadline")
+                results[model] = f"no answer from '{model}' within the {config.deadline_ms} ms deadline"
             except Exception as exc:
-                results[model] = verdicts.check_golden(model, None, f"'{model}' failed: {exc}")
-            else:
-                results[model] = verdicts.check_golden(model, comparisons)
-        return [results[m] for m in sorted(results)], []
+                results[model] = f"'{model}' failed: {exc}"
+        return results
 
     def _worker(self, model: str) -> ThreadPoolExecutor:
         if model not in self._workers:
@@ -323,23 +226,16 @@ class Canary:
         except (OSError, ValueError, KeyError) as exc:
             return None, f"memory unreadable: {exc}"
 
-    def _liveness(self, config, deadline: float) -> verdicts.CheckResult:
+    def _liveness(self, config, deadline: float):
+        """({model: ready}, {model: why not ready}, None), or (None, None, why the models could not be listed)."""
         if config.models:
-            return verdicts.check_liveness({m: self.facts.is_model_ready(m) for m in config.models})
+            return {m: self.facts.is_model_ready(m) for m in config.models}, None, None
         try:
             states = self.facts.model_states(max(deadline - self.clock(), 0.05))
         except Exception as exc:
-            return verdicts.CheckResult("liveness", False, None, "all ready", f"cannot list the server's models: {exc}")
+            return None, None, f"cannot list the server's models: {exc}"
         why = {m: f"{s}: {r}" if r else s for m, (s, r) in states.items() if s != READY_STATE}
-        return verdicts.check_liveness({m: s == READY_STATE for m, (s, _) in states.items()}, why)
-
-    def _stall_check(self, config, samples, metrics_error) -> verdicts.CheckResult:
-        if samples is None:
-            return verdicts.check_stall(None, config.stall_s, metrics_error)
-        pending = self._feed_stall(samples)
-        with self._facts_lock:
-            stalled = self.stall.stalled(self.clock(), config.stall_s, pending)
-        return verdicts.check_stall(stalled, config.stall_s)
+        return {m: s == READY_STATE for m, (s, _) in states.items()}, why, None
 
     def _feed_stall(self, samples) -> dict[str, float]:
         pending = promtext.by_label(samples, "nv_inference_pending_request_count", "model")
@@ -347,13 +243,6 @@ class Canary:
         with self._facts_lock:
             self.stall.update(self.clock(), pending, executed)
         return pending
-
-    def _pins_check(self, config, device_class: str) -> verdicts.CheckResult:
-        if self.runtime.get("tritonserver") is None:  # HTTP is not up while models load
-            self.runtime["tritonserver"] = self.facts.server_version()
-        expected = verdicts.expected_runtime(load_pins(), device_class)
-        observed = {k: self.runtime.get(k) for k in expected}
-        return verdicts.check_pins(expected, observed, config.strict_pins)
 
     # --- the sampler ------------------------------------------------------------------
 

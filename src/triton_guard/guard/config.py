@@ -221,7 +221,7 @@ def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
     return GuardSettings.from_parameters("upstream", params).config
 
 
-# --- Output drift monitoring (triton_guard.drift; README "Output drift monitor") ---
+# --- Output drift monitoring (triton_guard.drift; docs/drift.md) ---
 
 DRIFT_WINDOW_MIN, DRIFT_WINDOW_MAX = 10, 100_000
 

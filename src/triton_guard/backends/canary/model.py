@@ -24,9 +24,12 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.metrics import MetricsPublisher
 from triton_guard.backends.guard.in_process import heal_dead_stub
-from triton_guard.canary import checks as canary
 from triton_guard.canary import memory
-from triton_guard.canary.runner import Canary, GoldenStore, HttpServer, repositories_from_environment
+from triton_guard.canary.checks import metric_labels
+from triton_guard.canary.config import CanaryConfig, CanaryConfigError
+from triton_guard.canary.golden_store import GoldenStore, repositories_from_environment
+from triton_guard.canary.runner import Canary
+from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import BreakerSnapshot
 from triton_guard.drift.state import read_states
 from triton_guard.guard.shared_state import SharedFileStore
@@ -39,8 +42,8 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         try:
-            config = canary.CanaryConfig.from_parameters(params)
-        except canary.CanaryConfigError as exc:
+            config = CanaryConfig.from_parameters(params)
+        except CanaryConfigError as exc:
             raise pb_utils.TritonModelException(f"canary model '{model_config['name']}': {exc}") from None
         repositories = repositories_from_environment(os.environ, Path(args["model_repository"]))
         # Observed once, here: importing torch takes a second; probes must not wait for it.
@@ -54,7 +57,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 config = self.canary.config.with_call_options(_options(request))
-            except (canary.CanaryConfigError, ValueError) as exc:
+            except (CanaryConfigError, ValueError) as exc:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"canary OPTIONS: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue
@@ -146,7 +149,7 @@ class _CanaryMetrics:
         m.set(catalogue.CANARY_READY, 1.0 if report.ready else 0.0)
         m.set(catalogue.CANARY_RUN_SECONDS, report.duration_s)
         for check in report.checks:
-            m.set(catalogue.CANARY_CHECK_OK, 1.0 if check.ok else 0.0, **canary.metric_labels(check.name))
+            m.set(catalogue.CANARY_CHECK_OK, 1.0 if check.ok else 0.0, **metric_labels(check.name))
         if reading is not None:
             m.set(catalogue.MEMORY_FREE_BYTES, float(reading.free_bytes), source=reading.source)
         if trend_snapshot is not None:

@@ -1,6 +1,6 @@
 """The `chaos` control model: validates a command and writes the control file.
 
-The target model's hook (triton_guard.chaos.ChaosHook) reads that file.
+The target model's hook (triton_guard.chaos.hook.ChaosHook) reads that file.
 A bad command, an unknown model or one without a hook is refused with
 INVALID_ARG and a message saying why; nothing is written then.
 """
@@ -13,7 +13,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.chaos.faults import ChaosCommand, ChaosControl, FaultError
+from triton_guard.chaos.command import ChaosCommand
+from triton_guard.chaos.protocol import ChaosControl, FaultError
 
 
 def _refuse(message):

@@ -1,0 +1,76 @@
+"""The API key that guards Triton's restricted APIs (model control, shared memory, ...).
+
+Where the key comes from (resolve_api_key), what a valid one looks like
+(check_api_key), the Triton flags that require it (restricted_api_args), the
+header the project's tools send (admin_headers_from_environment), and
+is_loopback, which tells an address only this host can reach.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from pathlib import Path
+
+from triton_guard import defaults
+from triton_guard.server.errors import ServerError
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this host can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """(key, where it came from) for Triton's restricted APIs.
+
+    $TRITON_GUARD_API_KEY, else the file named by $TRITON_GUARD_API_KEY_FILE
+    (a mounted Kubernetes Secret), else a new random key for this run.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(defaults.API_KEY_ENV):
+        return env[defaults.API_KEY_ENV].strip(), f"${defaults.API_KEY_ENV}"
+    path = env.get(defaults.API_KEY_FILE_ENV)
+    if path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ServerError(f"cannot read the API key file {path} (${defaults.API_KEY_FILE_ENV}): {exc.strerror}") from None
+        if not key:
+            raise ServerError(f"the API key file {path} (${defaults.API_KEY_FILE_ENV}) is empty")
+        return key, path
+    return secrets.token_urlsafe(32), "generated"
+
+
+def admin_headers_from_environment(grpc: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The key header for a restricted API, from $TRITON_GUARD_API_KEY or its file; {} when neither is set.
+
+    For the project's tools (goldens record, tests) that call a restricted API of a running server.
+    """
+    env = os.environ if environ is None else environ
+    if not env.get(defaults.API_KEY_ENV) and not env.get(defaults.API_KEY_FILE_ENV):
+        return {}
+    key, _ = resolve_api_key(env)
+    return {defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER: key}
+
+
+def check_api_key(key: str) -> str:
+    # The key travels on Triton's command line as "<apis>:<header>=<key>" and in a header.
+    if not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,256}", key):
+        raise ServerError("the API key must be 16 to 256 characters of A-Z a-z 0-9 . _ ~ + / -")
+    return key
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """Triton 2.51 flags that put the admin APIs behind `<API_KEY_HEADER>: key` on HTTP and gRPC."""
+    apis = ",".join(defaults.RESTRICTED_APIS)
+    rule = f"{apis}:{defaults.API_KEY_HEADER}={key}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
