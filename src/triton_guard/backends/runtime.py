@@ -169,7 +169,9 @@ class GuardRuntime:
             self._damage_published[kind] = total
         m.add_observations(catalogue.UPSTREAM_CALL_SECONDS, delta.call_seconds)
         # The breaker is one per server: every instance publishes the same value.
-        m.set(catalogue.BREAKER_STATE, int(self.breaker.snapshot().state))
+        snapshot = self.breaker.snapshot()
+        m.set(catalogue.BREAKER_STATE, int(snapshot.state))
+        m.set(catalogue.BREAKER_OVERRIDE, int(snapshot.override))
         m.set(catalogue.INFLIGHT_CALLS, self.guard.inflight, instance=self.instance_name)
         m.publish_watched()
 

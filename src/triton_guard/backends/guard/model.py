@@ -7,7 +7,9 @@ triton_guard/defaults.py, validated at load: a bad value fails the load with
 a message naming the parameter). Each dynamic batch becomes ONE BLS call to
 the upstream (triton_guard.backends.bls.GuardedUpstream), which records one
 outcome per request it carried. This file only translates between Triton and
-that logic.
+that logic. Two more roles are served by the same backend: a model guarded in
+its own process (no upstream_model, a model.py of its own: guard/in_process.py)
+and the breakers' control model (`role: control`: guard/control.py).
 """
 
 import json
@@ -27,17 +29,21 @@ from triton_guard.backends.bls import GuardedUpstream
 from triton_guard.backends.runtime import stamp_s
 from triton_guard.guard.config import ConfigError
 from triton_guard.model_config import ModelConfigError, check_guard_interface
-from triton_guard.backends.guard import in_process
+from triton_guard.backends.guard import control, in_process
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        if model_config.get("parameters", {}).get("role", {}).get("string_value") == "control":
+            # The operator's override of the breakers (`triton-guard breaker`): backends/guard/control.py.
+            self.execute, self.finalize = control.ControlModel(args).execute, lambda: None
+            return
         own_model = in_process.own_model_file(args)
         if own_model is not None:  # no upstream_model, a model.py of its own: guard it in this process
             guarded = in_process.InProcessGuard(args, own_model)
             self.execute, self.finalize = guarded.execute, guarded.finalize
             return
-        model_config = json.loads(args["model_config"])
         name = model_config["name"]
         params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         upstream = params.pop("upstream_model", "").strip()
