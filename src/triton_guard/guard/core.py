@@ -147,17 +147,18 @@ class Guard:
         earliest = queue.earliest_arrival(now)
         queue.started(now)
         timeout_s = self._timeout_s
-        deadlines = [(earliest if a is None else a) + timeout_s for a in arrivals]
+        # When each request arrived (an unstamped one: as early as it can have); deadlines are timeout_s later.
+        arrived = [earliest if a is None else a for a in arrivals] if None in arrivals else arrivals
         parts: list[Part] = []
         try:
-            first = min(deadlines, default=now)
+            first = min(arrived, default=now) + timeout_s
             if first > now:  # nothing expired: the common case
-                live = range(len(deadlines))
+                live = range(len(arrived))
             else:
-                expired = [i for i, d in enumerate(deadlines) if d <= now]
+                expired = [i for i, a in enumerate(arrived) if a + timeout_s <= now]
                 parts = self._answer_expired(expired, now, arrivals, earliest)
-                live = [i for i, d in enumerate(deadlines) if d > now]
-                first = min((deadlines[i] for i in live), default=now)
+                live = [i for i, a in enumerate(arrived) if a + timeout_s > now]
+                first = min((arrived[i] for i in live), default=now) + timeout_s
             if batch and len(live) > 1:
                 together = tuple(live)
                 result = self._call(lambda t: upstream_call(together, t), error_of, len(together), first, now, split=True)
@@ -168,7 +169,8 @@ class Guard:
                     return parts
                 now = self._clock()
             for i in live:  # alone: one request, or a batch split after a client's mistake
-                result = self._call(lambda t, i=i: upstream_call((i,), t), error_of, 1, deadlines[i], now, split=False)
+                deadline = arrived[i] + timeout_s
+                result = self._call(lambda t, i=i: upstream_call((i,), t), error_of, 1, deadline, now, split=False)
                 parts.append(Part((i,), result))
                 if result.failure is Failure.TIMEOUT:
                     queue.timed_out()
