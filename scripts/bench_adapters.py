@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_guard_path import measure_rounds  # this directory: rounds over this checkout and another revision
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = REPO_ROOT / "src" / "triton_guard" / "backends" / "stand_in.py"
 REFERENCE = REPO_ROOT / "model_repository" / "classifier" / "drift" / "PROBS.json"
@@ -185,21 +187,6 @@ def _per_call(fn, calls: int) -> float:
 # --- the parent ----------------------------------------------------------------------------------------
 
 
-def _run_child(src: Path, order: list[str], calls: int, requests: int) -> dict:
-    spec = json.dumps({"order": order, "calls": calls, "requests": requests})
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run([sys.executable, __file__, "--child", spec], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"measuring with {src} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _revision(rev: str = "HEAD") -> str:
-    out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", rev], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "src"], capture_output=True, text=True)
-    return out.stdout.strip() + ("+changes" if rev == "HEAD" and dirty.stdout.strip() else "")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000, help="executes per row per round")
@@ -218,21 +205,7 @@ def main() -> int:
 
     rows = WHOLE + PIECES
     load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-adapters-src-") as tmp:
-        sources = {_revision(): REPO_ROOT / "src"}
-        if args.against:
-            archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", args.against, "src"],
-                                     capture_output=True, check=True)  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-            sources[_revision(args.against)] = Path(tmp) / "src"
-        labels = list(sources)
-        samples = {(label, row): [] for label in labels for row in rows}
-        for r in range(args.rounds):
-            for label in labels[r % len(labels):] + labels[: r % len(labels)]:
-                order = list(rows[r % len(rows):] + rows[: r % len(rows)])
-                print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-                for row, us in _run_child(sources[label], order, args.calls, args.requests).items():
-                    samples[label, row].append(us)
+    labels, samples = measure_rounds(__file__, rows, args.against, args.rounds, {"calls": args.calls, "requests": args.requests})
     load_end = os.getloadavg()
 
     print(f"The adapters' share of an execute of {args.requests} requests (stand-in pb_utils); CPU us per execute, "

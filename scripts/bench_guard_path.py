@@ -117,15 +117,30 @@ def _hand_off(guard, upstream, everything):
 # --- the parent: rounds, rotation, the table ----------------------------------------------------------
 
 
-def _run_child(src: Path, order: list[str], calls: int, requests: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps({"order": order, "calls": calls, "requests": requests})],
-        env=env, capture_output=True, text=True, check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"measuring with {src} failed:\n{out.stderr}")
-    return json.loads(out.stdout)
+def measure_rounds(script: str, rows, against: str | None, rounds: int, spec: dict) -> tuple[list[str], dict]:
+    """Run `script --child` once per round per revision (this checkout, and `against`), rows rotated.
+
+    Returns (labels, {(label, row): [one value per round]}); the revisions
+    alternate round by round so that noise lands on both alike.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-src-") as tmp:
+        sources = {_revision(): REPO_ROOT / "src"}
+        if against:
+            sources[_revision(against)] = _export(against, Path(tmp))
+        labels = list(sources)
+        samples = {(label, row): [] for label in labels for row in rows}
+        for r in range(rounds):
+            for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+                order = list(rows[r % len(rows):] + rows[: r % len(rows)])
+                print(f"round {r + 1}/{rounds}: {label}", file=sys.stderr, flush=True)
+                child = json.dumps({**spec, "order": order})
+                out = subprocess.run([sys.executable, script, "--child", child], capture_output=True, text=True,
+                                     env={**os.environ, "PYTHONPATH": str(sources[label])})  # fmt: skip
+                if out.returncode != 0:
+                    raise SystemExit(f"measuring with {sources[label]} failed:\n{out.stderr}")
+                for row, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                    samples[label, row].append(value)
+    return labels, samples
 
 
 def _export(rev: str, into: Path) -> Path:
@@ -156,18 +171,8 @@ def main() -> int:
         parser.error("--calls, --rounds and --requests must be positive")
 
     load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-guard-path-") as tmp:
-        sources = {_revision(): REPO_ROOT / "src"}
-        if args.against:
-            sources[_revision(args.against)] = _export(args.against, Path(tmp))
-        samples = {(label, row): [] for label in sources for row in ROWS}
-        labels = list(sources)
-        for r in range(args.rounds):
-            for label in labels[r % len(labels):] + labels[: r % len(labels)]:
-                order = list(ROWS[r % len(ROWS):] + ROWS[: r % len(ROWS)])
-                print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-                for row, values in _run_child(sources[label], order, args.calls, args.requests).items():
-                    samples[label, row].append(values)
+    spec = {"calls": args.calls, "requests": args.requests}
+    labels, samples = measure_rounds(__file__, ROWS, args.against, args.rounds, spec)
     load_end = os.getloadavg()
 
     print(f"Guard work per execute of {args.requests} requests, breaker CLOSED; {args.calls} calls x "

@@ -15,6 +15,15 @@ from triton_guard import defaults
 from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "triton-guard breaker"
+# gRPC status of a failed call -> what the operator is told, and the exit status.
+_VERDICTS = {
+    "StatusCode.INVALID_ARGUMENT": ("refused", EXIT_FAILED),  # a bad command or the wrong key: nothing changed
+    "StatusCode.NOT_FOUND": ("refused", EXIT_FAILED),  # no such breaker, or no guard_control model
+    "StatusCode.DEADLINE_EXCEEDED": ("unreachable", EXIT_USAGE),
+    "StatusCode.UNAVAILABLE": ("unreachable", EXIT_USAGE),
+    "StatusCode.UNKNOWN": ("unreachable", EXIT_USAGE),
+    "None": ("unreachable", EXIT_USAGE),
+}
 
 
 def add_parser(subparsers) -> None:
@@ -68,19 +77,15 @@ def run(args: argparse.Namespace) -> int:
         text.set_data_from_numpy(np.array([command.to_json().encode()], dtype=np.object_))
         result = client.infer(defaults.CONTROL_MODEL, [text], client_timeout=args.timeout)
     except InferenceServerException as exc:
-        status, message = str(exc.status()), exc.message() or str(exc)
-        if status in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"):
-            if "unknown model" in message and f"'{defaults.CONTROL_MODEL}'" in message:
-                message = f"the server at {args.url} has no '{defaults.CONTROL_MODEL}' model (start it with triton-guard serve)"
-            print(f"{PROG}: refused: {message}", file=sys.stderr)
-            return EXIT_FAILED
-        if status == "StatusCode.DEADLINE_EXCEEDED":
-            print(f"{PROG}: unreachable: no answer from {args.url} within {args.timeout:g} s", file=sys.stderr)
-            return EXIT_USAGE
-        if status in ("StatusCode.UNAVAILABLE", "StatusCode.UNKNOWN", "None"):
-            print(f"{PROG}: unreachable: {args.url}: {message}", file=sys.stderr)
-            return EXIT_USAGE
-        print(f"{PROG}: failed: {message}", file=sys.stderr)
-        return EXIT_FAILED
+        message = exc.message() or str(exc)
+        if "unknown model" in message and f"'{defaults.CONTROL_MODEL}'" in message:
+            message = f"the server at {args.url} has no '{defaults.CONTROL_MODEL}' model (start it with triton-guard serve)"
+        verdict, exit_code = _VERDICTS.get(str(exc.status()), ("failed", EXIT_FAILED))
+        if str(exc.status()) == "StatusCode.DEADLINE_EXCEEDED":
+            message = f"no answer from {args.url} within {args.timeout:g} s"
+        elif verdict == "unreachable":
+            message = f"{args.url}: {message}"
+        print(f"{PROG}: {verdict}: {message}", file=sys.stderr)
+        return exit_code
     print(describe(json.loads(result.as_numpy("STATE")[0])))
     return EXIT_OK
