@@ -45,7 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_guard_path import measure_rounds  # this directory: rounds over this checkout and another revision
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_guard_path import measure_rounds  # noqa: E402  (this directory: rounds over this checkout and another revision)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = REPO_ROOT / "src" / "triton_guard" / "backends" / "stand_in.py"
