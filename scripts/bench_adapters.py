@@ -158,7 +158,7 @@ def _pieces(guarded, model, requests, n):
     from triton_guard.guard.finite import non_finite_in_batch
 
     runtime, answers = guarded.runtime, model.execute(requests)
-    outputs = [in_process.outputs_of(a) for a in answers]
+    outputs = in_process.opened_answers(answers)[1]
     arrivals = [arrival_s(r) for r in requests]
     workers = runtime.guard.workers
 
@@ -169,7 +169,7 @@ def _pieces(guarded, model, requests, n):
         "arrival stamps": lambda: [arrival_s(r) for r in requests],
         "guard work": lambda: runtime.guard.call_requests(arrivals, lambda indices, t: answers),
         "hand-off": hand_off,
-        "open answers": lambda: [in_process.outputs_of(a) for a in answers],
+        "open answers": lambda: in_process.opened_answers(answers),
         "non-finite": lambda: non_finite_in_batch(outputs),
         "drift tap": lambda: runtime.drift.observe_per_request(outputs, requests),
         "metrics": lambda: runtime.events.completed(0.0001, None, n),

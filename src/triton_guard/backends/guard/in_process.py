@@ -132,11 +132,12 @@ class InProcessGuard:
             return answers
 
         def error_of(answers):
-            error = first_model_error(answers)
-            if error is None and self.examine:
-                outputs = opened[id(answers)] = [outputs_of(a) for a in answers]
-                if self.runtime.settings.check_finite:
-                    error = non_finite_in_batch(outputs)  # classified as Failure.NON_FINITE
+            if not self.examine:
+                return first_model_error(answers)
+            error, outputs = opened_answers(answers)  # one pass: errors, and each answer's outputs
+            opened[id(answers)] = outputs
+            if error is None and self.runtime.settings.check_finite:
+                error = non_finite_in_batch(outputs)  # classified as Failure.NON_FINITE
             return error
 
         responses = [None] * len(requests)
@@ -188,7 +189,8 @@ class InProcessGuard:
                 requested_output_names=output_names,
             )
             answers = self._model_execute([request])
-            problem = first_model_error(answers) or non_finite_in_batch([outputs_of(a) for a in answers])
+            error, outputs = opened_answers(answers)
+            problem = error or non_finite_in_batch(outputs)
             return problem if problem is not None else answers  # a str is the failure (runtime.answer_error)
 
         return probe
@@ -217,11 +219,20 @@ def first_model_error(answers) -> str | None:
     return None
 
 
-def outputs_of(answer) -> dict | None:
-    """An answer's outputs by name (numpy views, no copy); None for an error answer."""
-    if answer.has_error():
-        return None
-    return {t.name(): t.as_numpy() for t in answer.output_tensors()}
+def opened_answers(answers) -> tuple[str | None, list[dict | None]]:
+    """(first_model_error's verdict, each answer's outputs by name) in one pass over the answers.
+
+    Outputs are numpy views, no copy; None for an error answer.
+    """
+    error, outputs = None, []
+    for answer in answers:
+        if answer.has_error():
+            outputs.append(None)
+            if error is None and answer.error().code() != pb_utils.TritonError.INVALID_ARG:
+                error = answer.error().message()
+        else:
+            outputs.append({t.name(): t.as_numpy() for t in answer.output_tensors()})
+    return error, outputs
 
 
 def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
