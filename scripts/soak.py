@@ -47,7 +47,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from triton_guard_demo.digits import heldout_split, load_digits_uint8  # noqa: E402
-from triton_guard.canary.memory import process_rss_bytes  # noqa: E402
+from triton_guard.canary.instances import resident_bytes  # noqa: E402
 from triton_guard.canary.probe import ModelHealthValidator  # noqa: E402
 from triton_guard.perf import source_revision, start_run  # noqa: E402
 from triton_guard.server import LocalServer, Ports, stub_pids  # noqa: E402
@@ -97,7 +97,7 @@ def sample_rss(server_pid: int) -> dict[str, tuple[int, int]]:
     pids = {SERVER_NAME: server_pid, **dict(sorted(stub_pids(server_pid).items()))}
     sample = {}
     for name, pid in pids.items():
-        rss = process_rss_bytes(pid)
+        rss = resident_bytes(pid)
         if rss is not None:
             sample[name] = (pid, rss)
     return sample

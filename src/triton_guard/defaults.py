@@ -25,6 +25,10 @@ API_KEY_HEADER = "triton-guard-key"  # the HTTP header; lowercase: gRPC metadata
 GRPC_API_KEY_HEADER = "triton-grpc-protocol-" + API_KEY_HEADER
 API_KEY_ENV = "TRITON_GUARD_API_KEY"  # the key itself (e.g. from a Kubernetes Secret)
 API_KEY_FILE_ENV = "TRITON_GUARD_API_KEY_FILE"  # or a file holding it
+# Where a running `serve` records its ports, repository and key file for the local tools of the
+# same user (src/triton_guard/server/local_record.py); default $XDG_RUNTIME_DIR/triton-guard,
+# else <tmp>/triton-guard-<uid>.
+RUN_DIR_ENV = "TRITON_GUARD_RUN_DIR"
 SHM_PREFIX = "triton_guard_"  # + serve pid + gRPC port + "_": the Python backend's /dev/shm names
 
 # --- Guard (values from the incident write-up) ----------------------------
@@ -63,6 +67,13 @@ ARRIVAL_INPUT = "GUARD_ARRIVED_NS"
 HEAL_DEAD_UPSTREAM = True
 # Healing goes through Triton's HTTP repository API, from a thread beside the request path.
 HEAL_HTTP_TIMEOUT_S = 60.0  # one reload request; a model load can take this long
+# A guard whose upstream's config is completed at load (no config.pbtxt, or one
+# without tensors) checks its tensors against the server's config of it. At
+# start-up Triton answers HTTP only once its first loads are done, so the check
+# waits for the upstream beside the load, on a thread, this long at most.
+GUARD_INTERFACE_WAIT_S = 120.0
+GUARD_INTERFACE_POLL_S = 0.5
+GUARD_INTERFACE_HTTP_TIMEOUT_S = 2.0  # one config request from the guard's stub
 # Non-finite values (NaN, inf) in an upstream's floating-point outputs fail the call.
 CHECK_FINITE = True
 
@@ -103,10 +114,34 @@ CANARY_INTERVAL_MS = 10_000  # full run on its own, so metrics stay fresh betwee
 CANARY_SAMPLE_INTERVAL_MS = 1_000  # memory and stall sampling for the trend
 HEADROOM_FLOOR_FRACTION = 0.10  # free memory below 10% of the total is not ready
 HEADROOM_FLOOR_MB = 0.0  # an absolute floor too; the stricter of the two applies
-TREND_WINDOW_S = 300.0  # leak trend over the last five minutes of samples
+TREND_WINDOW_S = 600.0  # memory history kept for the leak trend: how long "growing for" can say
 TREND_MIN_SAMPLES = 10  # fewer samples: no trend verdict yet
-TREND_MIN_SPAN_S = 60.0  # nor before the samples span a minute (start-up is not a leak)
+# Memory must have grown steadily for this long to count as a leak (and no verdict before the
+# samples span it); with LEAK_EVIDENCE_RATIO below, 60 s blamed no more warm-ups than 120 s and
+# named fast leaks sooner (scripts/eval_leak_blame.py measures both; docs/memory.md).
+TREND_MIN_SPAN_S = 60.0
 TREND_HORIZON_S = 900.0  # not ready when the floor is projected within 15 minutes
+# Per-instance memory (canary/instances.py): the server's stubs are listed again this often
+# (between two listings a sample reads one small /proc file per stub), or when one is gone.
+INSTANCE_RESCAN_S = 10.0
+# An in-process guard on a GPU instance reports torch's allocator every CANARY_SAMPLE_INTERVAL_MS
+# (canary/allocator.py); a report older than this is from a reporter that stopped.
+ALLOCATOR_STALE_S = 10.0
+# Opt-in (canary parameter leak_reload): reload the model whose instance leaks, at most once per
+# cooldown per model; off by default: a reload restarts every instance of the model.
+LEAK_RELOAD = False
+LEAK_RELOAD_COOLDOWN_S = 1800.0
+# Leak blame (canary/growth.py, docs/memory.md): growth counts as a leak when it is steady over the
+# last trend_min_span_s, cut into this many segments, each segment's median above the one before
+# by more than the noise (this many standard errors) and this minimum, and the newest rise at least
+# this fraction of the oldest (a warm-up or a filling cache decelerates, a leak does not).
+LEAK_SEGMENTS = 4
+LEAK_NOISE_Z = 3.0
+LEAK_MIN_RISE_MB = 1.0
+LEAK_FLATTENING_RATIO = 0.5
+# ...and only once it has grown steadily for at least this share of the time it leaves to the floor
+# (it has already eaten half of what is left), or through most of the history kept (trend_window_s).
+LEAK_EVIDENCE_RATIO = 0.5
 STALL_S = 10.0  # requests pending and nothing completed for this long: stalled
 HALF_OPEN_NOT_READY = False  # an OPEN breaker always fails readiness; HALF_OPEN only if set
 STRICT_PINS = False  # a runtime version mismatch fails readiness only in strict mode
@@ -119,6 +154,14 @@ METRICS_URL_ENV = "TRITON_GUARD_METRICS_URL"
 # without it, the repository the canary model itself lives in.
 MODEL_REPOSITORIES_ENV = "TRITON_GUARD_MODEL_REPOSITORIES"
 CANARY_STOP_JOIN_S = 5.0  # finalize waits this long for the sampler and a run in progress
+# Overload is not a fault (canary/overload.py): a golden refused or delayed for load
+# counts as "overloaded", not failed, when the model answered requests over at least
+# OVERLOAD_EVIDENCE_S (the canary looks twice, that far apart, within its deadline)
+# and its goldens were answered right within OVERLOAD_GRACE_S.
+OVERLOAD_EVIDENCE_S = 1.0  # many executions of a batched CPU or GPU model; < CANARY_DEADLINE_MS
+OVERLOAD_GRACE_S = 120.0  # twelve of the canary's own runs (CANARY_INTERVAL_MS) without one right answer
+OVERLOAD_WINDOW_S = 10.0  # crowding: requests inside a model on average over this window > one round of its instances
+OVERLOAD_CAPACITY_TTL_S = 60.0  # a model's batch size and instances (its config) are read again this often
 
 # --- Fault injection (`serve --chaos`, `triton-guard chaos`; chaos/) -------
 # Set only by `serve --chaos`: without it no model builds a chaos hook.

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-
-class InputsError(ValueError):
-    """A file that does not hold usable named tensors; the message names the file and the tensor."""
+from triton_guard.errors import InputsError
+from triton_guard.jsonfile import read_json
 
 
 def load_inputs(path: Path) -> dict[str, np.ndarray]:
@@ -45,13 +44,7 @@ def _as_bytes_objects(array: np.ndarray) -> np.ndarray:
 
 
 def _load_kserve_json(path: Path) -> dict[str, np.ndarray]:
-    try:
-        body = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputsError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise InputsError(f"{path}: not JSON: {exc}") from None
-    return kserve_body_inputs(body, str(path))
+    return kserve_body_inputs(read_json(path, InputsError, str(path)), str(path))
 
 
 def kserve_body_inputs(body: object, source: str = "request body") -> dict[str, np.ndarray]:

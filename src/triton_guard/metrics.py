@@ -201,7 +201,7 @@ STATE_DAMAGE = _declare(
 
 # --- the canary ----------------------------------------------------------------
 
-CANARY_CHECKS = ("golden", "liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift")
+CANARY_CHECKS = ("golden", "liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift", "overload")
 
 CANARY_READY = _declare(
     Metric("triton_guard_canary_ready", "1 when the last canary run found the server ready", Kind.GAUGE, Publisher.CANARY)
@@ -235,8 +235,82 @@ MEMORY_SECONDS_TO_FLOOR = _declare(
         Publisher.CANARY,
     )
 )
+CANARY_OVERLOADED = _declare(
+    Metric(
+        "triton_guard_canary_overloaded",
+        # Never part of readiness: overload is not a fault (triton_guard/canary/overload.py).
+        "1 when the last canary run found the server overloaded (goldens shed or late for load while the "
+        "models answer, guard load rejections, or a backlog above one round of a model's instances)",
+        Kind.GAUGE,
+        Publisher.CANARY,
+    )
+)
 CANARY_RUN_SECONDS = _declare(
     Metric("triton_guard_canary_run_seconds", "Duration of the last canary run", Kind.GAUGE, Publisher.CANARY)
+)
+
+# Memory per model instance (canary/instances.py, canary/leak.py): one row per Python backend stub and one
+# for the server process itself (model and instance "tritonserver": C++ backends live in it).
+# host: resident memory (/proc); gpu: device memory (NVML, GPU hosts); gpu_*: torch's CUDA allocator as a
+# model on a GPU instance reports it (canary/allocator.py).
+INSTANCE_MEMORY_KINDS = ("host", "gpu", "gpu_allocated", "gpu_reserved", "gpu_reserved_unallocated")
+INSTANCE_MEMORY_BYTES = _declare(
+    Metric(
+        "triton_guard_instance_memory_bytes",
+        "Memory a model instance holds, by kind (host resident, GPU, and torch's allocator on GPU)",
+        Kind.GAUGE,
+        Publisher.CANARY,
+        {"model": ANY, "instance": ANY, "kind": INSTANCE_MEMORY_KINDS},
+    )
+)
+INSTANCE_MEMORY_GROWTH = _declare(
+    Metric(
+        "triton_guard_instance_memory_growth_bytes_per_second",
+        "Recent growth of a model instance's memory (GPU on a GPU host, else host), from the leak trend",
+        Kind.GAUGE,
+        Publisher.CANARY,
+        {"model": ANY, "instance": ANY},
+        first_series_on="the leak trend's first verdict (samples spanning trend_min_span_s)",
+    )
+)
+INSTANCE_SECONDS_TO_FLOOR = _declare(
+    Metric(
+        "triton_guard_instance_memory_seconds_to_floor",
+        "Projected seconds until free memory reaches the floor at this instance's rate (+Inf unless it grows steadily)",
+        Kind.GAUGE,
+        Publisher.CANARY,
+        {"model": ANY, "instance": ANY},
+    )
+)
+ALLOCATOR_RETRIES = _declare(
+    Metric(
+        "triton_guard_allocator_retries_total",
+        "Allocations torch's CUDA allocator retried after emptying its cache (out of device memory), by instance",
+        Kind.COUNTER,
+        Publisher.CANARY,
+        {"model": ANY, "instance": ANY},
+        first_series_on="a model on a GPU instance reporting torch's allocator (canary/allocator.py)",
+    )
+)
+ALLOCATOR_OOMS = _declare(
+    Metric(
+        "triton_guard_allocator_ooms_total",
+        "Out-of-memory errors torch's CUDA allocator raised, by instance",
+        Kind.COUNTER,
+        Publisher.CANARY,
+        {"model": ANY, "instance": ANY},
+        first_series_on="a model on a GPU instance reporting torch's allocator (canary/allocator.py)",
+    )
+)
+LEAK_RELOADS = _declare(
+    Metric(
+        "triton_guard_leak_reloads_total",
+        "Reloads of a model whose instance leaked (canary parameter leak_reload), by result",
+        Kind.COUNTER,
+        Publisher.CANARY,
+        {"model": ANY, "result": ("reloaded", "skipped", "failed")},
+        first_series_on="the first leak reload (canary parameter leak_reload on)",
+    )
 )
 
 # --- the drift monitor ------------------------------------------------------------

@@ -8,19 +8,18 @@ the test and benchmark helpers that copy a repository with other limits.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import defaults
+from triton_guard.errors import ModelConfigError
 
 ModelConfig = model_config_pb2.ModelConfig
 CONFIG_FILE = "config.pbtxt"
-
-
-class ModelConfigError(ValueError):
-    """A config that cannot be read; the message is one line naming the file."""
 
 
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -181,31 +180,73 @@ def interface_mismatch(
     return None
 
 
-def check_guard_interface(guard_dir: str | Path, guard_config_json: str, upstream: str) -> str | None:
+def check_guard_interface(
+    guard_dir: str | Path, guard_config_json: str, upstream: str, environ: Mapping[str, str] | None = None
+) -> str | None:
     """At a guard's load: raise ModelConfigError naming the tensor its upstream would refuse.
 
     Reads the upstream's config.pbtxt from disk, beside the guard's own model
-    directory (Triton's `args["model_repository"]`), not from the server: the
-    upstream may load after the guard. Returns why nothing could be checked
-    (no such file: the upstream lives in another repository or has its config
-    auto-completed; a file that declares no tensors or does not parse: the
-    upstream's own load reports that), or None when the interfaces match.
+    directory (Triton's `args["model_repository"]`). When that file does not
+    declare the upstream's tensors (no file: the upstream's config is
+    completed at load, or it lives in another repository), asks the server
+    (defaults.HTTP_URL_ENV) for the upstream's completed config. The upstream
+    may load after the guard (and at start-up Triton answers HTTP only after
+    its first loads): then the check runs on a thread once the server has it,
+    and a mismatch is logged in the server's log instead of failing this load.
+    Returns what was not checked, for the log, or None when the interfaces match.
     `configs/*.pbtxt` alternatives are taken to declare the same tensors.
     """
-    path = Path(guard_dir).parent / upstream / CONFIG_FILE
-    if not path.is_file():
-        return f"inputs and outputs not checked against upstream '{upstream}': no {path}"
+    from triton_guard import model_source
+
+    environ = os.environ if environ is None else environ
+    repository = Path(guard_dir).parent
+    path = repository / upstream / CONFIG_FILE
+    guard = config_from_json(guard_config_json)
     try:
-        upstream_config = read_config(path)
+        on_disk = read_config(path) if path.is_file() else None
     except ModelConfigError as exc:
         return f"inputs and outputs not checked against upstream '{upstream}': {exc}"
-    if not declares_interface(upstream_config):
-        return f"inputs and outputs not checked against upstream '{upstream}': {path} declares no tensors"
-    if not upstream_config.name:
-        upstream_config.name = upstream
-    mismatch = interface_mismatch(
-        config_from_json(guard_config_json), upstream_config, frozenset({defaults.ARRIVAL_INPUT})
-    )
+    if model_source.declares_tensors(on_disk):
+        _raise_on_mismatch(guard, on_disk, upstream, f"its upstream's {path}")
+        return None
+    why = model_source.why_not_on_disk(repository, upstream, on_disk)
+    http_url = environ.get(defaults.HTTP_URL_ENV)
+    if not http_url:
+        return f"inputs and outputs not checked against upstream '{upstream}': {why} and ${defaults.HTTP_URL_ENV} is unset"
+    fetch = model_source.http_fetcher(http_url, defaults.GUARD_INTERFACE_HTTP_TIMEOUT_S)
+    served_by = f"upstream '{upstream}' as the server completed it ({why})"
+
+    def compare(served) -> None:
+        _raise_on_mismatch(guard, model_source.completed(on_disk, served), upstream, served_by)
+
+    try:
+        compare(fetch(upstream))
+        return None
+    except model_source.NotServed:
+        pass
+    except ModelConfigError as exc:
+        if str(exc).startswith("does not match"):
+            raise
+        return f"inputs and outputs not checked against upstream '{upstream}': {exc}"
+
+    def later(served) -> None:
+        try:
+            compare(served)
+        except ModelConfigError as exc:
+            model_source.log_line(f"error: guard model '{guard.name}' {exc}: its calls will fail")
+            return
+        model_source.log_line(f"guard model '{guard.name}': inputs and outputs match {served_by}")
+
+    def gave_up(reason: str) -> None:
+        model_source.log_line(f"guard model '{guard.name}': inputs and outputs not checked against upstream '{upstream}': {reason}")
+
+    model_source.watch_in_background(fetch, upstream, later, gave_up, defaults.GUARD_INTERFACE_WAIT_S)
+    return (f"inputs and outputs of upstream '{upstream}' are checked once the server has loaded it ({why}); "
+            "a mismatch is logged then")
+
+
+def _raise_on_mismatch(guard, upstream_config, upstream: str, against: str) -> None:
+    upstream_config.name = upstream_config.name or upstream
+    mismatch = interface_mismatch(guard, upstream_config, frozenset({defaults.ARRIVAL_INPUT}))
     if mismatch:
-        raise ModelConfigError(f"does not match its upstream's {path}: {mismatch}")
-    return None
+        raise ModelConfigError(f"does not match {against}: {mismatch}")

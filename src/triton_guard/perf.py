@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from triton_guard.errors import PerfAnalyzerError
+
 CUDA_RUNTIME_PACKAGE = "nvidia.cuda_runtime"
 
 # CSV columns perf_analyzer 2.51.0 writes with -f (--verbose-csv only appends more).
@@ -38,14 +40,6 @@ _SUMMARY_LINES = 8  # unindented output lines kept in an error (its indented lin
 # Benchmarks (scripts/bench_guard.py, scripts/load_runs.py) share these.
 UNSTABLE_RETRIES = 1  # an unstable measurement is taken again with a window this many times doubled
 WARMUP_REQUESTS = 500  # per model at the top concurrency, discarded (no stability wait)
-
-
-class PerfAnalyzerError(RuntimeError):
-    """perf_analyzer wrote no measurement; `unstable` when only the stability criterion failed."""
-
-    def __init__(self, message: str, unstable: bool = False) -> None:
-        super().__init__(message)
-        self.unstable = unstable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 Two sources, both over the network so it works against any server: the
 canary's report (breakers with time in state, every check, drift, memory
-headroom and trend) and Triton's /metrics (the guard's counters: failures and
-rejections by reason, calls in flight, and each breaker's state, so breakers
-show even when the canary cannot answer). The metrics port is the one the
+headroom and trend, the top model instances by memory growth) and Triton's
+/metrics (the guard's counters: failures and rejections by reason, calls in
+flight, and each breaker's state, so breakers show even when the canary
+cannot answer). The metrics port is the one the
 canary reports the server uses, else --metrics-url, else the default.
 `gather` collects, `render` formats; `--json` prints what `gather` returned.
 """
@@ -19,6 +20,8 @@ from triton_guard import defaults, promtext
 from triton_guard import metrics as catalogue
 from triton_guard.guard.breaker import State
 from triton_guard.guard.record import Override
+from triton_guard.canary.leak import duration, per_minute
+from triton_guard.canary.overload import OVERLOAD
 from triton_guard.canary.probe import Health, ModelHealthValidator
 
 MIB = 1024 * 1024
@@ -104,9 +107,12 @@ def _counts(counts: dict[str, float], names: tuple[str, ...]) -> str:
 
 
 def render(status: dict[str, Any]) -> str:
+    checks_found = (status.get("report") or {}).get("checks") or []
+    # Overload never fails readiness (canary/overload.py): said beside the verdict, not instead of it.
+    busy = any(c["name"] == OVERLOAD and (c.get("value") or {}).get("overloaded") for c in checks_found)
     lines = [
         f"triton-guard status  {status['url']}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['at']))}  "
-        f"{status['health'].upper().replace('_', ' ')}"
+        f"{status['health'].upper().replace('_', ' ')}" + ("  (OVERLOADED)" if busy else "")
     ]
     if status["health"] == Health.UNREACHABLE.value:
         lines += [f"  {r}" for r in status["reasons"]]
@@ -171,4 +177,38 @@ def render(status: dict[str, Any]) -> str:
             f"Memory   {headroom['source']}: {headroom['free_bytes'] / MIB:.0f} MiB free of "
             f"{headroom['total_bytes'] / MIB:.0f} MiB (floor {floor / MIB:.0f} MiB), trend {trend_text}"
         )
+    lines += instance_lines(trend)
     return "\n".join(lines)
+
+
+TOP_INSTANCES = 5
+
+
+def instance_lines(trend: dict[str, Any], top: int = TOP_INSTANCES) -> list[str]:
+    """The leak trend's instances, fastest growing first (the canary sorts them), the blamed ones marked."""
+    rows = trend.get("instances") or []
+    if not rows:
+        return []
+    blamed, at_risk = set(trend.get("blamed") or ()), set(trend.get("at_risk") or ())
+    shown = sorted(rows, key=lambda r: (r["instance"] not in blamed | at_risk, -(r.get("rate_bytes_per_s") or 0.0)))
+    lines = [f"Instances (memory, fastest growing first; {len(rows)} in all)"]
+    for row in shown[:top]:
+        rate = row.get("rate_bytes_per_s")
+        if rate is None:
+            growth = "collecting samples"
+        elif row.get("steady"):
+            growth = f"{per_minute(rate)} for {duration(row['growing_for_s'])}"
+        else:
+            growth = f"{per_minute(rate)}, not steady"
+        to_floor = row.get("seconds_to_floor")
+        verdict = ("LEAKING" if row["instance"] in blamed else "STARVING" if row["instance"] in at_risk
+                   else f"floor in {duration(to_floor)}" if to_floor is not None else "")
+        lines.append(
+            f"  {row['instance']:<24} {row['model']:<18} pid {row['pid']:<7} {row['kind']} {row['bytes'] / MIB:>7.0f} MiB"
+            f"  {growth:<28} {verdict}".rstrip()
+        )
+    for model, why in (trend.get("reloading") or {}).items():
+        lines.append(f"  reloading {model}: {why}")
+    if trend.get("note"):
+        lines.append(f"  note: {trend['note']}")
+    return lines

@@ -8,7 +8,6 @@ observed through `pipeline` over gRPC, as a client would see it.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import call_pipeline, fast_model_repository, running_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import call_pipeline, chaos_server, run_cli
 from triton_guard import defaults
 from triton_guard.chaos.protocol import ChaosControl
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
@@ -25,7 +25,6 @@ from triton_guard.server import Ports
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).parent / "triton-guard"
 TIMEOUT_S = 0.5
 FAILURE_THRESHOLD = 3
 RECOVERY_S = 1.5
@@ -36,11 +35,8 @@ TARGET = defaults.CHAOS_TARGET_MODEL
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("chaos-server")
-    repository = fast_model_repository(
-        tmp, timeout_ms=int(TIMEOUT_S * 1000), failure_threshold=FAILURE_THRESHOLD, recovery_ms=int(RECOVERY_S * 1000)
-    )
-    with running_server(repository, tmp / "tritonserver.log", chaos=True) as srv:
+    with chaos_server(tmp_path_factory.mktemp("chaos-server"), timeout_ms=int(TIMEOUT_S * 1000),
+                      failure_threshold=FAILURE_THRESHOLD, recovery_ms=int(RECOVERY_S * 1000)) as srv:
         yield srv
 
 
@@ -51,9 +47,7 @@ def images():
 
 
 def chaos(url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(CLI), "chaos", *args, "--url", url, "--timeout", "10"], capture_output=True, text=True, timeout=60
-    )
+    return run_cli("chaos", *args, "--url", url, "--timeout", "10")
 
 
 def call(server, images):

@@ -26,14 +26,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import REPO_ROOT, running_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import FOREIGN, fast_model_repository, running_server
 from triton_guard import defaults
 from triton_guard.model_config import read_config, write_config
-from triton_guard_demo.repository import fast_model_repository
 
 pytestmark = pytest.mark.integration
 
-FOREIGN = REPO_ROOT / "tests" / "integration" / "repos" / "foreign"
 IDLE_GOLDEN_RUNS = 25  # x 10 golden digits = 250 answers: more than a window (200)
 REFERENCE_ROWS = 400
 WINDOW = defaults.DRIFT_WINDOW

@@ -23,14 +23,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import running_server, wait_until
-from triton_guard.guard.breaker import CircuitBreaker, State
-from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.shared_state import SharedFileStore
+from tests.conftest import wait_until
+from tests.integration.conftest import FAULTS_ENV, REPOS, breaker_snapshot, breaker_state, running_server, set_fault
+from triton_guard.guard.breaker import State
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).parent / "repos" / "guard_faults"
+REPO = REPOS / "guard_faults"
 TIMEOUT_S = 0.300
 RECOVERY_S = 1.0
 FAILURE_THRESHOLD = 5
@@ -45,29 +44,10 @@ LAG_SLACK_S = 0.4
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory):
-    return tmp_path_factory.mktemp("faults")
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory, faults):
     log = tmp_path_factory.mktemp("guard-server") / "tritonserver.log"
-    with running_server(REPO, log, env={"TRITON_GUARD_TEST_FAULTS": str(faults)}) as srv:
+    with running_server(REPO, log, env={FAULTS_ENV: str(faults)}) as srv:
         yield srv
-
-
-def set_fault(faults: Path, model: str, mode: str, **extra) -> None:
-    tmp = faults / f".{model}.tmp"
-    tmp.write_text(json.dumps({"mode": mode, **extra}))
-    os.replace(tmp, faults / f"{model}.json")  # atomic: the model never reads half a file
-
-
-def breaker_snapshot(server, upstream: str):
-    return CircuitBreaker(upstream, GuardConfig(), SharedFileStore(server.state_dir)).snapshot()
-
-
-def breaker_state(server, upstream: str) -> State:
-    return breaker_snapshot(server, upstream).state
 
 
 def call(server, model: str, x=None, target: str | None = None, client_timeout_s: float = 30.0):
@@ -157,11 +137,16 @@ def test_eight_concurrent_hung_callers_open_the_breaker_after_them(server, fault
 def test_direct_caller_gets_its_answer_by_timeout_while_the_instances_are_blocked(server, faults):
     """No arrival stamp: requests queued behind two hung calls are still answered by timeout_ms."""
     set_fault(faults, "lagging", "hang")
+    permits = breaker_snapshot(server, "lagging").permits
+
+    def calling_upstream(calls: int) -> bool:  # each has taken its permit: it holds a guard instance
+        return breaker_snapshot(server, "lagging").permits >= permits + calls
+
     with ThreadPoolExecutor(8) as pool:
         blocking = [pool.submit(call, server, "lagging_guard")]
-        time.sleep(0.15)
+        wait_until(lambda: calling_upstream(1), 5, "the first call in one guard instance")
         blocking.append(pool.submit(call, server, "lagging_guard"))  # the other instance
-        time.sleep(0.15)
+        wait_until(lambda: calling_upstream(2), 5, "the second call in the other guard instance")
         queued = [pool.submit(call, server, "lagging_guard") for _ in range(6)]  # wait in the guard's queue
         results = [f.result() for f in blocking + queued]
     for ok, error, seconds in results:
@@ -173,11 +158,12 @@ def test_direct_caller_gets_its_answer_by_timeout_while_the_instances_are_blocke
     assert all("timeout_ms=1000" in m for m in messages), messages
 
 
-def read_execute_log(faults: Path) -> list[tuple[float, int]]:
+def read_execute_log(faults: Path) -> list[tuple[float, int, str]]:
+    """(start, requests, the mode it found) for every execute of `lagging` so far."""
     path = faults / "lagging.log"
     if not path.exists():
         return []
-    return [(float(t), int(n)) for t, n in (line.split() for line in path.read_text().splitlines())]
+    return [(float(t), int(n), mode) for t, n, mode in (line.split() for line in path.read_text().splitlines())]
 
 
 def test_active_recovery_closes_soon_after_the_upstream_answers_with_one_probe_in_flight(server, faults):
@@ -187,10 +173,15 @@ def test_active_recovery_closes_soon_after_the_upstream_answers_with_one_probe_i
         10,
         "lagging OPEN under errors",
     )
+    earlier = len(read_execute_log(faults))
     set_fault(faults, "lagging", "hang")
-    time.sleep(0.3)  # an error probe sent just before the switch has come back
-    hung_from = time.monotonic()
-    time.sleep(1.5)  # 15 probe intervals against a hung upstream
+    # The upstream holds a probe (probes every 100 ms); an error probe sent before the switch has come back.
+    hung_from = wait_until(
+        lambda: next((t for t, _, mode in read_execute_log(faults)[earlier:] if mode == "hang"), None),
+        5,
+        "a probe held by the hung upstream",
+    )
+    time.sleep(1.5)  # the stimulus: 15 probe intervals against a hung upstream
     assert breaker_state(server, "lagging") is State.OPEN
     fast = call(server, "lagging_guard")
     assert not fast[0] and "Service temporarily unavailable" in fast[1].message() and fast[2] < 0.1
@@ -204,10 +195,10 @@ def test_active_recovery_closes_soon_after_the_upstream_answers_with_one_probe_i
     # One probe in flight: the upstream held one and nothing was queued behind
     # it (a second probe, from the other guard instance, would have started
     # right after the clear as a third execute).
-    assert sum(n for t, n in log if hung_from <= t < cleared) <= 1, log
+    assert sum(n for t, n, _ in log if hung_from <= t < cleared) <= 1, log
     # After the clear: the held probe answered late (slower than timeout_ms, so
     # not proof of health), the next probe answered at once, then the trial call.
-    assert sum(n for t, n in log if cleared <= t <= ok_at) <= 2, log
+    assert sum(n for t, n, _ in log if cleared <= t <= ok_at) <= 2, log
 
 
 def test_hang_opens_breaker_after_threshold_then_rejects_fast(server, faults):
@@ -231,6 +222,12 @@ def test_hang_opens_breaker_after_threshold_then_rejects_fast(server, faults):
     assert max(s for _, _, s in fast) < 0.1, [s for _, _, s in fast]
 
 
+def recovered(server, upstream: str) -> None:
+    """Waits until recovery_ms has passed since the breaker opened: the next call is the trial."""
+    opened_at = breaker_snapshot(server, upstream).opened_at
+    wait_until(lambda: time.monotonic() - opened_at >= RECOVERY_S, RECOVERY_S + 5, f"{upstream}'s recovery_ms passed")
+
+
 def _trip(server, faults, mode):
     set_fault(faults, "faulty", mode)
     wait_until(
@@ -245,7 +242,7 @@ def test_error_opens_then_a_good_trial_closes(server, faults):
     set_fault(faults, "faulty", "ok")
     ok, error, _ = call(server, "faulty_guard")
     assert not ok and "Service temporarily unavailable" in error.message()
-    time.sleep(RECOVERY_S)
+    recovered(server, "faulty")
     ok, y, _ = call(server, "faulty_guard")  # the trial call
     assert ok, y
     assert breaker_state(server, "faulty") is State.CLOSED
@@ -253,7 +250,7 @@ def test_error_opens_then_a_good_trial_closes(server, faults):
 
 def test_a_bad_trial_reopens(server, faults):
     _trip(server, faults, "error")
-    time.sleep(RECOVERY_S)
+    recovered(server, "faulty")
     ok, error, _ = call(server, "faulty_guard")  # the trial call reaches the upstream
     assert not ok and "injected upstream failure" in error.message()
     assert breaker_state(server, "faulty") is State.OPEN
@@ -307,8 +304,9 @@ def test_hung_upstream_does_not_delay_another_guarded_model(server, faults):
     assert call(server, "healthy_guard")[0]  # a first call's one-off costs are not the point here
     set_fault(faults, "faulty", "hang")
     with ThreadPoolExecutor(4) as pool:
+        permits = breaker_snapshot(server, "faulty").permits
         hung = [pool.submit(call, server, "faulty_guard") for _ in range(3)]
-        time.sleep(0.05)
+        wait_until(lambda: breaker_snapshot(server, "faulty").permits > permits, 5, "hung calls in the upstream")
         others = [call(server, "healthy_guard") for _ in range(10)]
         assert all(ok for ok, _, _ in others)
         assert max(s for _, _, s in others) < 0.2, [s for _, _, s in others]

@@ -21,12 +21,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from triton_guard.server import admin_headers_from_environment
-from tests.conftest import running_server
+from tests.integration.conftest import FOREIGN, infer, running_server
 from triton_guard.model_config import CONFIG_FILE, read_config, write_config
 
 pytestmark = pytest.mark.integration
 
-FOREIGN = Path(__file__).parent / "repos" / "foreign"
 TRITON_GUARD = Path(sys.executable).parent / "triton-guard"
 TIMEOUT_MS = 800
 # The guard answers by its timeout; the rest is gRPC and a loaded 2-core runner.
@@ -93,15 +92,6 @@ def fp32(name: str, array: np.ndarray):
 def add_sub_inputs(rng, names=("INPUT0", "INPUT1")):
     a, b = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
     return a, b, [fp32(names[0], a), fp32(names[1], b)]
-
-
-def infer(client, model, inputs, timeout_s=30.0):
-    """(result or InferenceServerException, seconds)."""
-    started = time.monotonic()
-    try:
-        return client.infer(model, inputs, client_timeout=timeout_s), time.monotonic() - started
-    except InferenceServerException as exc:
-        return exc, time.monotonic() - started
 
 
 def test_the_command_said_what_it_wrote_and_how_to_call_it(repo, written):
@@ -204,12 +194,7 @@ def test_in_process_guard_answers_and_times_out_a_hang(client, repo, fault):
     )
     assert run.returncode == 0, run.stderr
     assert read_config(repo / "add_sub_in_process" / CONFIG_FILE).backend == "guard"
-    try:
-        client.load_model("add_sub_in_process", headers=admin_headers_from_environment(grpc=True))
-    except InferenceServerException as exc:
-        if "upstream_model" in exc.message():
-            pytest.skip(f"this guard backend has no in-process placement yet: {exc.message()}")
-        raise
+    client.load_model("add_sub_in_process", headers=admin_headers_from_environment(grpc=True))
     rng = np.random.default_rng(4)
     a, b, inputs = add_sub_inputs(rng)
     result, _ = infer(client, "add_sub_in_process", inputs)

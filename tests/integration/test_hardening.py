@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +26,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import fast_model_repository, running_server, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import CLI, chaos_server
 from triton_guard import defaults
 from triton_guard.chaos.protocol import ChaosControl, Fault
 from triton_guard.guard.breaker import CircuitBreaker, State
@@ -40,7 +40,6 @@ from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
 pytestmark = pytest.mark.integration
 
-CLI = Path(sys.executable).parent / "triton-guard"
 TIMEOUT_S = 1.0
 RECOVERY_S = 2.0
 FAILURE_THRESHOLD = 3
@@ -50,12 +49,8 @@ GUARDS = ("classifier_guard", "preprocess_guarded")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hardening-server")
-    repository = fast_model_repository(
-        tmp, timeout_ms=int(TIMEOUT_S * 1000), failure_threshold=FAILURE_THRESHOLD, recovery_ms=int(RECOVERY_S * 1000)
-    )
-    with running_server(repository, tmp / "tritonserver.log", chaos=True) as srv:
-        srv.log_path = tmp / "tritonserver.log"
+    with chaos_server(tmp_path_factory.mktemp("hardening-server"), timeout_ms=int(TIMEOUT_S * 1000),
+                      failure_threshold=FAILURE_THRESHOLD, recovery_ms=int(RECOVERY_S * 1000)) as srv:
         yield srv
 
 
@@ -203,7 +198,7 @@ def test_unauthenticated_unload_and_shm_registration_are_refused_while_inference
 def test_error_fault_at_16_clients_leaves_the_server_up_with_clean_errors(calm, images):
     ChaosControl(calm.chaos_dir).write(TARGET, Fault("error"))
     load = Load(calm, images[0], 16, models=("pipeline_unguarded", "pipeline_guard_step"))
-    time.sleep(4)
+    time.sleep(4)  # the stimulus: 4 s of load under the fault (not a wait for a state)
     results = load.stop()
     assert calm.process.poll() is None, "tritonserver died under the error fault"
     errors = [message for ok, _, message in results if not ok]
@@ -271,13 +266,16 @@ def test_damaged_state_file_under_load_crashes_nothing_and_every_guard_converges
     before_metric = damage_metric(calm, kind.split("-")[0])
     logged_before = len(log_lines(calm, f"was {kind.split('-')[0]};"))
     load = Load(calm, images[0], 8)
-    time.sleep(0.5)
+    wait_until(lambda: len(load.results) >= 8, 10, "traffic through both guards")
     DAMAGE[kind](path)
-    time.sleep(1.0)  # converged by now
-    for name, pid in guard_stubs(calm).items():
-        held = files_held(pid, path)
-        assert held and all(link == str(path) for link in held), (name, held)
-    time.sleep(1.0)
+
+    def converged():
+        held = {name: files_held(pid, path) for name, pid in guard_stubs(calm).items()}
+        return all(links and all(link == str(path) for link in links) for links in held.values())
+
+    wait_until(converged, 5, "every guard holds the breaker file at its path again (none the damaged one)")
+    since = len(load.results)
+    wait_until(lambda: sum(ok for ok, _, _ in load.results[since:]) >= 20, 10, "20 answers after the guards converged")
     results = load.stop()
     assert guard_stubs(calm) == stubs, "a guard stub died (SIGBUS, as with the mmap'ed file)"
     messages = {m for ok, _, m in results if not ok}
@@ -289,6 +287,8 @@ def test_damaged_state_file_under_load_crashes_nothing_and_every_guard_converges
     # Logged once (by whichever guard found it first) and counted. A truncation or corruption
     # done in place can be overwritten by a write already in flight before any guard reads it
     # (the lock is advisory): then nothing was lost and nothing is reported.
+    if kind in ("missing", "missing-dir", "replaced"):  # a new file: the guard that made it logs that
+        wait_until(lambda: len(log_lines(calm, f"was {kind.split('-')[0]};")) > logged_before, 5, "the damage logged")
     logged = len(log_lines(calm, f"was {kind.split('-')[0]};")) - logged_before
     assert logged == 1 if kind in ("missing", "missing-dir", "replaced") else logged <= 1, logged
     if logged:
@@ -303,7 +303,8 @@ def test_corrupting_an_open_breaker_never_closes_it(calm, images):
     wait_until(lambda: breaker(calm).snapshot().state == State.OPEN, TIMEOUT_S * 4 + 5, "the hang opens the breaker")
     opened_at = time.monotonic()
     _corrupt(path)
-    time.sleep(0.3)
+    since = len(load.results)
+    wait_until(lambda: len(load.results) >= since + 8, 1.0, "requests on the corrupted breaker")
     load.stop()
     assert breaker(calm).snapshot().state in (State.OPEN, State.HALF_OPEN)
     # No client was sent into the hang again: nobody waited a full timeout after the corruption.
@@ -320,7 +321,7 @@ def test_immutable_state_file_crashes_nothing(calm, images):
     stubs = guard_stubs(calm)
     try:
         load = Load(calm, images[0], 8)
-        time.sleep(2)
+        time.sleep(2)  # the stimulus: 2 s of load that no guard can record (not a wait for a state)
         results = load.stop()
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
@@ -364,7 +365,7 @@ def test_killing_the_upstream_stub_under_load_keeps_every_deadline_and_heals_onl
 
     watcher = threading.Thread(target=watch_unguarded, daemon=True)
     watcher.start()
-    time.sleep(0.5)
+    wait_until(lambda: len(load.results) >= 8 and unguarded_ready, 10, "traffic through the guard, the watcher sampling")
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: calm.stub_pids().get(f"{TARGET}_0_0") not in (None, old), 90, "a new classifier stub")
     wait_until(lambda: healthy(calm, images[0]), RECOVERY_S + 30, "answers through the guard again")

@@ -14,7 +14,6 @@ import os
 import queue
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,17 +23,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import running_server, wait_until
-from triton_guard import promtext
+from tests.conftest import wait_until
+from tests.integration.conftest import CLI, FAULTS_ENV, REPOS, breaker_snapshot, breaker_state, metric, run_cli, running_server
+from tests.integration.conftest import set_fault as set_model_fault
 from triton_guard.defaults import QUEUE_IDLE_GAP_S
-from triton_guard.guard.breaker import CircuitBreaker, State
-from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.breaker import State
 from triton_guard.metrics import BREAKER_OVERRIDE
 
 pytestmark = pytest.mark.integration
 
-REPOS = Path(__file__).parent / "repos"
 MODEL = "faulty"
 TIMEOUT_S = 0.300
 RECOVERY_S = 1.0
@@ -43,11 +40,6 @@ MAX_INFLIGHT = 2
 SCALE = 2.0  # the model's own `scale` parameter
 # A caller may also wait in Triton's queue behind an execute the guard is abandoning.
 DEADLINE_S = TIMEOUT_S + 1.0
-
-
-@pytest.fixture(scope="module")
-def faults(tmp_path_factory):
-    return tmp_path_factory.mktemp("faults")
 
 
 @pytest.fixture(scope="module")
@@ -60,24 +52,22 @@ def repository(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repository, tmp_path_factory, faults):
     log = tmp_path_factory.mktemp("in-process-server") / "tritonserver.log"
-    with running_server(repository, log, env={"TRITON_GUARD_TEST_FAULTS": str(faults)}) as srv:
+    with running_server(repository, log, env={FAULTS_ENV: str(faults)}) as srv:
         yield srv
 
 
 def set_fault(faults: Path, mode: str) -> None:
-    tmp = faults / f".{MODEL}.tmp"
-    tmp.write_text(json.dumps({"mode": mode}))
-    os.replace(tmp, faults / f"{MODEL}.json")  # atomic: the model never reads half a file
+    set_model_fault(faults, MODEL, mode)
 
 
-def executes(faults: Path) -> int:
-    """How many times the model's own execute has run."""
-    path = faults / f"{MODEL}.calls"
+def executes(faults: Path, log: str = "calls") -> int:
+    """How many times the model's own execute has started (log="calls") or returned (log="returned")."""
+    path = faults / f"{MODEL}.{log}"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def state(server) -> State:
-    return CircuitBreaker(MODEL, GuardConfig(), SharedFileStore(server.state_dir)).snapshot().state
+    return breaker_state(server, MODEL)
 
 
 def inputs(x):
@@ -135,8 +125,8 @@ def test_concurrent_callers_each_get_their_own_answer(server):
 def test_hung_execute_is_unavailable_by_timeout_ms_and_counted_by_the_bulkhead(server, faults):
     set_fault(faults, "hang")
     for _ in range(MAX_INFLIGHT):  # each one abandons a worker still inside the model
-        # Apart by more than the guard's idle gap: a request right behind a timed-out
-        # execute may have queued behind it, and is answered as expired instead.
+        # Apart by more than the guard's idle gap (a spacing, not a wait for a state): a request
+        # right behind a timed-out execute may have queued behind it, and is answered as expired instead.
         time.sleep(2 * QUEUE_IDLE_GAP_S)
         ok, error, seconds = call(server)
         assert not ok
@@ -144,7 +134,7 @@ def test_hung_execute_is_unavailable_by_timeout_ms_and_counted_by_the_bulkhead(s
         assert f"did not answer within timeout_ms={int(TIMEOUT_S * 1000)}" in error.message()
         assert TIMEOUT_S * 0.9 <= seconds < DEADLINE_S, seconds
     before = executes(faults)
-    time.sleep(2 * QUEUE_IDLE_GAP_S)
+    time.sleep(2 * QUEUE_IDLE_GAP_S)  # the same spacing
     ok, error, seconds = call(server)
     assert not ok and "overloaded" in error.message(), error
     assert error.status() == "StatusCode.UNAVAILABLE"
@@ -162,14 +152,16 @@ def test_no_duplicate_or_late_answer_after_a_timeout(server, faults):
         client.async_stream_infer(MODEL, inputs(np.full((1, 4), 7, np.float32)), request_id="hung")
         result, error = answers.get(timeout=DEADLINE_S + 2)
         assert result is None and "did not answer within" in str(error), (result, error)
+        returned = executes(faults, "returned")
         set_fault(faults, "ok")  # the abandoned execute now returns 14s
-        time.sleep(0.5)
+        wait_until(lambda: executes(faults, "returned") > returned, 5, "the abandoned execute returned")
+        time.sleep(2 * QUEUE_IDLE_GAP_S)  # apart by more than the guard's idle gap (a spacing, as above)
         client.async_stream_infer(MODEL, inputs(np.full((1, 4), 3, np.float32)), request_id="fresh")
         result, error = answers.get(timeout=10)
         assert error is None, error
         assert result.get_response().id == "fresh"
         np.testing.assert_array_equal(result.as_numpy("Y"), np.full((1, 4), 3 * SCALE, np.float32))
-        time.sleep(0.5)
+        time.sleep(0.5)  # an observation window: nothing else may come in it (not a wait for a state)
         assert answers.empty(), answers.get()  # nothing else came, for either request
     finally:
         client.stop_stream()
@@ -198,7 +190,8 @@ def test_recovers_after_recovery_ms_with_a_good_trial_call(server, faults):
     assert state(server) is State.OPEN
     set_fault(faults, "ok")
     assert not call(server)[0]  # still OPEN: recovery_ms has not passed
-    time.sleep(RECOVERY_S + 0.1)
+    opened_at = breaker_snapshot(server, MODEL).opened_at
+    wait_until(lambda: time.monotonic() - opened_at > RECOVERY_S, RECOVERY_S + 5, "recovery_ms passed since it opened")
     ok, y, _ = call(server)  # the trial call
     assert ok, y
     assert state(server) is State.CLOSED
@@ -239,17 +232,13 @@ def test_a_model_whose_initialize_raises_fails_its_load_with_its_message(server,
 # --- issue 20: an operator's override (`triton-guard breaker`) ------------------------------------
 
 
-CLI = Path(sys.executable).parent / "triton-guard"
-
-
 def breaker_cli(server, *args, env=None):
-    command = [str(CLI), "breaker", *args, "--url", server.grpc_url]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([str(CLI), "breaker", *args, "--url", server.grpc_url], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
 
 
-def override_gauge(server) -> float | None:
-    samples = promtext.fetch(server.metrics_url, 5)
-    return next((s.value for s in samples if s.name == BREAKER_OVERRIDE.name and s.labels.get("model") == MODEL), None)
+def override_gauge(server) -> float:
+    return metric(server.metrics_url, BREAKER_OVERRIDE.name, model=MODEL)
 
 
 def test_an_operator_forces_the_breaker_open_then_closed_then_back_to_auto(server, faults):
@@ -262,7 +251,7 @@ def test_an_operator_forces_the_breaker_open_then_closed_then_back_to_auto(serve
         assert not ok and error.status() == "StatusCode.UNAVAILABLE" and seconds < 1.0
         assert error.message() == f"Service temporarily unavailable: circuit breaker for model '{MODEL}' was opened by an operator"
         assert executes(faults) == before  # the model's code is not entered
-        shown = subprocess.run([str(CLI), "status", "--url", server.grpc_url, "--json"], capture_output=True, text=True, timeout=60)
+        shown = run_cli("status", "--url", server.grpc_url, "--json")
         report = json.loads(shown.stdout)
         breakers = next(c for c in report["report"]["checks"] if c["name"] == "breakers")
         assert breakers["value"][MODEL]["override"] == "FORCED_OPEN" and not breakers["ok"]

@@ -112,9 +112,12 @@ def test_gpu_only_metrics_exist_where_triton_sees_a_gpu(live_families):
 
 
 def test_fault_only_metrics_are_the_guards_own(live_families):
-    """Not required on a healthy server; they are the families the guard's publisher creates."""
+    """Not required on a healthy server; they are the families the guard's publisher creates (and the canary's
+    that wait for a leak trend verdict, an in-process guard on a GPU, or a leak reload)."""
     assert set(FAULT_ONLY_GUARD_METRICS) == {
-        catalogue.BREAKER_TRANSITIONS.name, catalogue.REJECTIONS.name, catalogue.UPSTREAM_FAILURES.name, catalogue.STATE_DAMAGE.name
+        catalogue.BREAKER_TRANSITIONS.name, catalogue.REJECTIONS.name, catalogue.UPSTREAM_FAILURES.name, catalogue.STATE_DAMAGE.name,
+        catalogue.INSTANCE_MEMORY_GROWTH.name, catalogue.ALLOCATOR_RETRIES.name, catalogue.ALLOCATOR_OOMS.name,
+        catalogue.LEAK_RELOADS.name,
     }
     assert set(FAULT_ONLY_GUARD_METRICS) <= declared_guard_metrics()
     exposed, _ = live_families

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import MODEL_REPOSITORY
+from tests.integration.conftest import MODEL_REPOSITORY
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
 pytestmark = pytest.mark.integration

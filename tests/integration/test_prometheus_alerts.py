@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -27,9 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import call_pipeline, fast_model_repository, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import SHORT_TREND_CANARY, call_pipeline, chaos, chaos_server
 from triton_guard import metrics as catalogue
-from triton_guard.server import LocalServer, Ports
+from triton_guard.server import Ports
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,6 @@ if PROMETHEUS is None:
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "triton-guard-alerts.yaml"
-CLI = Path(sys.executable).parent / "triton-guard"
 LOOPBACK = "127.0.0.1"
 SCRAPE_S = 1
 FOR = "1s"
@@ -75,42 +74,11 @@ def test_overlay_changes_only_for():
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("prometheus-triton")
-    repository = fast_model_repository(
-        tmp,
-        canary={
-            "deadline_ms": "1500",
-            "interval_ms": "1000",
-            # A leak trend over 10 s of samples; readiness fails only on a fast
-            # fall (floor within 60 s), the alert on the floor within 15 min.
-            "sample_interval_ms": "200",
-            "trend_window_s": "10",
-            "trend_min_samples": "8",
-            "trend_min_span_s": "2",
-            "trend_horizon_s": "60",
-        },
-        timeout_ms=500,
-        failure_threshold=3,
-        recovery_ms=RECOVERY_MS,
-    )
-    with open(tmp / "tritonserver.log", "w") as log:
-        server = LocalServer(
-            model_repository=repository,
-            ports=Ports.free(),
-            log=log,
-            chaos=True,
-            extra_args=(
-                "--exit-timeout-secs=3",
-                f"--http-address={LOOPBACK}",
-                f"--grpc-address={LOOPBACK}",
-                f"--metrics-address={LOOPBACK}",
-            ),
-        )
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    # The canary's leak trend: readiness fails only on a fast fall (floor within
+    # 60 s), the alert on the floor within 15 min. Served on 127.0.0.1 (the default).
+    with chaos_server(tmp_path_factory.mktemp("prometheus-triton"), canary=SHORT_TREND_CANARY,
+                      timeout_ms=500, failure_threshold=3, recovery_ms=RECOVERY_MS) as server:
+        yield server
 
 
 class Prometheus:
@@ -193,13 +161,6 @@ def prometheus(triton, tmp_path_factory):
 def heldout():
     _, _, images, _ = heldout_split(*load_digits_uint8())
     return images
-
-
-def chaos(server, *args: str) -> None:
-    done = subprocess.run(
-        [str(CLI), "chaos", *args, "--url", f"{LOOPBACK}:{server.ports.grpc}"], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_prometheus_loads_the_shipped_rules_and_scrapes_the_server(prometheus, triton, heldout):
@@ -287,4 +248,29 @@ def test_a_leak_fires_the_headroom_trend_alert_then_it_resolves(prometheus, trit
     cleared = time.monotonic()
     wait_until(lambda: LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{LEAK_ALERT} resolved")
     timings[f"{LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
+    print("\nprometheus-alerts timings " + json.dumps(timings))
+
+
+INSTANCE_LEAK_ALERT = "TritonGuardInstanceMemoryLeak"
+
+
+def test_a_leak_in_one_instance_fires_the_instance_alert_naming_it_then_it_resolves(prometheus, triton):
+    """`chaos leak --instance 0`: the per-instance alert names the model and its instance (exported_instance)."""
+    timings: dict[str, float] = {}
+    wait_until(lambda: INSTANCE_LEAK_ALERT not in prometheus.alert_states(), QUIET_WITHIN_S,
+               f"{INSTANCE_LEAK_ALERT} inactive before the leak")
+    chaos(triton, "leak", "--instance", "0", "--leak-mb-per-s", "100", "--leak-cap-mb", "1500")
+    started = time.monotonic()
+    try:
+        wait_until(lambda: prometheus.alert_states().get(INSTANCE_LEAK_ALERT) == "firing", FIRE_WITHIN_S,
+                   f"{INSTANCE_LEAK_ALERT} firing")
+        timings[f"{INSTANCE_LEAK_ALERT}_fired_after_s"] = round(time.monotonic() - started, 2)
+        firing = [a for a in prometheus.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == INSTANCE_LEAK_ALERT]
+        assert [(a["labels"]["model"], a["labels"]["exported_instance"]) for a in firing] == [("classifier", "classifier_0_0")]
+        assert "classifier_0_0" in firing[0]["annotations"]["summary"] and float(firing[0]["value"]) < 900
+    finally:
+        chaos(triton, "clear")
+    cleared = time.monotonic()
+    wait_until(lambda: INSTANCE_LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{INSTANCE_LEAK_ALERT} resolved")
+    timings[f"{INSTANCE_LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
     print("\nprometheus-alerts timings " + json.dumps(timings))

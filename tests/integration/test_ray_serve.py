@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fast_model_repository, wait_until
+from tests.conftest import wait_until
+from tests.integration.conftest import chaos, fast_model_repository
 from triton_guard.server import LocalServer, Ports
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
@@ -45,7 +44,6 @@ import ray  # noqa: E402  (after the skip)
 
 from triton_guard.client.ray_serve import app_builder  # noqa: E402
 
-CLI = Path(sys.executable).parent / "triton-guard"
 LOOPBACK = "127.0.0.1"
 APP = "triton_guard"
 DEPLOYMENT = "TritonGuardDeployment"
@@ -74,16 +72,8 @@ HTTP_TIMEOUT_S = 30.0
 
 def _triton(ports: Ports, repository: Path, log) -> LocalServer:
     return LocalServer(
-        model_repository=repository,
-        ports=ports,
-        log=log,
-        chaos=True,
-        extra_args=(
-            "--exit-timeout-secs=3",
-            f"--http-address={LOOPBACK}",
-            f"--grpc-address={LOOPBACK}",
-            f"--metrics-address={LOOPBACK}",
-        ),
+        model_repository=repository, ports=ports, log=log, chaos=True, host=LOOPBACK,
+        extra_args=("--exit-timeout-secs=3",),
     )
 
 
@@ -237,11 +227,6 @@ def post(url: str, data: bytes) -> tuple[int, dict, float]:
 def deployment_status() -> str:
     status = serve.status().applications[APP].deployments[DEPLOYMENT].status
     return getattr(status, "value", status)
-
-
-def chaos(triton: Triton, *args: str) -> None:
-    done = subprocess.run([str(CLI), "chaos", *args, "--url", triton.grpc_url], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def answers_right(url: str, digits) -> bool:

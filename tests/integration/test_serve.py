@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import wait_until
+from tests.integration.conftest import MODEL_REPOSITORY, metric
 from triton_guard.defaults import STATE_DIR_ENV
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 from triton_guard.server import Ports
@@ -347,12 +348,15 @@ def _start_chaos_serve(tmp_path, ports, exit_timeout_s):
     return proc, out
 
 
-def _hang_the_classifier(triton_pid: int, grpc_port: int, requests: int = 4) -> None:
+def _hang_the_classifier(triton_pid: int, ports: Ports, requests: int = 4) -> None:
     chaos_dir = Path(environ(triton_pid)["TRITON_GUARD_CHAOS_DIR"])
-    (chaos_dir / "classifier.json").write_text('{"kind": "hang"}')
+    # The classifier of pipeline_unguarded (`classifier` is the one pipeline guards in-process).
+    (chaos_dir / "classifier_unguarded.json").write_text('{"kind": "hang"}')
+    metrics_url = f"http://localhost:{ports.metrics}/metrics"
+    preprocessed = metric(metrics_url, "nv_inference_request_success", model="preprocess")
 
     def hung() -> None:
-        client = grpcclient.InferenceServerClient(f"localhost:{grpc_port}")
+        client = grpcclient.InferenceServerClient(f"localhost:{ports.grpc}")
         image = grpcclient.InferInput("IMAGE", [1, 8, 8], "UINT8")
         image.set_data_from_numpy(np.zeros((1, 8, 8), np.uint8))
         try:
@@ -362,7 +366,13 @@ def _hang_the_classifier(triton_pid: int, grpc_port: int, requests: int = 4) -> 
 
     for _ in range(requests):
         threading.Thread(target=hung, daemon=True).start()
-    time.sleep(1.0)  # the requests are in the hung classifier now
+    # Past `preprocess`, the next step is the hung classifier (a canary golden request
+    # through `pipeline` may count here too: then all but one of them are).
+    wait_until(
+        lambda: metric(metrics_url, "nv_inference_request_success", model="preprocess") >= preprocessed + requests,
+        30,
+        "the requests in the hung classifier",
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -380,7 +390,7 @@ def test_a_stop_during_a_hang_leaves_no_process_and_no_shared_memory(tmp_path, s
         workdir = Path(environ(triton_pid)[STATE_DIR_ENV]).parent
         running, segments = mentioning(shm_prefix), [p for p in Path("/dev/shm").iterdir() if p.name.startswith(shm_prefix)]
         assert len(running) >= 5 and segments, (running, segments)  # the counts below prove something
-        _hang_the_classifier(triton_pid, ports.grpc)
+        _hang_the_classifier(triton_pid, ports)
         sent = time.monotonic()
         proc.send_signal(signum)
         if signum == signal.SIGTERM:

@@ -184,9 +184,9 @@ def test_serve_adds_the_control_model_unless_the_repository_has_its_own(tmp_path
 def test_the_command_refuses_without_a_key_and_says_unreachable_without_a_server():
     cli = [sys.executable, "-m", "triton_guard.cli", "breaker", "classifier", "open", "--url", "127.0.0.1:9", "--timeout", "2"]
     src = str(Path(__file__).resolve().parents[2] / "src")
-    bare = {"PATH": "/usr/bin:/bin", "PYTHONPATH": src}
+    bare = {"PATH": "/usr/bin:/bin", "PYTHONPATH": src, "HOME": "/nonexistent", "XDG_RUNTIME_DIR": "/nonexistent"}
     no_key = subprocess.run(cli, capture_output=True, text=True, env=bare, timeout=60)
-    assert no_key.returncode == 1 and f"set ${defaults.API_KEY_ENV}" in no_key.stderr
+    assert no_key.returncode == 1 and f"set {defaults.API_KEY_ENV}" in no_key.stderr
     nobody = subprocess.run(cli, capture_output=True, text=True, env={**bare, defaults.API_KEY_ENV: KEY}, timeout=60)
     assert nobody.returncode == 2 and "unreachable: 127.0.0.1:9" in nobody.stderr
 

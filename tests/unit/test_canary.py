@@ -35,7 +35,7 @@ nv_inference_pending_request_count{model="add_sub",version="1"} 0
 # TYPE nv_inference_exec_count counter
 nv_inference_exec_count{model="add_sub",version="1"} 3
 """
-ALL_CHECKS_BUT_GOLDEN = ["liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift"]
+ALL_CHECKS_BUT_GOLDEN = ["liveness", "headroom", "leak_trend", "stall", "breakers", "runtime_pins", "drift", "overload"]
 
 
 def _add_sub(inputs):
@@ -74,6 +74,9 @@ class FakeFacts:
 
     def model_states(self, timeout_s):
         return self.states
+
+    def model_config(self, model, timeout_s):
+        return {"name": model, "max_batch_size": 8, "instance_group": [{"count": 1}]}
 
     def is_model_ready(self, model):
         self.ready_asked.append(model)
@@ -223,7 +226,9 @@ def test_a_hung_model_fails_only_its_own_check_by_the_deadline_and_is_not_called
     try:
         first = canary.run(canary.config)
         assert [c.name for c in first.failed] == ["golden:add_sub"]
-        assert first.failed[0].reason == "no answer from 'add_sub' within the 50 ms deadline"
+        # ... with the evidence that it is not load (canary/overload.py): nothing answered meanwhile.
+        assert first.failed[0].reason.startswith("no answer from 'add_sub' within the 50 ms deadline; and 'add_sub' "
+                                                 "answered no request")
         second = canary.run(canary.config)
         assert second.failed[0].reason.startswith("the previous golden inference of 'add_sub' is still unanswered")
         assert next(c for c in second.checks if c.name == "golden:tokenize").ok
@@ -248,13 +253,13 @@ def test_probes_never_add_memory_samples_only_the_sampler_does(tmp_path):
     canary = _canary(tmp_path)
     for _ in range(5):
         canary.run(canary.config)
-    assert len(canary.trend) == 0
+    assert len(canary.memory) == 0
     for _ in range(3):
         canary.clock.advance(1.0)
         canary.sample()
-    assert len(canary.trend) == 3
+    assert len(canary.memory) == 3
     canary.run(canary.config)
-    assert len(canary.trend) == 3
+    assert len(canary.memory) == 3
 
 
 def test_liveness_covers_every_loaded_model_and_says_why_one_is_not_ready(tmp_path):

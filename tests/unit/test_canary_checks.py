@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from triton_guard.canary.checks import (
@@ -13,11 +11,10 @@ from triton_guard.canary.checks import (
     check_liveness,
     check_pins,
     check_stall,
-    check_trend,
     expected_runtime,
 )
 from triton_guard.canary.goldens import GoldenCase
-from triton_guard.canary.memory import MemoryReading, Trend
+from triton_guard.canary.memory import MemoryReading
 from triton_guard.canary.report import CheckResult
 from triton_guard.guard.breaker import BreakerSnapshot, State
 from triton_guard.pins import load_pins
@@ -27,7 +24,7 @@ PINS = load_pins()
 DEMO_GOLDENS = Path(__file__).resolve().parents[2] / "model_repository" / "pipeline" / "goldens" / "digits.golden.json"
 
 
-# --- liveness, headroom, trend ---------------------------------------------------
+# --- liveness, headroom (the leak trend: test_leak.py) ---------------------------------------------------
 
 
 def test_liveness_all_ready():
@@ -64,38 +61,6 @@ def test_headroom_without_a_reading_fails_with_the_error():
     result = check_headroom(None, 0, "GPU memory unknown: server metrics unavailable")
     assert not result.ok and result.reason == "GPU memory unknown: server metrics unavailable"
     assert check_headroom(None, 0).reason == "memory could not be read"
-
-
-def test_trend_without_enough_samples_passes_while_collecting():
-    result = check_trend(None, 900.0, samples=3, min_samples=10, min_span_s=60.0)
-    assert result.ok and result.name == "leak_trend"
-    assert result.reason.startswith("collecting samples (3 ")
-    assert "10" in result.reason and "60 s" in result.reason
-    assert result.value == {"samples": 3}
-
-
-def test_trend_while_collecting_says_how_long_the_samples_span():
-    result = check_trend(None, 900.0, samples=50, min_samples=10, min_span_s=60.0, span_s=49.2)
-    assert result.reason == "collecting samples (50 of at least 10, 49 s of at least 60 s)"
-
-
-def test_trend_reaching_the_floor_within_the_horizon_fails():
-    trend = Trend(samples=12, slope_bytes_per_s=-2 * MIB, seconds_to_floor=300.0)
-    result = check_trend(trend, 900.0, samples=12, min_samples=10)
-    assert not result.ok
-    assert "2.00 MiB/s" in result.reason and "300 s" in result.reason and "< horizon 900 s" in result.reason
-
-
-def test_trend_boundary_is_the_horizon():
-    assert check_trend(Trend(10, -MIB, 900.0), 900.0, 10, 10).ok
-    assert not check_trend(Trend(10, -MIB, 899.9), 900.0, 10, 10).ok
-
-
-def test_trend_not_falling_passes():
-    result = check_trend(Trend(10, 0.5 * MIB, math.inf), 900.0, 10, 10)
-    assert result.ok and result.reason == "free memory not falling (+0.50 MiB/s)"
-    assert result.value["seconds_to_floor"] is None  # "never", as standard JSON (no Infinity)
-    assert "Infinity" not in json.dumps(result.value)
 
 
 # --- stall --------------------------------------------------------------------------

@@ -23,6 +23,8 @@ def test_defaults_come_from_defaults_module():
     assert config.trend_min_samples == defaults.TREND_MIN_SAMPLES
     assert config.trend_min_span_s == defaults.TREND_MIN_SPAN_S
     assert config.trend_horizon_s == defaults.TREND_HORIZON_S
+    assert config.leak_reload is defaults.LEAK_RELOAD is False  # off unless asked: a reload restarts every instance
+    assert config.leak_reload_cooldown_s == defaults.LEAK_RELOAD_COOLDOWN_S
     assert config.stall_s == defaults.STALL_S
     assert config.half_open_not_ready is defaults.HALF_OPEN_NOT_READY
     assert config.strict_pins is defaults.STRICT_PINS
@@ -62,6 +64,8 @@ def test_parses_every_type():
             "stall_s": "3",
             "device_class": "gpu",
             "drift_fails_readiness": "yes",
+            "leak_reload": "on",
+            "leak_reload_cooldown_s": "600",
         }
     )
     assert config == CanaryConfig(
@@ -78,6 +82,8 @@ def test_parses_every_type():
         stall_s=3.0,
         device_class="gpu",
         drift_fails_readiness=True,
+        leak_reload=True,
+        leak_reload_cooldown_s=600.0,
     )
     assert type(config.deadline_ms) is int and type(config.trend_window_s) is float
     assert type(config.headroom_floor_mb) is float and type(config.trend_min_samples) is int
@@ -110,7 +116,11 @@ def test_no_parameters_keep_the_base():
         ("trend_min_span_s", "-1"),
         ("trend_min_span_s", "nan"),
         ("trend_min_span_s", "inf"),
-        ("trend_min_span_s", "300"),  # = the default window: the samples could never span it
+        ("trend_min_span_s", "600"),  # = the default window: the samples could never span it
+        ("trend_min_span_s", "0"),  # no time to tell steady growth from a warm-up
+        ("leak_reload", "maybe"),
+        ("leak_reload_cooldown_s", "0"),
+        ("leak_reload_cooldown_s", "inf"),
         ("trend_min_samples", "2"),
         ("trend_min_samples", "ten"),
         ("trend_horizon_s", "nan"),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from triton_guard.chaos.command import ChaosCommand
+from triton_guard.chaos.command import ChaosCommand, check_instance, instance_names
 from triton_guard.chaos.protocol import Fault, FaultError
 
 
@@ -24,6 +24,34 @@ def test_command_round_trips_and_the_receiver_stamps_set_at():
     received = ChaosCommand.from_json(sent.to_json().encode(), set_at=99.0)
     assert received.model == "classifier"
     assert received.fault == Fault("leak", leak_mb_per_s=4.0, leak_cap_mb=16.0, set_at=99.0)
+
+
+def test_a_leak_aimed_at_one_instance_carries_its_index_and_other_faults_drop_it():
+    sent = ChaosCommand.build("leak", "classifier", leak_mb_per_s=4.0, leak_cap_mb=16.0, instance=1)
+    assert json.loads(sent.to_json())["instance"] == 1
+    assert ChaosCommand.from_json(sent.to_json(), set_at=5.0).fault.instance == 1
+    everywhere = ChaosCommand.build("leak", "classifier", instance=None)
+    assert ChaosCommand.from_json(everywhere.to_json()).fault.instance is None
+    assert ChaosCommand.build("hang", "classifier", instance=1).fault == Fault("hang")
+    with pytest.raises(FaultError, match="fault slow takes no parameter"):
+        ChaosCommand.from_json('{"fault": "slow", "model": "m", "instance": 1}')
+
+
+def test_instance_names_follow_tritons_naming():
+    served = {"name": "classifier", "instance_group": [{"name": "classifier_0", "count": 2, "kind": "KIND_CPU"},
+                                                       {"name": "big", "count": 1, "kind": "KIND_CPU"}]}
+    assert instance_names(served) == ["classifier_0_0", "classifier_0_1", "big_0"]
+    assert instance_names({"name": "m", "instance_group": [{"count": 2}]}) == ["m_0_0", "m_0_1"]
+    assert instance_names({"name": "m"}) == ["m_0_0"]
+
+
+def test_check_instance_picks_the_nth_of_each_group_or_refuses_naming_the_instances():
+    served = {"name": "classifier", "instance_group": [{"name": "classifier_0", "count": 2}, {"name": "classifier_1", "count": 1}]}
+    assert check_instance(1, "classifier", served) == ["classifier_0_1"]
+    assert check_instance(0, "classifier", served) == ["classifier_0_0", "classifier_1_0"]
+    with pytest.raises(FaultError, match=r"model 'classifier' has no instance 2: its instances are classifier_0_0, "
+                                         r"classifier_0_1, classifier_1_0 \(--instance takes the N of <model>_<group>_N, 0 to 1\)"):
+        check_instance(2, "classifier", served)
 
 
 def test_clear_is_a_command_without_a_fault():

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from triton_guard import defaults
-from triton_guard.chaos.hook import MB, ChaosHook, Leak, allocate_host, hook_from_environment, perturbed_weights
+from triton_guard.chaos.hook import (
+    MB,
+    ChaosHook,
+    Leak,
+    allocate_host,
+    hook_from_environment,
+    own_instance_name,
+    perturbed_weights,
+)
 from triton_guard.chaos.protocol import ChaosControl, Fault, FaultKind
 
 
@@ -193,6 +201,26 @@ def test_hook_sync_starts_grows_and_releases_the_leak(control, fake_time):
     assert hook.leaked_bytes == 0 and allocate.live == 0 and released == [True]
 
 
+def test_a_leak_aimed_at_one_instance_grows_only_there(control, fake_time):
+    hooks = {index: make_hook(control, fake_time, instance=index, allocate=FakeAllocator()) for index in (0, 1)}
+    unknown = make_hook(control, fake_time, allocate=FakeAllocator())  # could not tell its index
+    control.write("classifier", Fault("leak", leak_mb_per_s=8, leak_cap_mb=20, instance=1, set_at=1.0))
+    for hook in (*hooks.values(), unknown):
+        hook.sync()
+    fake_time.now += 1
+    for hook in (*hooks.values(), unknown):
+        hook.sync()
+    assert (hooks[0].leaked_bytes, hooks[1].leaked_bytes, unknown.leaked_bytes) == (0, 8 * MB, 0)
+    # Aimed at every instance again: both leak, the known and the unknown one.
+    control.write("classifier", Fault("leak", leak_mb_per_s=8, leak_cap_mb=20, set_at=2.0))
+    for hook in (*hooks.values(), unknown):
+        hook.sync()
+    fake_time.now += 1
+    for hook in (*hooks.values(), unknown):
+        hook.sync()
+    assert (hooks[0].leaked_bytes, hooks[1].leaked_bytes, unknown.leaked_bytes) == (8 * MB, 8 * MB, 8 * MB)
+
+
 def test_a_reinjected_leak_starts_again_from_zero(control, fake_time):
     allocate = FakeAllocator()
     hook = make_hook(control, fake_time, allocate=allocate)
@@ -303,3 +331,22 @@ def test_hook_from_environment_registers_and_starts(tmp_path):
     finally:
         hook.close()
     assert not hook._watcher.is_alive()
+
+
+def test_own_instance_name_comes_from_the_stubs_command_line(tmp_path):
+    argv = [b"/b/python/triton_python_backend_stub", b"/m/classifier/1/model.py", b"triton_guard_1_2_ab-cd",
+            b"1048576", b"1048576", b"4000", b"/b/python", b"336", b"classifier_0_1", b"/b/guard", b""]
+    (tmp_path / "cmdline").write_bytes(b"\0".join(argv))
+    assert own_instance_name(tmp_path / "cmdline") == "classifier_0_1"
+    (tmp_path / "python").write_bytes(b"python3\0-m\0pytest\0")
+    assert own_instance_name(tmp_path / "python") is None
+    assert own_instance_name(tmp_path / "missing") is None
+
+
+def test_hook_from_environment_knows_its_instance_index(tmp_path):
+    hook = hook_from_environment("classifier", environ={defaults.CHAOS_DIR_ENV: str(tmp_path)},
+                                 instance_name="classifier_0_1")
+    try:
+        assert hook.instance == 1
+    finally:
+        hook.close()

@@ -44,6 +44,10 @@ def test_unknown_fault_names_the_known_ones():
         ({"drift_scale": -0.1}, "drift_scale must be > 0"),
         ({"seed": -1}, "seed must be >= 0, got -1"),
         ({"set_at": -1.0}, "set_at must be >= 0"),
+        ({"instance": -1}, "instance must be >= 0, got -1"),
+        ({"instance": 1.0}, "instance must be an integer, got 1.0"),
+        ({"instance": "1"}, "instance must be an integer, got '1'"),
+        ({"instance": True}, "instance must be an integer, got True"),
     ],
 )
 def test_bad_parameters_are_refused_with_the_parameter_named(params, message):
@@ -54,8 +58,16 @@ def test_bad_parameters_are_refused_with_the_parameter_named(params, message):
 def test_fault_round_trips_through_a_dict_and_json():
     fault = Fault(FaultKind.LEAK, leak_mb_per_s=2.5, leak_cap_mb=64, set_at=1234.5)
     data = json.loads(json.dumps(fault.to_dict()))
-    assert data["kind"] == "leak"
+    assert data["kind"] == "leak" and data["instance"] is None  # every instance
     assert Fault.from_dict(data) == fault
+    one = Fault(FaultKind.LEAK, instance=1)
+    assert Fault.from_dict(json.loads(json.dumps(one.to_dict()))) == one
+
+
+def test_a_control_file_written_before_instance_existed_still_reads():
+    data = {"kind": "leak", "slow_ms": 500, "leak_mb_per_s": 10.0, "leak_cap_mb": 512.0, "drift_scale": 0.5,
+            "seed": 0, "set_at": 1.0}
+    assert Fault.from_dict(data).instance is None
 
 
 @pytest.mark.parametrize(
@@ -75,7 +87,8 @@ def test_fault_from_dict_refuses_malformed_data(data, message):
     "fault, words",
     [
         (Fault("slow", slow_ms=250), "+250 ms"),
-        (Fault("leak", leak_mb_per_s=3, leak_cap_mb=40), "+3 MB/s held, up to 40 MB"),
+        (Fault("leak", leak_mb_per_s=3, leak_cap_mb=40), "+3 MB/s held, up to 40 MB per instance)"),
+        (Fault("leak", leak_mb_per_s=3, leak_cap_mb=40, instance=1), "in instance 1 only (<model>_<group>_1)"),
         (Fault("drift", drift_scale=0.2, seed=7), "scale 0.2, seed 7"),
         (Fault("hang"), "until cleared"),
     ],

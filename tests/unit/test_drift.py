@@ -21,12 +21,13 @@ from tests.fakes import FakeClock
 from triton_guard import defaults
 from triton_guard.canary.checks import check_drift
 from triton_guard.drift.monitor import (
-    DriftMonitor, Reference, ReferenceError, ValuesReference, build_reference, is_probe_parameters, load_reference,
+    DriftMonitor, Reference, ValuesReference, build_reference, is_probe_parameters, load_reference,
     psi, reference_document, score)
 from triton_guard.drift.record import ModelShape, RecordError, output_rows, record, request_batches
 from triton_guard.drift.ring import RowRing
 from triton_guard.drift.scorer import Scorer, write_off_state
 from triton_guard.drift.state import judge, read_states, state_filename, write_state
+from triton_guard.errors import DriftReferenceError
 from triton_guard.guard.config import ConfigError, DriftConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -387,13 +388,13 @@ def test_rows_with_nan_are_left_out_of_the_statistics():
 
 
 def test_build_reference_refuses_what_does_not_fit_the_kind():
-    with pytest.raises(ReferenceError, match=r"row 1 is not a probability distribution \(sum 2"):
+    with pytest.raises(DriftReferenceError, match=r"row 1 is not a probability distribution \(sum 2"):
         build_reference("probs", np.array([[0.5, 0.5], [1.0, 1.0]]))
-    with pytest.raises(ReferenceError, match="at least 2 classes"):
+    with pytest.raises(DriftReferenceError, match="at least 2 classes"):
         build_reference("probs", np.ones((5, 1)))
-    with pytest.raises(ReferenceError, match="NaN or infinite"):
+    with pytest.raises(DriftReferenceError, match="NaN or infinite"):
         build_reference("values", np.array([[1.0], [np.inf]]))
-    with pytest.raises(ReferenceError, match="unknown kind 'logits'"):
+    with pytest.raises(DriftReferenceError, match="unknown kind 'logits'"):
         build_reference("logits", np.ones((3, 2)))
     assert isinstance(build_reference("values", np.array([[1.0, 1.0], [2.0, 3.0]])), ValuesReference)
 
@@ -411,12 +412,12 @@ def test_load_reference_reads_both_kinds_and_the_old_file(tmp_path):
     old = tmp_path / "old.json"  # the demo's file before kinds: no "kind"
     old.write_text(json.dumps(probs.fields()))
     assert isinstance(load_reference(old), Reference)
-    with pytest.raises(ReferenceError, match="a 'values' reference, not 'probs'"):
+    with pytest.raises(DriftReferenceError, match="a 'values' reference, not 'probs'"):
         Reference.load(tmp_path / "values.json")
     (tmp_path / "bad.json").write_text('{"kind": "probs", "class_freq": [1]}')
-    with pytest.raises(ReferenceError, match="malformed 'probs' reference"):
+    with pytest.raises(DriftReferenceError, match="malformed 'probs' reference"):
         load_reference(tmp_path / "bad.json")
-    with pytest.raises(ReferenceError, match="cannot read drift reference"):
+    with pytest.raises(DriftReferenceError, match="cannot read drift reference"):
         load_reference(tmp_path / "absent.json")
 
 

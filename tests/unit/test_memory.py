@@ -1,14 +1,12 @@
-"""triton_guard.canary.memory: host, cgroup and GPU readings, the floor, and the leak trend."""
+"""triton_guard.canary.memory: host, cgroup and GPU readings and the floor (the leak trend: test_growth.py, test_leak.py)."""
 
 from __future__ import annotations
 
-import math
-import random
 from pathlib import Path
 
 import pytest
 
-from triton_guard.canary.memory import LeakTrend, MemoryReading, floor_bytes, read_cgroup, read_gpu, read_host, read_system_memory
+from triton_guard.canary.memory import MemoryReading, floor_bytes, read_cgroup, read_gpu, read_host, read_system_memory
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -167,142 +165,3 @@ def test_floor_mb_is_stricter():
 def test_floor_zero_mb_uses_fraction_and_zero_both_gives_zero():
     assert floor_bytes(1000, 0.25, 0.0) == 250
     assert floor_bytes(1000, 0.0, 0.0) == 0
-
-
-# --- leak trend -------------------------------------------------------------------
-
-
-def linear(trend: LeakTrend, start_mib: float, mib_per_s: float, times) -> None:
-    for t in times:
-        trend.add(t, int((start_mib + mib_per_s * t) * MIB))
-
-
-def test_linear_decline_gives_exact_slope_and_time_to_floor():
-    trend = LeakTrend(window_s=300, min_samples=10)
-    linear(trend, 1000, -10, range(10))  # 1000 MiB free at t=0, losing 10 MiB/s; last sample t=9: 910 MiB
-    result = trend.trend(floor=100 * MIB)
-    assert result.samples == 10
-    assert result.slope_bytes_per_s == pytest.approx(-10 * MIB, rel=1e-12)
-    assert result.seconds_to_floor == pytest.approx((910 - 100) / 10, rel=1e-12)  # 81 s
-
-
-def test_uneven_sample_times_still_give_exact_slope():
-    trend = LeakTrend(window_s=300, min_samples=3)
-    linear(trend, 500, -2.5, [0.0, 0.7, 3.1, 3.2, 10.0])
-    result = trend.trend(floor=0)
-    assert result.slope_bytes_per_s == pytest.approx(-2.5 * MIB, rel=1e-9)
-    assert result.seconds_to_floor == pytest.approx((500 - 25) / 2.5, rel=1e-9)  # 190 s
-
-
-def test_flat_free_memory_never_reaches_the_floor():
-    trend = LeakTrend(window_s=300, min_samples=3)
-    for t in range(5):
-        trend.add(t, 4 * GIB)
-    result = trend.trend(floor=1 * GIB)
-    assert result.slope_bytes_per_s == 0
-    assert result.seconds_to_floor == math.inf
-
-
-def test_rising_free_memory_never_reaches_the_floor():
-    trend = LeakTrend(window_s=300, min_samples=3)
-    linear(trend, 100, +5, range(5))
-    result = trend.trend(floor=1 * GIB)  # even below the floor: not falling is not a leak
-    assert result.slope_bytes_per_s == pytest.approx(5 * MIB)
-    assert result.seconds_to_floor == math.inf
-
-
-def test_no_trend_below_min_samples():
-    trend = LeakTrend(window_s=300, min_samples=4)
-    linear(trend, 1000, -10, range(3))
-    assert len(trend) == 3
-    assert trend.trend(floor=0) is None
-    trend.add(3, 970 * MIB)
-    assert trend.trend(floor=0) is not None
-
-
-def test_no_trend_until_samples_span_min_span_s():
-    trend = LeakTrend(window_s=300, min_samples=3, min_span_s=60)
-    linear(trend, 1000, -1, [0, 10, 20, 30, 40, 50, 59.5])  # enough samples, 59.5 s of history
-    assert len(trend) == 7
-    assert trend.trend(floor=0) is None
-    trend.add(60, 940 * MIB)  # exactly 60 s from the first sample
-    result = trend.trend(floor=0)
-    assert result.slope_bytes_per_s == pytest.approx(-1 * MIB, rel=1e-12)
-    assert result.seconds_to_floor == pytest.approx(940, rel=1e-12)
-
-
-def test_no_trend_when_all_samples_share_one_time():
-    trend = LeakTrend(window_s=300, min_samples=3)
-    for free in (3, 2, 1):
-        trend.add(5.0, free * GIB)
-    assert trend.trend(floor=0) is None
-
-
-def test_already_below_floor_and_falling_gives_zero_seconds():
-    trend = LeakTrend(window_s=300, min_samples=3)
-    linear(trend, 100, -1, range(5))  # 96 MiB at the end
-    assert trend.trend(floor=200 * MIB).seconds_to_floor == 0.0
-
-
-def test_window_drops_samples_older_than_window_s():
-    trend = LeakTrend(window_s=10, min_samples=3)
-    # A steep fall long ago, then a slow one: only the slow one may count.
-    trend.add(0, 10_000 * MIB)
-    trend.add(1, 5_000 * MIB)
-    linear(trend, 1000, -1, [20, 25, 30])
-    # At t=30 samples at 0 and 1 are 30 and 29 s old: dropped; t=20 is exactly 10 s old: kept.
-    assert len(trend) == 3
-    result = trend.trend(floor=0)
-    assert result.slope_bytes_per_s == pytest.approx(-1 * MIB, rel=1e-12)
-    assert result.seconds_to_floor == pytest.approx(970, rel=1e-12)
-    trend.add(30.5, 969.5 * MIB)  # now t=20 is 10.5 s old
-    assert len(trend) == 3
-
-
-def test_slope_is_robust_to_symmetric_noise():
-    rng = random.Random(1234)
-    trend = LeakTrend(window_s=1000, min_samples=10)
-    true_slope = -10.0  # MiB/s
-    for t in range(120):
-        noise = rng.uniform(-20, 20)  # MiB, twice the fall per sample
-        trend.add(float(t), int((2000 + true_slope * t + noise) * MIB))
-    result = trend.trend(floor=0)
-    assert result.slope_bytes_per_s == pytest.approx(true_slope * MIB, rel=0.03)
-    # True line at t=119: 2000 - 1190 = 810 MiB -> 81 s to a zero floor.
-    assert result.seconds_to_floor == pytest.approx(81, rel=0.05)
-
-
-def test_slope_with_alternating_noise_has_the_least_squares_error():
-    # free = 1000 - 10 t + e (-1)^t for t = 0..N-1 (N even): the least-squares
-    # slope is off by e * sum(t (-1)^t) / sum((t - mean)^2) = e * (-N/2) / (N (N^2 - 1) / 12).
-    n, e = 60, 50.0
-    trend = LeakTrend(window_s=1000, min_samples=10)
-    for t in range(n):
-        trend.add(float(t), int(round((1000 + 10 * n - 10 * t + e * (-1) ** t) * MIB)))
-    expected = (-10 - 6 * e / (n * n - 1)) * MIB
-    result = trend.trend(floor=0)
-    assert result.slope_bytes_per_s == pytest.approx(expected, rel=1e-9)
-    assert abs(result.slope_bytes_per_s / (-10 * MIB) - 1) < 0.01
-
-
-def test_projection_starts_from_the_fitted_line_not_the_last_sample():
-    trend = LeakTrend(window_s=300, min_samples=4)
-    for t, free in enumerate([100, 90, 80, 50]):  # MiB; the last sample dips below the line
-        trend.add(t, free * MIB)
-    # By hand: mean t 1.5, mean free 80; sum dt*df = (-1.5)(20) + (-0.5)(10) + 0 + (1.5)(-30) = -80;
-    # sum dt^2 = 5 -> slope -16 MiB/s; fitted free at t=3: 80 - 16 * 1.5 = 56 MiB.
-    result = trend.trend(floor=8 * MIB)
-    assert result.slope_bytes_per_s == pytest.approx(-16 * MIB, rel=1e-12)
-    assert result.seconds_to_floor == pytest.approx((56 - 8) / 16, rel=1e-12)  # 3.0 s
-    assert result.seconds_to_floor != pytest.approx((50 - 8) / 16)  # 2.625 s from the last sample
-
-
-def test_span_is_the_time_between_the_oldest_and_the_newest_kept_sample():
-    trend = LeakTrend(window_s=10.0, min_samples=3)
-    assert trend.span_s == 0.0
-    trend.add(100.0, 5)
-    assert trend.span_s == 0.0
-    trend.add(104.5, 5)
-    assert trend.span_s == 4.5
-    trend.add(112.0, 5)  # the sample at 100 falls out of the 10 s window
-    assert trend.span_s == 7.5

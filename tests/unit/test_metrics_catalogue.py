@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from triton_guard import metrics as catalogue
-from triton_guard.canary import checks, golden_check, memory
+from triton_guard.canary import checks, golden_check, leak, memory
+from triton_guard.canary.memory import MemoryReading
 from triton_guard.drift.monitor import DriftScores, Reference
 from triton_guard.guard.breaker import State
 from triton_guard.guard.failures import Failure
@@ -72,17 +73,20 @@ def test_label_values_follow_the_code_that_produces_them():
 
 
 def test_canary_check_names_are_the_ones_the_checks_return():
+    from triton_guard.canary.overload import OverloadJudge
+
     """Each check function, called with nothing to go on, still names itself."""
     produced = {
         checks.check_liveness({}).name,
         checks.metric_labels(golden_check.check_golden("add_sub", None, "no answer").name)["check"],
         golden_check.check_no_goldens().name,
         checks.check_headroom(None, 0, "unreadable").name,
-        checks.check_trend(None, 900.0, 0, 5).name,
+        leak.check_leak_trend(leak.LeakWatch(60.0).assess(MemoryReading("host", 1, 1), 0, 900.0, 60.0, 5), 5).name,
         checks.check_stall(None, 10.0, "no metrics").name,
         checks.check_breakers([], False, 0.0).name,
         checks.check_pins({}, {}, False).name,
         checks.check_drift({}, 0.0, False).name,
+        OverloadJudge().check([], {}).name,
     }
     assert produced == set(catalogue.CANARY_CHECK_OK.allowed("check"))
 

@@ -66,6 +66,8 @@ EXPECTED_ALERTS = {
     "TritonGuardDriftAlarm": "10m",
     "TritonGuardUpstreamTimeouts": "5m",
     "TritonGuardRejecting": "5m",
+    "TritonGuardOverloaded": "5m",
+    "TritonGuardInstanceMemoryLeak": "2m",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -426,6 +428,11 @@ def test_rules_say_what_was_asked(rules):
     timeouts = _rule(rules, "TritonGuardUpstreamTimeouts")["expr"]
     assert 'reason="timeout"' in timeouts and re.search(r">\s*0\s*$", timeouts)
     assert re.search(r">\s*1\s*$", _rule(rules, "TritonGuardRejecting")["expr"])
+    overloaded = _rule(rules, "TritonGuardOverloaded")["expr"]
+    assert "triton_guard_canary_overloaded[10m]" in overloaded and re.search(r">\s*0\.5\s*$", overloaded)
+    leak = _rule(rules, "TritonGuardInstanceMemoryLeak")
+    assert re.fullmatch(r"triton_guard_instance_memory_seconds_to_floor\s*<\s*900", leak["expr"])
+    assert "exported_instance" in leak["annotations"]["summary"]
     stale = _rule(rules, "TritonGuardCanaryStale")["expr"]
     assert "absent(triton_guard_canary_ready)" in stale and "up" in promql_metric_names(stale)
 
@@ -473,7 +480,10 @@ def test_allow_lists_name_only_metrics_actually_used():
 
 def test_fault_only_metrics_are_declared_guard_metrics():
     assert set(FAULT_ONLY_GUARD_METRICS) == {
-        catalogue.BREAKER_TRANSITIONS.name, catalogue.REJECTIONS.name, catalogue.UPSTREAM_FAILURES.name, catalogue.STATE_DAMAGE.name
+        catalogue.BREAKER_TRANSITIONS.name, catalogue.REJECTIONS.name, catalogue.UPSTREAM_FAILURES.name, catalogue.STATE_DAMAGE.name,
+        # The canary's: a leak trend verdict (trend_min_span_s after the start), an in-process guard on a GPU, a leak reload.
+        catalogue.INSTANCE_MEMORY_GROWTH.name, catalogue.ALLOCATOR_RETRIES.name, catalogue.ALLOCATOR_OOMS.name,
+        catalogue.LEAK_RELOADS.name,
     }
     assert set(FAULT_ONLY_GUARD_METRICS) <= declared_guard_metrics()
 
@@ -535,6 +545,11 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
         _series(catalogue.REJECTIONS.name, "0+30x60", model="classifier", reason="open"),  # 2 per second
         _series("triton_guard_canary_ready", "0x60", instance="pod-b:8002"),
         _series("up", "1x60", instance="pod-b:8002"),
+        _series("triton_guard_canary_overloaded", "1x60"),
+        # The per-instance series carries the model instance in its own label (exported_instance on a default scrape).
+        _series(catalogue.INSTANCE_SECONDS_TO_FLOOR.name, "600x60", model="classifier", exported_instance="classifier_0_1"),
+        _series(catalogue.INSTANCE_SECONDS_TO_FLOOR.name, " ".join(["Inf"] * 61), model="classifier",
+                exported_instance="classifier_0_0"),
     ]
     healthy = [
         _series(catalogue.BREAKER_STATE.name, "2x60", model="classifier"),  # HALF_OPEN is not OPEN
@@ -548,6 +563,10 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
         _series(catalogue.UPSTREAM_FAILURES.name, "0x20 1x40", model="classifier", reason="timeout"),  # one, 10 min ago
         _series(catalogue.UPSTREAM_FAILURES.name, "0+1x60", model="classifier", reason="client_error"),
         _series(catalogue.REJECTIONS.name, "0+6x60", model="classifier", reason="overloaded"),  # 0.4 per second
+        _series("triton_guard_canary_overloaded", "0x20 1x16 0x24"),  # a 4-minute burst is not sustained
+        # A warm-up: steady growth never reached (+Inf), then a projection far beyond 15 minutes.
+        _series(catalogue.INSTANCE_SECONDS_TO_FLOOR.name, " ".join(["Inf"] * 30 + ["7200"] * 31), model="classifier",
+                exported_instance="classifier_0_1"),
     ]
     pod_a = {"job": "triton-guard", "instance": "pod-a:8002"}
     fires = {
@@ -560,6 +579,8 @@ def test_promtool_alert_expressions_fire_on_faults_and_not_on_a_healthy_server(t
         "TritonGuardDriftAlarm": pod_a,
         "TritonGuardUpstreamTimeouts": pod_a,
         "TritonGuardRejecting": pod_a,
+        "TritonGuardOverloaded": pod_a,
+        "TritonGuardInstanceMemoryLeak": pod_a,  # only classifier_0_1's series (count by job, instance = 1)
     }
     assert set(fires) == set(EXPECTED_ALERTS)
 

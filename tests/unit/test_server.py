@@ -118,16 +118,21 @@ def test_a_file_is_not_a_repository(tmp_path):
         check_model_repository(a_file)
 
 
-@pytest.mark.parametrize("layout", ["empty", "folders without config.pbtxt"])
+@pytest.mark.parametrize("layout", ["empty", "folders without config.pbtxt or version"])
 def test_repository_without_models_is_reported(tmp_path, layout):
     repo = tmp_path / "repo"
     repo.mkdir()
     if layout != "empty":
-        (repo / "model_a" / "1").mkdir(parents=True)
+        (repo / "model_a" / "notes").mkdir(parents=True)
         (repo / "config.pbtxt").write_text("")  # at the top, not in a model folder
     with pytest.raises(ServerError) as err:
         check_model_repository(repo)
-    assert str(err.value) == f"model repository {repo} holds no model (no */config.pbtxt)"
+    assert str(err.value) == f"model repository {repo} holds no model (no */config.pbtxt, no */<version>/)"
+
+
+def test_a_model_whose_config_is_completed_at_load_is_a_model(tmp_path):
+    (tmp_path / "auto_complete" / "1").mkdir(parents=True)  # no config.pbtxt: Triton completes it at load
+    check_model_repository(tmp_path)
 
 
 def test_repository_with_one_model_passes(tmp_path):
@@ -332,6 +337,7 @@ class StandInServer:
         self.api_key_source = "generated"
         self.api_key_file = "/run/key"
         self.removed_stale_shm = []
+        self.local_records = []
         self.process = _Process(exited)
         self.on_start = on_start
         self.stop_code = stop_code

@@ -73,3 +73,48 @@ def test_gather_reads_metrics_where_the_canary_says_the_server_serves_them(monke
     assert gathered["guards"]["add_sub"]["state"] == "OPEN"
     status.gather("db-host:8001", "http://elsewhere:1/metrics", 1.0)
     assert fetched[-1] == "http://elsewhere:1/metrics"
+
+
+def test_an_overloaded_but_ready_server_says_both_in_the_header_and_the_check_says_why():
+    from triton_guard.canary.overload import OverloadJudge
+
+    judge = OverloadJudge()
+    busy = CheckResult("overload", True, {"overloaded": True}, None,
+                       "OVERLOADED: the guard of 'classifier' refused 12 requests for load (reported only: load is not a fault)")
+    for overload, header in ((busy, "READY  (OVERLOADED)"), (judge.check([], {}), "READY")):
+        report = CanaryReport([CheckResult("liveness", True, {}, None, "4 models ready"), overload], 0.01, "cpu", at=0.0)
+        first, *rest = status.render(_status(report, {}, health=Health.READY)).splitlines()
+        assert first.endswith(header)
+        assert any(line.strip().startswith("ok   overload") and overload.reason in line for line in rest)
+
+
+def _instance(instance, rate, steady=False, to_floor=None, growing_for=None, model="classifier", pid=4100):
+    return {"model": model, "instance": instance, "pid": pid, "device": "cpu", "kind": "host", "bytes": 400 * 2**20,
+            "host_bytes": 400 * 2**20, "gpu_bytes": None, "rate_bytes_per_s": rate, "growing_for_s": growing_for,
+            "steady": steady, "seconds_to_floor": to_floor}
+
+
+def test_the_top_instances_by_growth_with_the_leaking_one_first_and_named():
+    mb_per_min = 2**20 / 60
+    rows = [_instance(f"other_0_{i}", (6 - i) * mb_per_min, model="other") for i in range(6)]
+    rows.insert(3, _instance("classifier_0_1", 38 * mb_per_min, steady=True, to_floor=660.0, growing_for=360.0, pid=4102))
+    rows.append(_instance("late_0_0", None, model="late"))
+    trend = {"instances": rows, "blamed": ["classifier_0_1"], "at_risk": [],
+             "reloading": {"classifier": "reloading model 'classifier' (...)"}, "note": "per-instance GPU memory needs X"}
+    checks = [CheckResult("headroom", True, {"source": "host", "free_bytes": 2**33, "total_bytes": 2**34},
+                          {"floor_bytes": 2**30}, "ok"),
+              CheckResult("leak_trend", False, trend, {}, "classifier instance classifier_0_1 ...")]
+    lines = status.render(_status(CanaryReport(checks, 0.01, "cpu", at=0.0), {})).splitlines()
+    start = lines.index("Instances (memory, fastest growing first; 8 in all)")
+    shown = lines[start + 1:start + 1 + status.TOP_INSTANCES]
+    assert shown[0].split()[:4] == ["classifier_0_1", "classifier", "pid", "4102"]
+    assert "+38 MB/min for 6 min" in shown[0] and shown[0].endswith("LEAKING")
+    assert [line.split()[0] for line in shown[1:]] == ["other_0_0", "other_0_1", "other_0_2", "other_0_3"]
+    assert "+6.0 MB/min, not steady" in shown[1]
+    assert "late_0_0" not in "\n".join(lines)  # beyond the top five
+    assert lines[start + 1 + status.TOP_INSTANCES] == "  reloading classifier: reloading model 'classifier' (...)"
+    assert lines[-1] == "  note: per-instance GPU memory needs X"
+
+
+def test_no_instance_section_without_rows():
+    assert status.instance_lines({}) == [] and status.instance_lines({"instances": []}) == []

@@ -27,9 +27,10 @@ from triton_guard import metrics as catalogue
 from triton_guard.backends.metrics import MetricsPublisher
 from triton_guard.backends.periodic import Periodic
 from triton_guard.drift import state as drift_state
-from triton_guard.drift.monitor import DriftMonitor, ReferenceError, is_probe_parameters, load_reference
+from triton_guard.drift.monitor import DriftMonitor, is_probe_parameters, load_reference
 from triton_guard.drift.ring import RowRing
 from triton_guard.drift.scorer import Scorer, write_off_state
+from triton_guard.errors import DriftReferenceError
 from triton_guard.guard.config import ConfigError, DriftConfig
 from triton_guard.guard.state_dir import default_state_dir
 
@@ -80,10 +81,10 @@ class DriftTap:
         try:
             reference = load_reference(self.reference_path)
             if self.config.kind is not None and reference.kind != self.config.kind:
-                raise ReferenceError(
+                raise DriftReferenceError(
                     f"drift_kind={self.config.kind!r} but {self.reference_path} is a '{reference.kind}' reference")
             batched = bool(json.loads(self.reference_path.read_text()).get("batched", True))
-        except ReferenceError as exc:
+        except DriftReferenceError as exc:
             error = (f"{exc} (record one: triton-guard drift record --model {self.model} "
                      f"--output {self.config.output} ...)")
             if error != self.error:

@@ -45,8 +45,7 @@ class MetricsPublisher:
         self._metric(metric, metric.name, labels).set(float(value))
 
     def increment(self, metric: Metric, amount: float, **labels: str) -> None:
-        if amount:
-            self._metric(metric, metric.name, labels).increment(float(amount))
+        self._metric(metric, metric.name, labels).increment(float(amount))
 
     def add_observations(self, metric: Metric, values: Iterable[float], **labels: str) -> None:
         """A batch of a histogram's observations, as its _bucket/_sum/_count counters."""

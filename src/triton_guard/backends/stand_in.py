@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from triton_guard.errors import StandInModelException
+
 MODULE = "triton_python_backend_utils"
 
 
@@ -42,8 +44,7 @@ class TritonError:
         return self._code
 
 
-class TritonModelException(Exception):
-    pass
+TritonModelException = StandInModelException  # pb_utils' name for a model's failed load
 
 
 class Tensor:

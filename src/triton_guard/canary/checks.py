@@ -12,14 +12,14 @@ runs, when each model last made progress.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triton_guard import defaults
 from triton_guard.canary.config import CanaryConfig
 from triton_guard.canary.golden_check import CaseComparison, check_golden, check_no_goldens
-from triton_guard.canary.memory import MemoryReading, Trend
+from triton_guard.canary.leak import LeakAssessment, check_leak_trend
+from triton_guard.canary.memory import MemoryReading
 from triton_guard.canary.report import CheckResult
 from triton_guard.drift.state import judge as judge_drift
 from triton_guard.guard.breaker import BreakerSnapshot, State
@@ -39,9 +39,7 @@ class RunFacts:
     reading: MemoryReading | None  # None: memory unread (memory_error says why)
     memory_error: str | None
     floor: int  # the headroom floor, bytes (when there is a reading)
-    trend: Trend | None
-    trend_samples: int
-    trend_span_s: float | None
+    leak: LeakAssessment | None  # the leak trend, in total and per instance (canary/leak.py); None without a reading
     waiting: dict[str, float] | None  # StallDetector.waiting; None: no metrics (metrics_error says why)
     metrics_error: str | None
     breakers: list[BreakerSnapshot]
@@ -66,8 +64,7 @@ def judge(config: CanaryConfig, facts: RunFacts) -> list[CheckResult]:
         checks.append(check_liveness(facts.ready_by_model, facts.not_ready_why))
     if facts.reading is not None:
         checks.append(check_headroom(facts.reading, facts.floor))
-        checks.append(check_trend(facts.trend, config.trend_horizon_s, facts.trend_samples,
-                                  config.trend_min_samples, config.trend_min_span_s, facts.trend_span_s))
+        checks.append(check_leak_trend(facts.leak, config.trend_min_samples))
     else:
         checks.append(check_headroom(None, 0, facts.memory_error))
         checks.append(not_run("leak_trend", facts.memory_error or "no memory reading"))
@@ -106,7 +103,6 @@ def check_liveness(ready_by_model: Mapping[str, bool], why: Mapping[str, str] | 
     )
 
 
-
 def check_headroom(reading: MemoryReading | None, floor: int, error: str | None = None) -> CheckResult:
     if reading is None:
         return CheckResult("headroom", False, None, floor, error or "memory could not be read")
@@ -119,40 +115,6 @@ def check_headroom(reading: MemoryReading | None, floor: int, error: str | None 
         {"floor_bytes": floor},
         f"{reading.source} memory free {reading.free_bytes / mb:.0f} MiB "
         f"({'>=' if ok else '<'} floor {floor / mb:.0f} MiB of {reading.total_bytes / mb:.0f} MiB)",
-    )
-
-
-def check_trend(
-    trend: Trend | None, horizon_s: float, samples: int, min_samples: int, min_span_s: float = 0.0,
-    span_s: float | None = None,
-) -> CheckResult:
-    """`span_s`: how long the samples collected so far span (said while there is no verdict yet)."""
-    if trend is None:
-        spanning = f"{span_s:.0f} s of at least {min_span_s:.0f} s" if span_s is not None else f"spanning {min_span_s:.0f} s"
-        return CheckResult(
-            "leak_trend", True, {"samples": samples}, {"horizon_s": horizon_s},
-            f"collecting samples ({samples} of at least {min_samples}, {spanning})",
-        )
-    ok = trend.seconds_to_floor >= horizon_s
-    mb = 1024 * 1024
-    if math.isinf(trend.seconds_to_floor):
-        reason = f"free memory not falling ({trend.slope_bytes_per_s / mb:+.2f} MiB/s)"
-    else:
-        reason = (
-            f"free memory falling {-trend.slope_bytes_per_s / mb:.2f} MiB/s: floor in "
-            f"{trend.seconds_to_floor:.0f} s ({'>=' if ok else '<'} horizon {horizon_s:.0f} s)"
-        )
-    return CheckResult(
-        "leak_trend",
-        ok,
-        {
-            "slope_bytes_per_s": trend.slope_bytes_per_s,
-            # null, not Infinity: the report is standard JSON for jq and non-Python clients.
-            "seconds_to_floor": None if math.isinf(trend.seconds_to_floor) else trend.seconds_to_floor,
-            "samples": trend.samples,
-        },
-        {"horizon_s": horizon_s},
-        reason,
     )
 
 

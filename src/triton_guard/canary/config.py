@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triton_guard import defaults
-
-
-class CanaryConfigError(ValueError):
-    pass
+from triton_guard.errors import CanaryConfigError
 
 
 def _bool(name: str, text: str) -> bool:
@@ -41,13 +38,22 @@ class CanaryConfig:
     headroom_floor_mb: float = defaults.HEADROOM_FLOOR_MB
     trend_window_s: float = defaults.TREND_WINDOW_S
     trend_min_samples: int = defaults.TREND_MIN_SAMPLES
+    # Growth must be steady this long to count as a leak, in total or per instance (docs/memory.md).
     trend_min_span_s: float = defaults.TREND_MIN_SPAN_S
     trend_horizon_s: float = defaults.TREND_HORIZON_S
+    # Reload the model whose instance the leak trend blames (floor within trend_horizon_s), at most
+    # once per leak_reload_cooldown_s per model; not ready until its new instances run.
+    leak_reload: bool = defaults.LEAK_RELOAD
+    leak_reload_cooldown_s: float = defaults.LEAK_RELOAD_COOLDOWN_S
     stall_s: float = defaults.STALL_S
     half_open_not_ready: bool = defaults.HALF_OPEN_NOT_READY
     strict_pins: bool = defaults.STRICT_PINS
     drift_fails_readiness: bool = defaults.DRIFT_FAILS_READINESS
     device_class: str = "auto"  # "cpu", "gpu", or "auto": gpu when Triton reports GPU memory
+    # Overload is not a fault (canary/overload.py, docs/overload.md).
+    overload_evidence_s: float = defaults.OVERLOAD_EVIDENCE_S
+    overload_grace_s: float = defaults.OVERLOAD_GRACE_S
+    overload_window_s: float = defaults.OVERLOAD_WINDOW_S
 
     # What a probe may change for one call (thresholds, never what is checked).
     PER_CALL: frozenset = frozenset(
@@ -64,7 +70,8 @@ class CanaryConfig:
     )
 
     def __post_init__(self) -> None:
-        positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s")
+        positive = ("deadline_ms", "interval_ms", "sample_interval_ms", "trend_window_s", "trend_horizon_s", "stall_s",
+                    "overload_evidence_s", "overload_grace_s", "overload_window_s", "leak_reload_cooldown_s")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -76,10 +83,11 @@ class CanaryConfig:
         if not (math.isfinite(self.headroom_floor_mb) and self.headroom_floor_mb >= 0):
             # nan or inf would pass `< 0` and make floor_bytes() raise on every run.
             raise CanaryConfigError(f"headroom_floor_mb={self.headroom_floor_mb!r} is invalid: expected a finite number >= 0")
-        if not (math.isfinite(self.trend_min_span_s) and 0 <= self.trend_min_span_s < self.trend_window_s):
-            # Samples never span more than the window: a longer (or inf) span would mean no verdict, ever.
+        if not (math.isfinite(self.trend_min_span_s) and 0 < self.trend_min_span_s < self.trend_window_s):
+            # Samples never span more than the window: a longer (or inf) span would mean no verdict, ever;
+            # 0 leaves no time to tell steady growth from a warm-up.
             raise CanaryConfigError(
-                f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected 0 <= x < trend_window_s "
+                f"trend_min_span_s={self.trend_min_span_s!r} is invalid: expected 0 < x < trend_window_s "
                 f"({self.trend_window_s:g})"
             )
         if self.trend_min_samples < 3:

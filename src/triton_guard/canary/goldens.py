@@ -38,16 +38,14 @@ from typing import Any, Mapping
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
+from triton_guard.errors import GoldenError
+
 GOLDENS_DIR = "goldens"  # inside the checked model's directory
 GOLDEN_SUFFIX = ".golden.json"
 DEVICE_CLASSES = ("cpu", "gpu")
 FORMAT_VERSION = 1
 
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
-
-
-class GoldenError(ValueError):
-    """An unusable golden (file, tensor or recording); the message names it."""
 
 
 # --- tensors <-> JSON -------------------------------------------------------------

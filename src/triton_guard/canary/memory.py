@@ -7,14 +7,12 @@ Where memory is read, whichever binds:
     v1 memory.limit_in_bytes / memory.usage_in_bytes) when it is set and
     smaller than the host, else the host's MemAvailable / MemTotal.
 
-Trend: a least-squares line through recent (time, free bytes) samples and the
-time at which it reaches the floor -- Prometheus' predict_linear, in-process.
+The trend of these readings, in total and per model instance, and who is to
+blame for a fall: canary/growth.py, canary/leak.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,63 +82,3 @@ def read_gpu(metrics: dict[str, float]) -> MemoryReading | None:
 def floor_bytes(total_bytes: int, floor_fraction: float, floor_mb: float) -> int:
     """The stricter of a fraction of the total and an absolute amount."""
     return max(int(total_bytes * floor_fraction), int(floor_mb * 1024 * 1024))
-
-
-@dataclass(frozen=True)
-class Trend:
-    samples: int
-    slope_bytes_per_s: float  # of free memory: negative while memory is being used up
-    seconds_to_floor: float  # math.inf when free memory is not falling
-
-
-class LeakTrend:
-    """Free-memory samples over a time window, and where their line meets the floor."""
-
-    def __init__(self, window_s: float, min_samples: int, min_span_s: float = 0.0) -> None:
-        self.window_s = window_s
-        self.min_samples = min_samples
-        # A verdict from a few seconds of history would read model loading as a leak.
-        self.min_span_s = min_span_s
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    @property
-    def span_s(self) -> float:
-        """Time between the oldest and the newest sample (0 with fewer than two)."""
-        return self._samples[-1][0] - self._samples[0][0] if len(self._samples) > 1 else 0.0
-
-    def add(self, t: float, free_bytes: int) -> None:
-        self._samples.append((t, free_bytes))
-        while self._samples and t - self._samples[0][0] > self.window_s:
-            self._samples.popleft()
-
-    def trend(self, floor: int) -> Trend | None:
-        """None until there are enough samples to say anything."""
-        n = len(self._samples)
-        if n < self.min_samples or self._samples[-1][0] - self._samples[0][0] < self.min_span_s:
-            return None
-        mean_t = math.fsum(t for t, _ in self._samples) / n
-        mean_f = math.fsum(f for _, f in self._samples) / n
-        var_t = math.fsum((t - mean_t) ** 2 for t, _ in self._samples)
-        if var_t == 0:
-            return None
-        slope = math.fsum((t - mean_t) * (f - mean_f) for t, f in self._samples) / var_t
-        if slope >= 0:
-            return Trend(n, slope, math.inf)
-        # Project from the fitted line's value now, not the last noisy sample.
-        t_now = self._samples[-1][0]
-        free_now = mean_f + slope * (t_now - mean_t)
-        return Trend(n, slope, max((free_now - floor) / -slope, 0.0))
-
-
-def process_rss_bytes(pid: int) -> int | None:
-    """Resident memory of one process (for soak reports); None if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

@@ -31,18 +31,11 @@ from triton_guard.canary.goldens import (
     datatype_of,
     record_case_file,
 )
+from triton_guard.errors import RecordRefused, RecordUsage
 from triton_guard.inputs import InputsError, load_inputs
-from triton_guard.model_config import CONFIG_FILE
+from triton_guard.model_source import served_tensors_source
 
 _CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class RecordRefused(Exception):
-    """The server answered, but not with something to record (exit 1)."""
-
-
-class RecordUsage(Exception):
-    """Bad arguments, an unusable inputs file, or no server to ask (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,7 @@ class Recorded:
     path: Path
     case: GoldenCase
     device_class: str
+    source: str = ""  # where the tensors' names and types came from
 
     def describe(self) -> list[str]:
         expected = self.case.expected[self.device_class]
@@ -60,6 +54,7 @@ class Recorded:
         )
         others = sorted(set(self.case.expected) - {self.device_class})
         return [
+            *([f"model '{self.case.model}': {self.source}"] if self.source else []),
             f"recorded golden case '{self.case.name}' of model '{self.case.model}' for {self.device_class}: {outputs}",
             f"wrote {self.path} (sha256 {expected.sha256[:16]}...)"
             + (f", kept its {', '.join(others)} outputs" if others else "")
@@ -124,11 +119,41 @@ def _infer(client, model: str, inputs: Mapping[str, np.ndarray], outputs: list[s
     return {name: result.as_numpy(name) for name in outputs}
 
 
+def default_repository(url: str) -> Path:
+    """The repository a local `triton-guard serve` at `url` serves (server/local_record.py), else ./model_repository."""
+    from triton_guard.server import local_record
+
+    record = local_record.for_url(url)
+    return Path(record.model_repository) if record is not None else Path("model_repository")
+
+
+def _check_known(client, url: str, model: str, timeout_s: float) -> None:
+    """Refuse a model the server does not have, or has not loaded, naming what it has."""
+    from tritonclient.utils import InferenceServerException
+
+    from triton_guard.server.auth import admin_headers_for, is_restricted_refusal
+
+    try:
+        # The repository index is a restricted API under `triton-guard serve`: the key of a local
+        # serve is found by its port (auth.api_key_for); without one, the names are not listed.
+        index = client.get_model_repository_index(headers=admin_headers_for(url, grpc=True), client_timeout=timeout_s)
+        known = {m.name: m.state for m in index.models}
+    except InferenceServerException as exc:
+        if not is_restricted_refusal(exc.message()):
+            raise
+        known = None
+    if known is not None and model not in known:
+        raise RecordRefused(f"the server at {url} has no model '{model}' (it has: {', '.join(sorted(known))})")
+    if not client.is_model_ready(model, client_timeout=timeout_s):
+        state = (known or {}).get(model) or "not loaded"
+        raise RecordRefused(f"model '{model}' is not ready on {url} (state {state})")
+
+
 def record(
     url: str,
     model: str,
     inputs_file: Path,
-    repository: Path,
+    repository: Path | None = None,
     case_name: str | None = None,
     tolerances: Mapping[str, float] | None = None,
     default_tolerance: float = defaults.GOLDEN_TOLERANCE,
@@ -136,10 +161,11 @@ def record(
     metrics_url: str | None = None,
     timeout_s: float = 30.0,
 ) -> Recorded:
+    """Record MODEL's answers to `inputs_file`; `repository` None: the one a local serve at `url` serves."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from triton_guard.server import admin_headers_from_environment
+    from triton_guard.server.auth import is_restricted_refusal, restricted_hint
 
     case_name = case_name or Path(inputs_file).name.split(".")[0]
     if not _CASE_NAME.match(case_name):
@@ -148,6 +174,7 @@ def record(
         inputs = load_inputs(Path(inputs_file))
     except InputsError as exc:
         raise RecordUsage(str(exc)) from None
+    repository = Path(repository) if repository is not None else default_repository(url)
 
     client = grpcclient.InferenceServerClient(url)
     try:
@@ -156,14 +183,7 @@ def record(
         except InferenceServerException as exc:
             raise RecordUsage(f"server at {url} unreachable: {exc.message()}") from None
         try:
-            # A restricted API under `triton-guard serve`: the key from the environment (docs/security.md).
-            headers = admin_headers_from_environment(grpc=True)
-            index = client.get_model_repository_index(headers=headers, client_timeout=timeout_s)
-            known = {m.name: m.state for m in index.models}
-            if model not in known:
-                raise RecordRefused(f"the server at {url} has no model '{model}' (it has: {', '.join(sorted(known))})")
-            if not client.is_model_ready(model, client_timeout=timeout_s):
-                raise RecordRefused(f"model '{model}' is not ready on {url} (state {known[model] or 'not loaded'})")
+            _check_known(client, url, model, timeout_s)
             metadata = client.get_model_metadata(model, client_timeout=timeout_s)
             declared = {i.name: i.datatype for i in metadata.inputs}
             outputs = [o.name for o in metadata.outputs]
@@ -179,14 +199,15 @@ def record(
                 raise RecordRefused(f"model '{model}' failed on {inputs_file}: {exc.message()}") from None
             server_version = client.get_server_metadata(client_timeout=timeout_s).version
         except InferenceServerException as exc:
-            raise RecordUsage(f"server at {url}: {exc.message()}") from None
+            hint = f" ({restricted_hint(url)})" if is_restricted_refusal(exc.message()) else ""
+            raise RecordUsage(f"server at {url}: {exc.message()}{hint}") from None
     finally:
         client.close()
 
     model_dir = Path(repository) / model
-    if not (model_dir / CONFIG_FILE).exists():
-        raise RecordUsage(
-            f"{model_dir / CONFIG_FILE} not found: pass the repository the server loads '{model}' from (--model-repository)")
+    if not model_dir.is_dir():
+        raise RecordUsage(f"{model_dir} not found: pass the repository the server loads '{model}' from (--model-repository)")
+    source = served_tensors_source(url, Path(repository), model)
     if device_class == "auto":
         device_class = server_device_class(url, metrics_url, timeout_s)
     environment = {
@@ -203,7 +224,7 @@ def record(
     except GoldenError as exc:
         raise RecordRefused(str(exc)) from None
     _write_atomically(path, case.to_json() + "\n")
-    return Recorded(path, case, device_class)
+    return Recorded(path, case, device_class, source)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -14,8 +14,9 @@ model readiness, logging, metrics; unit tests pass a fake).
 * Golden inferences: one worker per model with goldens, so a hung model costs
   its own check, never another's; a model whose previous golden inference is
   still unanswered is not called again (that is its verdict).
-* The sampler: every `sample_interval_ms` one free-memory sample for the leak
-  trend and one metrics sample for the stall detector, and a full run every
+* The sampler: every `sample_interval_ms` one memory sample for the leak
+  trend (in total and per model instance: canary/memory_watch.py) and one
+  metrics sample for the stall detector, and a full run every
   `interval_ms` so the canary's gauges stay fresh. Only the sampler feeds the
   trend, so its samples are evenly spaced whatever the probe rate.
 """
@@ -34,11 +35,15 @@ import numpy as np
 from triton_guard import defaults, promtext
 from triton_guard.canary import checks as verdicts
 from triton_guard.canary import memory
+from triton_guard.canary import overload
 from triton_guard.canary.config import CanaryConfig
 from triton_guard.canary.golden_check import NO_GOLDENS_NOTE, CaseComparison, compare_case
 from triton_guard.canary.golden_store import GoldenStore
 from triton_guard.canary.goldens import GoldenCase
-from triton_guard.canary.report import CanaryReport
+from triton_guard.canary.instances import InstanceSampler
+from triton_guard.canary.leak_reload import Reload
+from triton_guard.canary.memory_watch import MemoryWatch
+from triton_guard.canary.report import CanaryReport, CheckResult
 from triton_guard.guard.breaker import BreakerSnapshot
 
 READY_STATE = "READY"
@@ -51,6 +56,7 @@ class ServerFacts(Protocol):
 
     def fetch_metrics(self, timeout_s: float) -> list[promtext.Sample]: ...
     def model_states(self, timeout_s: float) -> dict[str, tuple[str, str]]: ...  # {model: (state, reason)}
+    def model_config(self, model: str, timeout_s: float) -> dict: ...  # as Triton's /v2/models/<m>/config
     def is_model_ready(self, model: str) -> bool: ...
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]: ...
     def breakers(self) -> list[BreakerSnapshot]: ...
@@ -70,16 +76,27 @@ class Canary:
         goldens: GoldenStore,
         runtime: dict[str, str | None],
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        instances: InstanceSampler | None = None,
+        allocator_dir: str | None = None,
+        reload: Reload | None = None,
     ) -> None:
+        """`instances`, `allocator_dir` and `reload` feed and act on the per-instance leak trend
+        (canary/memory_watch.py); without them the trend is the total's only."""
         self.config = config
         self.facts = facts
         self.goldens = goldens
         self.runtime = dict(runtime)
         self.clock = clock
-        self.trend = memory.LeakTrend(config.trend_window_s, config.trend_min_samples, config.trend_min_span_s)
+        self.memory = MemoryWatch(config, clock, facts.warn, instances, allocator_dir, reload)
         self.stall = verdicts.StallDetector()
+        # Overload is not a fault: golden misses judged with the server's evidence (canary/overload.py).
+        self.overload = overload.OverloadJudge(
+            config.overload_evidence_s, config.overload_grace_s, config.overload_window_s, clock)
+        self._capacity = overload.CapacityCache(lambda m: facts.model_config(m, 1.0), clock=clock)
+        self._sleep = sleep
         self._device_class = None if config.device_class == "auto" else config.device_class
-        self._facts_lock = threading.Lock()  # trend and stall are fed by two threads
+        self._facts_lock = threading.Lock()  # the stall detector is fed by two threads
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._golden_calls: dict[str, tuple[float, Future]] = {}
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="canary-run")
@@ -113,8 +130,9 @@ class Canary:
         """Every check now, within config.deadline_ms."""
         started = self.clock()
         deadline = started + config.deadline_ms / 1000
-        facts, trend_snapshot = self._gather(config, deadline)
+        facts, trend_snapshot, misses, before = self._gather(config, deadline)
         checks = verdicts.judge(config, facts)
+        checks.append(self._overload_check(checks, facts.goldens, misses, before, deadline))
         notes = [NO_GOLDENS_NOTE] if facts.goldens is None else []
         report = CanaryReport(
             checks, self.clock() - started, facts.device_class, notes=notes, metrics_url=self.facts.metrics_url)
@@ -122,20 +140,23 @@ class Canary:
             self.facts.publish(report, facts.reading, trend_snapshot)
         return report
 
-    def _gather(self, config: CanaryConfig, deadline: float) -> tuple[verdicts.RunFacts, tuple | None]:
-        """This run's facts, asked of the server in this order, and the memory floor with the trend to it."""
+    def _gather(self, config: CanaryConfig, deadline: float):
+        """This run's facts, asked of the server in this order, the memory floor with the trend to it,
+        the golden inferences that got no answer ({model: overload.GoldenMiss}) and the first look at the server."""
         samples, metrics_error = self._metrics(deadline)
+        before = self._look(samples)
         device_class = self._resolve_device_class(samples)
         # Goldens first: through a guard, the golden inference is also the breaker's trial call.
-        goldens = self._golden_comparisons(config, device_class, deadline)
+        misses: dict[str, overload.GoldenMiss] = {}
+        goldens = self._golden_comparisons(config, device_class, deadline, misses)
         ready_by_model, not_ready_why, liveness_error = self._liveness(config, deadline)
         reading, memory_error = self._memory(device_class, samples)
-        floor, trend, n, span_s, trend_snapshot = 0, None, 0, None, None
+        floor, leak, trend_snapshot = 0, None, None
         if reading is not None:
             floor = memory.floor_bytes(reading.total_bytes, config.headroom_floor_fraction, config.headroom_floor_mb)
-            with self._facts_lock:
-                trend, n, span_s = self.trend.trend(floor), len(self.trend), self.trend.span_s
-            trend_snapshot = (floor, trend)
+            # Only the server's own runs act (a leak reload), never a probe's one-off thresholds.
+            leak = self.memory.assess(config, reading, floor, act=config == self.config)
+            trend_snapshot = (floor, leak)
         waiting = None
         if samples is not None:
             pending = self._feed_stall(samples)
@@ -148,13 +169,32 @@ class Canary:
         drift, drift_at = self.facts.drift_state(), time.monotonic()
         facts = verdicts.RunFacts(
             device_class, goldens, ready_by_model, not_ready_why, liveness_error, reading, memory_error,
-            floor, trend, n, span_s, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at)
-        return facts, trend_snapshot
+            floor, leak, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at)
+        return facts, trend_snapshot, misses, before
+
+    def _overload_check(self, checks, goldens, misses, before, deadline) -> CheckResult:
+        """Golden misses that are load become overloaded, not failed (rewritten in `checks`); the overload check."""
+        self.overload.note_goldens(goldens)
+        results = {c.name: c for c in checks}
+        judged = overload.review(self.overload, results, misses, before,
+                                 lambda: self._look(self._metrics(deadline)[0]), deadline, self._sleep)
+        checks[:] = [results[c.name] for c in checks]
+        return self.overload.check(judged, self._capacity.of([m for m, n in self.overload.inside().items() if n > 1]))
+
+    def _look(self, samples) -> overload.Counters | None:
+        if samples is None:
+            return None
+        counters = overload.Counters.from_samples(self.clock(), samples)
+        with self._facts_lock:
+            self.overload.observe(counters)
+        return counters
 
     # --- goldens --------------------------------------------------------------------
 
-    def _golden_comparisons(self, config, device_class: str, deadline: float):
-        """{model: its golden comparisons, or why there are none}; None when no model has goldens."""
+    def _golden_comparisons(self, config, device_class: str, deadline: float, misses: dict):
+        """{model: its golden comparisons, or why there are none}; None when no model has goldens.
+
+        Each golden inference that got no answer goes into `misses` too (for canary/overload.py)."""
         found = self.goldens.cases()
         if not found:
             return None
@@ -172,20 +212,24 @@ class Canary:
                 continue
             previous = self._golden_calls.get(model)
             if previous is not None and not previous[1].done():
-                results[model] = (
-                    f"the previous golden inference of '{model}' is still unanswered after "
-                    f"{self.clock() - previous[0]:.1f} s")
+                waited = self.clock() - previous[0]
+                results[model] = f"the previous golden inference of '{model}' is still unanswered after {waited:.1f} s"
+                misses[model] = overload.GoldenMiss(model, overload.MissKind.PENDING, results[model], waited)
                 continue
             future = self._worker(model).submit(self._infer_cases, model, cases, device_class)
             self._golden_calls[model] = (self.clock(), future)
             pending[model] = future
         for model, future in pending.items():
+            kind = None
             try:
                 results[model] = future.result(timeout=max(deadline - self.clock(), 0.0))
             except FutureTimeout:
-                results[model] = f"no answer from '{model}' within the {config.deadline_ms} ms deadline"
+                results[model], kind = f"no answer from '{model}' within the {config.deadline_ms} ms deadline", "late"
             except Exception as exc:
-                results[model] = f"'{model}' failed: {exc}"
+                results[model], kind = f"'{model}' failed: {exc}", "refused"
+            if kind is not None:
+                waited = self.clock() - self._golden_calls[model][0]
+                misses[model] = overload.GoldenMiss(model, overload.MissKind(kind), results[model], waited)
         return results
 
     def _worker(self, model: str) -> ThreadPoolExecutor:
@@ -247,14 +291,15 @@ class Canary:
     # --- the sampler ------------------------------------------------------------------
 
     def sample(self) -> None:
-        """One sample: free memory into the trend, model progress into the stall detector."""
+        """One sample: memory (in total and per instance) into the leak trend, model progress into the stall detector."""
         samples, _ = self._metrics(self.clock() + 1.0)
-        reading, _ = self._memory(self._resolve_device_class(samples), samples)
+        device_class = self._resolve_device_class(samples)
+        reading, _ = self._memory(device_class, samples)
         if reading is not None:
-            with self._facts_lock:
-                self.trend.add(self.clock(), reading.free_bytes)
+            self.memory.sample(self.clock(), reading, device_class)
         if samples is not None:
             self._feed_stall(samples)
+            self._look(samples)
 
     def start(self) -> None:
         self._sampler = threading.Thread(target=self._sampler_loop, name="canary-sampler", daemon=True)

@@ -1,7 +1,8 @@
 """`HttpServer`: the server facts the canary reads over Triton's own HTTP endpoints.
 
 The repository index (every model the server tried to load, with its state),
-the server's version and readiness, and its Prometheus /metrics, at the URLs
+a model's configuration, the server's version and readiness, and its
+Prometheus /metrics, at the URLs
 the canary is given ($TRITON_GUARD_HTTP_URL, $TRITON_GUARD_METRICS_URL: see
 triton_guard/defaults.py). The canary backend (backends/canary/model.py)
 adds what only pb_utils can reach. No Triton import.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 import urllib.request
 
 from triton_guard import defaults, promtext
@@ -47,6 +49,10 @@ class HttpServer:
             if state and not (state == "UNAVAILABLE" and reason == "unloaded"):  # unloaded on purpose
                 states[entry["name"]] = (state, reason)
         return states
+
+    def model_config(self, model: str, timeout_s: float) -> dict:
+        """The model's configuration as the server holds it (JSON): its batching and instances."""
+        return json.loads(self._http(f"/v2/models/{urllib.parse.quote(model)}/config", timeout_s)[1])
 
     def server_version(self) -> str | None:
         try:

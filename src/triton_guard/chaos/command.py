@@ -68,3 +68,29 @@ class ChaosCommand:
             allowed = ", ".join(PARAMS_BY_KIND[kind]) or "none"
             raise FaultError(f"fault {name} takes no parameter(s) {', '.join(unused)} (it takes: {allowed})")
         return cls(model, Fault(kind, set_at=set_at, **data))
+
+
+def instance_names(config: dict) -> list[str]:
+    """The instance names Triton gives a model with this (served) config: <group name>_<n> per group.
+
+    The served config names every group (<model>_<group index> unless the
+    repository named it). A KIND_GPU group on several GPUs repeats its names
+    on each GPU.
+    """
+    names = []
+    for i, group in enumerate(config.get("instance_group") or [{"count": 1}]):
+        group_name = group.get("name") or f"{config.get('name', 'model')}_{i}"
+        names += [f"{group_name}_{n}" for n in range(int(group.get("count", 1)))]
+    return names
+
+
+def check_instance(index: int, model: str, config: dict) -> list[str]:
+    """The instances `--instance index` leaks in (the N of <model>_<group>_N); FaultError if there is none."""
+    names = instance_names(config)
+    chosen = [name for name in names if name.rsplit("_", 1)[1] == str(index)]
+    if not chosen:
+        raise FaultError(
+            f"model '{model}' has no instance {index}: its instances are {', '.join(names)} "
+            f"(--instance takes the N of <model>_<group>_N, 0 to {max(int(n.rsplit('_', 1)[1]) for n in names)})"
+        )
+    return chosen

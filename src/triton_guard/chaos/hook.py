@@ -19,12 +19,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from triton_guard import defaults
 from triton_guard.chaos.protocol import ChaosControl, Fault, FaultKind
+from triton_guard.server.processes import instance_index, parse_stub_argv
 
 MB = 1 << 20
 # Leak chunks smaller than this wait for the next step (no 4 KB mappings).
@@ -81,11 +83,15 @@ class ChaosHook:
     grows and releases the leak, whether requests come or not.
     `allocate(nbytes)` makes leaked memory (host by default; a GPU instance
     passes a device allocator), `release()` runs after a leak is dropped
-    (a GPU instance empties torch's cache there).
+    (a GPU instance empties torch's cache there). `instance` is this
+    instance's index (the N of <model>_<group>_N): a leak aimed at another
+    index (Fault.instance) leaves it alone; None: it takes only leaks aimed
+    at every instance.
     """
 
     control: ChaosControl
     model_name: str
+    instance: int | None = None
     allocate: Callable[[int], Any] = allocate_host
     release: Callable[[], None] | None = None
     clock: Callable[[], float] = time.monotonic
@@ -124,7 +130,7 @@ class ChaosHook:
     def sync(self) -> None:
         """One watcher step: start, grow or release the leak to match the control file."""
         fault = self.control.read(self.model_name)
-        if fault is not None and fault.kind is FaultKind.LEAK:
+        if fault is not None and fault.kind is FaultKind.LEAK and fault.instance in (None, self.instance):
             if self._leak is None or self._leak.fault != fault:
                 self._drop_leak()  # a new leak (other parameters, or re-injected) starts from zero
                 self._leak = Leak(fault, self.allocate, self.clock())
@@ -185,11 +191,28 @@ def hook_from_environment(
     allocate: Callable[[int], Any] | None = None,
     release: Callable[[], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    instance_name: str | None = None,
 ) -> ChaosHook | None:
-    """A started hook when the server runs with --chaos, else None."""
+    """A started hook when the server runs with --chaos, else None.
+
+    `instance_name` (Triton's, e.g. classifier_0_1; args["model_instance_name"])
+    says which instance this is, for a leak aimed at one; by default it is read
+    from this stub's own command line.
+    """
     directory = (os.environ if environ is None else environ).get(defaults.CHAOS_DIR_ENV)
     if not directory:
         return None
     control = ChaosControl(directory)
     control.register(model_name)
-    return ChaosHook(control, model_name, allocate=allocate or allocate_host, release=release).start()
+    name = instance_name if instance_name is not None else own_instance_name()
+    index = instance_index(name) if name else None
+    return ChaosHook(control, model_name, index, allocate=allocate or allocate_host, release=release).start()
+
+
+def own_instance_name(cmdline: Path = Path("/proc/self/cmdline")) -> str | None:
+    """This Python stub's instance name, from its command line (None outside a stub)."""
+    try:
+        found = parse_stub_argv(cmdline.read_bytes().split(b"\0"))
+    except OSError:
+        return None
+    return found[1] if found else None

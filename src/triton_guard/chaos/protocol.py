@@ -23,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_guard import defaults
-
-
-class FaultError(ValueError):
-    """A fault or command that cannot be applied; the message says why."""
+from triton_guard.errors import FaultError
 
 
 class FaultKind(str, enum.Enum):
@@ -45,7 +42,7 @@ PARAMS_BY_KIND: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.SLOW: ("slow_ms",),
     FaultKind.NAN: (),
     FaultKind.DRIFT: ("drift_scale", "seed"),
-    FaultKind.LEAK: ("leak_mb_per_s", "leak_cap_mb"),
+    FaultKind.LEAK: ("leak_mb_per_s", "leak_cap_mb", "instance"),
 }
 FAULT_NAMES = tuple(k.value for k in FaultKind)
 
@@ -71,6 +68,8 @@ class Fault:
     leak_cap_mb: float = defaults.CHAOS_LEAK_CAP_MB
     drift_scale: float = defaults.CHAOS_DRIFT_SCALE
     seed: int = defaults.CHAOS_DRIFT_SEED
+    # leak: only in the instance with this index (the N of Triton's <model>_<group>_N); None: every instance.
+    instance: int | None = None
     set_at: float = 0.0  # wall-clock time the server accepted it; re-injecting restarts a leak
 
     def __post_init__(self) -> None:
@@ -83,6 +82,8 @@ class Fault:
         _number("leak_cap_mb", self.leak_cap_mb)
         _number("drift_scale", self.drift_scale)
         _number("seed", self.seed, integer=True, inclusive=True)
+        if self.instance is not None:
+            _number("instance", self.instance, integer=True, inclusive=True)
         _number("set_at", self.set_at, inclusive=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,7 +108,8 @@ class Fault:
             FaultKind.SLOW: f"+{self.slow_ms} ms per execute",
             FaultKind.NAN: "outputs are NaN",
             FaultKind.DRIFT: f"weights perturbed, scale {self.drift_scale:g}, seed {self.seed}",
-            FaultKind.LEAK: f"+{self.leak_mb_per_s:g} MB/s held, up to {self.leak_cap_mb:g} MB per instance",
+            FaultKind.LEAK: f"+{self.leak_mb_per_s:g} MB/s held, up to {self.leak_cap_mb:g} MB per instance"
+            + ("" if self.instance is None else f", in instance {self.instance} only (<model>_<group>_{self.instance})"),
         }
         return f"{self.kind.value} ({details[self.kind]})"
 

@@ -1,8 +1,9 @@
 """`triton-guard breaker MODEL open|close|auto`: an operator's override of a breaker on a running server.
 
 The command goes over gRPC to the server's `guard_control` model (served by
-`serve`), with the API key of the restricted APIs ($TRITON_GUARD_API_KEY or
-$TRITON_GUARD_API_KEY_FILE); the breaker keeps the override until `auto`
+`serve`), with the API key of the restricted APIs (a local serve's own key,
+found by its port, else $TRITON_GUARD_API_KEY or $TRITON_GUARD_API_KEY_FILE);
+the breaker keeps the override until `auto`
 (docs/breaker.md, "The operator's override").
 """
 
@@ -53,18 +54,13 @@ def run(args: argparse.Namespace) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from triton_guard.guard.override import OverrideCommand, OverrideError, describe
-    from triton_guard.server.auth import admin_headers_from_environment
-    from triton_guard.server.errors import ServerError
+    from triton_guard.errors import OverrideError
+    from triton_guard.guard.override import OverrideCommand, describe
+    from triton_guard.server.auth import api_key_for, restricted_hint
 
-    try:
-        key = admin_headers_from_environment(grpc=False).get(defaults.API_KEY_HEADER)
-    except ServerError as exc:  # a key file that cannot be read
-        print(f"{PROG}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    key, _ = api_key_for(args.url)  # a local serve's own key by its port, else $TRITON_GUARD_API_KEY(_FILE)
     if not key:
-        print(f"{PROG}: refused: set ${defaults.API_KEY_ENV} (or ${defaults.API_KEY_FILE_ENV}) to the server's "
-              "API key (the key of its restricted APIs)", file=sys.stderr)  # fmt: skip
+        print(f"{PROG}: refused: {restricted_hint(args.url)}", file=sys.stderr)
         return EXIT_FAILED
     try:
         command = OverrideCommand(args.model, args.mode, key)

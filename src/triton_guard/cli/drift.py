@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from triton_guard.cli.arguments import add_record_command
+from triton_guard.cli.exit_codes import EXIT_OK, refused
 
 
 def add_parser(subparsers) -> None:
-    drift = subparsers.add_parser("drift", help="output drift monitoring: record a model's reference distribution")
-    drift_sub = drift.add_subparsers(dest="drift_command", required=True)
-    drift_record = drift_sub.add_parser(
-        "record",
-        help="call MODEL with representative inputs and write DIR/MODEL/drift/OUTPUT.json (exit 0 written, 1 refused)",
-    )
-    drift_record.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
-    drift_record.add_argument("--model", required=True, help="the model whose answers the guard will monitor")
-    drift_record.add_argument(
-        "--inputs", required=True, help="representative inputs: a KServe v2 JSON request body or an .npz of named arrays"
+    drift_record = add_record_command(
+        subparsers,
+        "drift",
+        "output drift monitoring: record a model's reference distribution",
+        "call MODEL with representative inputs and write DIR/MODEL/drift/OUTPUT.json (exit 0 written, 1 refused)",
+        model="the model whose answers the guard will monitor",
+        inputs="representative inputs: a KServe v2 JSON request body or an .npz of named arrays",
+        writes="DIR/MODEL/drift/OUTPUT.json",
     )
     drift_record.add_argument("--output", required=True, help="the output to monitor")
     drift_record.add_argument(
         "--kind", required=True, choices=("probs", "values"),
         help="probs: class probabilities per row; values: real-valued rows (summarised by mean and spread)",
     )
-    drift_record.add_argument("--model-repository", default="model_repository", help="default: %(default)s")
     drift_record.add_argument("--timeout", type=float, default=30.0, help="seconds per gRPC call (default: %(default)s)")
     drift_record.set_defaults(func=run)
 
@@ -39,25 +36,28 @@ def run(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException
 
     from triton_guard.drift.record import (
-        ModelShape, RecordError, guard_parameters_text, record, reference_path, write_reference)
+        ModelShape, RecordError, guard_parameters_text, record, reference_path, renamed_guard_reference, write_reference)
     from triton_guard.inputs import InputsError, load_inputs, triton_datatype
 
+    from triton_guard.canary.record import default_repository
+    from triton_guard.model_source import served_tensors_source
+    from triton_guard.server.auth import is_restricted_refusal, restricted_hint
+
     prog = "triton-guard drift record"
-    repository = Path(args.model_repository)
+    repository = Path(args.model_repository) if args.model_repository else default_repository(args.url)
     if not (repository / args.model).is_dir():
-        print(f"{prog}: refused: model '{args.model}' is not in {repository} (give --model-repository)", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, f"model '{args.model}' is not in {repository} (give --model-repository)")
     try:
         inputs = load_inputs(Path(args.inputs))
     except InputsError as exc:
-        print(f"{prog}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, exc)
     client = grpcclient.InferenceServerClient(args.url)
     try:
         shape = ModelShape.from_config(client.get_model_config(args.model, client_timeout=args.timeout).config)
     except InferenceServerException as exc:
-        print(f"{prog}: refused: {args.url}: {exc.message()}", file=sys.stderr)
-        return EXIT_FAILED
+        hint = f" ({restricted_hint(args.url)})" if is_restricted_refusal(exc.message()) else ""
+        return refused(prog, f"{args.url}: {exc.message()}{hint}")
+    print(f"model '{args.model}': {served_tensors_source(args.url, repository, args.model)}")
 
     def infer(batch: dict) -> np.ndarray:
         tensors = []
@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         document = record(shape, inputs, args.output, args.kind, infer, source=Path(args.inputs).name)
     except RecordError as exc:
-        print(f"{prog}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, exc)
     except InferenceServerException as exc:
-        print(f"{prog}: refused: model '{args.model}' failed: {exc.message()}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, f"model '{args.model}' failed: {exc.message()}")
     path = reference_path(repository, args.model, args.output)
     write_reference(path, document)
     print(f"wrote {path}: a '{args.kind}' reference of {document['rows']} answers of '{args.model}' output '{args.output}'")
+    reference = renamed_guard_reference(repository, args.model, args.output)
     print(f"monitor it from the guard of '{args.model}' (its config.pbtxt parameters):")
-    print(guard_parameters_text(args.output, args.kind))
+    print(guard_parameters_text(args.output, args.kind, reference))
+    print(f"or, guarding it now: --param drift_output={args.output} --param drift_kind={args.kind}"
+          + (f" --param drift_reference={reference}" if reference else ""))
     return EXIT_OK

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from triton_guard.cli.arguments import add_record_command
+from triton_guard.cli.exit_codes import EXIT_OK, refused, usage_error
 
 
 def add_parser(subparsers) -> None:
-    goldens = subparsers.add_parser("goldens", help="golden cases the canary checks (see `goldens record`)")
-    goldens_sub = goldens.add_subparsers(dest="goldens_command", required=True)
-    record = goldens_sub.add_parser(
-        "record",
-        help="record MODEL's answers to FILE as a golden case beside the model (exit 0 recorded, 1 refused, 2 usage)",
-    )
-    record.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
-    record.add_argument("--model", required=True, help="the model to check")
-    record.add_argument(
-        "--inputs", required=True, metavar="FILE",
-        help="a KServe v2 JSON inference request body, or an .npz of named arrays",
-    )
-    record.add_argument(
-        "--model-repository", default="model_repository",
-        help="the repository the server loads MODEL from; writes MODEL/goldens/NAME.golden.json (default: %(default)s)",
+    record = add_record_command(
+        subparsers,
+        "goldens",
+        "golden cases the canary checks (see `goldens record`)",
+        "record MODEL's answers to FILE as a golden case beside the model (exit 0 recorded, 1 refused, 2 usage)",
+        model="the model to check",
+        inputs="a KServe v2 JSON inference request body, or an .npz of named arrays",
+        writes="DIR/MODEL/goldens/NAME.golden.json",
     )
     record.add_argument("--name", help="the case's name (default: FILE's name without its extension)")
     record.add_argument(
@@ -57,23 +50,20 @@ def run(args: argparse.Namespace) -> int:
             if not (number >= 0 and number != float("inf")):
                 raise ValueError
         except ValueError:
-            print(f"{prog}: error: --tolerance {item!r}: expected [OUTPUT=]NUMBER >= 0", file=sys.stderr)
-            return EXIT_USAGE
+            return usage_error(prog, f"--tolerance {item!r}: expected [OUTPUT=]NUMBER >= 0")
         if name:
             tolerances[name] = number
         else:
             default_tolerance = number
     try:
         recorded = record(
-            args.url, args.model, Path(args.inputs), Path(args.model_repository), args.name,
+            args.url, args.model, Path(args.inputs), Path(args.model_repository) if args.model_repository else None, args.name,
             tolerances, default_tolerance, args.device_class, args.metrics_url, args.timeout,
         )
     except RecordRefused as exc:
-        print(f"{prog}: refused: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(prog, exc)
     except RecordUsage as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(prog, exc)
     for line in recorded.describe():
         print(line)
     return EXIT_OK

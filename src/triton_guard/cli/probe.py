@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from triton_guard import defaults
-from triton_guard.cli.exit_codes import EXIT_USAGE
+from triton_guard.cli.arguments import add_url
+from triton_guard.cli.exit_codes import usage_error
 
 
 def add_parser(subparsers) -> None:
@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
         "probe",
         help="readiness probe: ask the server's canary (exit 0 ready, 1 not ready, 2 unreachable)",
     )
-    probe.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
+    add_url(probe)
     probe.add_argument(
         "--timeout", type=float, default=defaults.PROBE_TIMEOUT_S, help="seconds in all (default: %(default)s)"
     )
@@ -31,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = json.loads(args.options) if args.options else None
     except ValueError as exc:
-        print(f"triton-guard probe: error: --options is not JSON: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error("triton-guard probe", f"--options is not JSON: {exc}")
     result = ModelHealthValidator(args.url, args.timeout, options=options).check()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from triton_guard import defaults
+from triton_guard.cli.arguments import add_url
 from triton_guard.cli.exit_codes import EXIT_OK, EXIT_USAGE
 
 
 def add_parser(subparsers) -> None:
     status = subparsers.add_parser("status", help="breakers, canary checks, drift and memory on one screen")
-    status.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
+    add_url(status)
     status.add_argument(
         "--metrics-url", help=f"Triton's metrics endpoint (default: http://HOST:{defaults.METRICS_PORT}/metrics)"
     )

@@ -30,6 +30,7 @@ import grpc
 from tritonclient.utils import InferenceServerException
 
 from triton_guard import defaults
+from triton_guard.errors import ClientGuardError
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.failures import Failure, FailureClassifier
@@ -73,32 +74,6 @@ CLIENT_CODES = frozenset(
 _CODES_BY_TEXT = {str(code): code for code in grpc.StatusCode}
 
 _PROCESS_STORE = MemoryStore()
-
-
-class ClientGuardError(InferenceServerException):
-    """A call that did not give an answer: refused by the guard, timed out, or failed at the server.
-
-    code: the gRPC status (UNAVAILABLE for every refusal and timeout, as the
-    in-server guard answers); http_status: the same as an HTTP status.
-    failure: what went wrong, as the in-server guard names it (CLIENT_ERROR:
-    the caller's mistake, which never counts against the server).
-    rejected: "open", "half_open_full" or "overloaded" when no call was made.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        code: grpc.StatusCode,
-        *,
-        failure: Failure | None = None,
-        rejected: str | None = None,
-        debug_details: str | None = None,
-    ) -> None:
-        super().__init__(message, status=str(code), debug_details=debug_details)
-        self.code = code
-        self.http_status = HTTP_STATUS.get(code, 500)
-        self.failure = failure
-        self.rejected = rejected
 
 
 def status_code(exc: InferenceServerException) -> grpc.StatusCode:

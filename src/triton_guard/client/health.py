@@ -10,43 +10,23 @@ raises; any orchestrator with an async health hook can do the same:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from triton_guard import defaults
 from triton_guard.canary.probe import AsyncModelHealthValidator, HealthResult
+from triton_guard.errors import TritonNotReady
 
 
-class TritonNotReady(RuntimeError):
-    """The canary said not ready, or could not be asked; the message says why.
+class CanaryHealthCheck(AsyncModelHealthValidator):
+    """`await health_check()`: the canary's HealthResult when ready, else TritonNotReady saying why.
 
-    Only the message crosses a process boundary (Ray Serve pickles the
-    exception of a failed health check): `result` is None on the other side.
+    Made like AsyncModelHealthValidator (url, timeout_s, canary_model,
+    options), whose `check()` answers without raising; `last` is the latest answer.
     """
 
-    def __init__(self, message: str, result: HealthResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-class CanaryHealthCheck:
-    """`await check()`: returns the canary's HealthResult when ready, raises TritonNotReady otherwise."""
-
-    def __init__(
-        self,
-        url: str = defaults.DEFAULT_URL,
-        timeout_s: float = defaults.PROBE_TIMEOUT_S,
-        canary_model: str = defaults.CANARY_MODEL,
-        options: Mapping[str, Any] | None = None,
-        validator: AsyncModelHealthValidator | None = None,
-    ) -> None:
-        self.validator = validator or AsyncModelHealthValidator(url, timeout_s, canary_model, options)
-        self.last: HealthResult | None = None
+    last: HealthResult | None = None
 
     async def __call__(self) -> HealthResult:
-        result = await self.validator.check()
+        result = await self.check()
         self.last = result
         if not result.ready:
             reasons = "; ".join(result.reasons)
-            raise TritonNotReady(f"triton at {self.validator.url} {result.health.value}: {reasons}", result)
+            raise TritonNotReady(f"triton at {self.url} {result.health.value}: {reasons}", result)
         return result

@@ -38,16 +38,14 @@ from scipy import stats
 
 from triton_guard import defaults
 from triton_guard.drift.ring import RowRing
+from triton_guard.errors import DriftReferenceError
+from triton_guard.jsonfile import read_json
 
 KINDS = ("probs", "values")
 REFERENCE_FORMAT = 1
 # The demo's old location (model_repository/canary/goldens/); references now live with their model.
 REFERENCE_FILE = "reference.json"
 _EPS = 1e-4  # smoothing for empty bins in PSI
-
-
-class ReferenceError(ValueError):
-    """A reference file that cannot be used; the message names the file."""
 
 
 def is_probe_parameters(parameters_json: str) -> bool:
@@ -171,7 +169,7 @@ class Reference:
     def load(cls, path: Path) -> "Reference":
         reference = load_reference(path)
         if not isinstance(reference, cls):
-            raise ReferenceError(f"{path}: a '{reference.kind}' reference, not '{cls.kind}'")
+            raise DriftReferenceError(f"{path}: a '{reference.kind}' reference, not '{cls.kind}'")
         return reference
 
     def score(self, rows: np.ndarray, window_size: int, p_alarm=defaults.DRIFT_P_ALARM,
@@ -255,21 +253,21 @@ REFERENCE_KINDS = {"probs": Reference, "values": ValuesReference}
 
 
 def build_reference(kind: str, rows: np.ndarray):
-    """A reference of `kind` from output rows [n, width] (ReferenceError when they do not fit the kind)."""
+    """A reference of `kind` from output rows [n, width] (DriftReferenceError when they do not fit the kind)."""
     rows = np.asarray(rows, dtype=np.float64)
     if kind not in REFERENCE_KINDS:
-        raise ReferenceError(f"unknown kind '{kind}': expected one of {', '.join(KINDS)}")
+        raise DriftReferenceError(f"unknown kind '{kind}': expected one of {', '.join(KINDS)}")
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] == 0:
-        raise ReferenceError(f"expected rows [n, width] with n, width > 0, got shape {list(rows.shape)}")
+        raise DriftReferenceError(f"expected rows [n, width] with n, width > 0, got shape {list(rows.shape)}")
     if not np.all(np.isfinite(rows)):
-        raise ReferenceError("the outputs hold NaN or infinite values")
+        raise DriftReferenceError("the outputs hold NaN or infinite values")
     if kind == "probs":
         if rows.shape[1] < 2:
-            raise ReferenceError("class probabilities need at least 2 classes per row: use --kind values")
+            raise DriftReferenceError("class probabilities need at least 2 classes per row: use --kind values")
         sums = rows.sum(axis=1)
         bad = np.flatnonzero((rows.min(axis=1) < 0) | (np.abs(sums - 1.0) > 1e-3))
         if len(bad):
-            raise ReferenceError(
+            raise DriftReferenceError(
                 f"row {bad[0]} is not a probability distribution (sum {sums[bad[0]]:.4g}, min {rows[bad[0]].min():.4g}): "
                 "use --kind values for other outputs")
         return Reference.from_probs(rows)
@@ -285,19 +283,14 @@ def reference_document(reference, model: str, output: str, batched: bool, extra:
 def load_reference(path: Path):
     """The reference in `path` (either kind; the old demo file without `kind` is a probs reference)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ReferenceError(f"cannot read drift reference {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ReferenceError(f"drift reference {path} is not JSON: {exc}") from None
+    data = read_json(path, DriftReferenceError, f"drift reference {path}")
     kind = data.get("kind", "probs") if isinstance(data, dict) else None
     if kind not in REFERENCE_KINDS:
-        raise ReferenceError(f"drift reference {path}: unknown kind {kind!r}")
+        raise DriftReferenceError(f"drift reference {path}: unknown kind {kind!r}")
     try:
         return REFERENCE_KINDS[kind].from_fields(data)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ReferenceError(f"drift reference {path}: malformed '{kind}' reference ({exc!r})") from None
+        raise DriftReferenceError(f"drift reference {path}: malformed '{kind}' reference ({exc!r})") from None
 
 
 class DriftMonitor:

@@ -22,11 +22,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from triton_guard import defaults
-from triton_guard.drift.monitor import ReferenceError, build_reference, reference_document
-
-
-class RecordError(ValueError):
-    """Why a reference cannot be recorded; one line, nothing written."""
+from triton_guard.drift.monitor import build_reference, reference_document
+from triton_guard.errors import DriftReferenceError, RecordError
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def record(shape: ModelShape, inputs: Mapping[str, np.ndarray], output: str, kin
                           "(its own sampling error would raise alarms)")
     try:
         reference = build_reference(kind, rows)
-    except ReferenceError as exc:
+    except DriftReferenceError as exc:
         raise RecordError(f"output '{output}': {exc}") from None
     return reference_document(reference, shape.name, output, shape.batched,
                               {"rows": len(rows), "inputs": source})
@@ -114,7 +111,24 @@ def write_reference(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document) + "\n")
 
 
-def guard_parameters_text(output: str, kind: str) -> str:
+def renamed_guard_reference(repository: Path, model: str, output: str) -> str | None:
+    """The drift_reference a guard needs when MODEL is a renamed guard (its default looks beside the moved model), else None."""
+    from triton_guard.guard_writer import RENAMED
+    from triton_guard.guard_writer.changes import record_of
+
+    try:
+        record = record_of(Path(repository) / model)
+    except ValueError:
+        return None
+    if record is None or record.get("placement") != RENAMED:
+        return None
+    return f"{model}/{defaults.DRIFT_REFERENCE_DIR}/{output}.json"
+
+
+def guard_parameters_text(output: str, kind: str, reference: str | None = None) -> str:
     """What to add to the guard's config.pbtxt `parameters` to monitor this output."""
-    return (f'  {{ key: "drift_output", value: {{ string_value: "{output}" }} }},\n'
-            f'  {{ key: "drift_kind", value: {{ string_value: "{kind}" }} }}')
+    lines = [f'  {{ key: "drift_output", value: {{ string_value: "{output}" }} }}',
+             f'  {{ key: "drift_kind", value: {{ string_value: "{kind}" }} }}']
+    if reference:
+        lines.append(f'  {{ key: "drift_reference", value: {{ string_value: "{reference}" }} }}')
+    return ",\n".join(lines)

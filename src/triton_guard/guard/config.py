@@ -19,15 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from triton_guard import defaults
+from triton_guard.errors import ConfigError
 from triton_guard.guard.failures import FailureClassifier
 
 # Counters in the shared state file are 32-bit; keep every integer setting
 # well inside that so no arithmetic on it can overflow the layout.
 _INT_MAX = 2**31 - 1
-
-
-class ConfigError(ValueError):
-    """A guard setting is missing its mark; the message names the parameter."""
 
 
 def _reject(name: str, value: Any, allowed: str) -> ConfigError:

@@ -66,8 +66,10 @@ class SideHealer:
         log: Callable[[str], None] = print,
         clock: Callable[[], float] = time.monotonic,
         timeout_s: float = defaults.HEAL_HTTP_TIMEOUT_S,
+        why: str = "has a dead stub",  # said in the log line: the canary's leak reload says what leaks
     ) -> None:
         self.upstream = upstream
+        self.why = why
         quoted = urllib.parse.quote(upstream, safe="")
         self.url = f"{http_url.rstrip('/')}/v2/repository/models/{quoted}/load"
         self.config_url = f"{http_url.rstrip('/')}/v2/models/{quoted}/config"
@@ -110,7 +112,7 @@ class SideHealer:
                 if now - last.get("at", -1e18) < self.min_interval_s:
                     return "skipped"
                 write_json_state(self._state_dir, self._stamp, {"at": now, "pid": os.getpid()})
-                self._log(f"guard: upstream '{self.upstream}' has a dead stub; reloading it through {self.url}")
+                self._log(f"guard: upstream '{self.upstream}' {self.why}; reloading it through {self.url}")
                 # A load of a loaded model reloads it only if its files or its config
                 # changed (measured: a plain load, or its own config as an override, was
                 # a no-op), so the override is its config plus a RELOAD_PARAMETER stamp.

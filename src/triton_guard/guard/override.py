@@ -19,8 +19,9 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from triton_guard.errors import ConfigError, OverrideError
 from triton_guard.guard.breaker import CircuitBreaker
-from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.record import Override
 from triton_guard.guard.store import PER_INSTANCE_SETTINGS
 
@@ -30,10 +31,6 @@ DESCRIBED = {
     Override.FORCED_CLOSED: "forced CLOSED by an operator",
     Override.AUTO: "automatic",
 }
-
-
-class OverrideError(ValueError):
-    """A command that cannot be carried out; the message says why (nothing was changed)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,8 @@ from triton_guard.guard import repair
 from triton_guard.guard import state_file as layout
 from triton_guard.guard.record import BreakerRecord
 from triton_guard.guard.state_dir import FILE_SUFFIX, breaker_filename
-from triton_guard.guard.store import SettingsConflict, conflict, merged_claim
+from triton_guard.errors import SettingsConflict
+from triton_guard.guard.store import conflict, merged_claim
 
 DAMAGE_RETRY_S = 1.0  # an unusable breaker file is tried again this often
 # Kept importable from here: tests and tools check files against the layout.

@@ -23,7 +23,8 @@ import threading
 from types import TracebackType
 from typing import Mapping
 
-from triton_guard.guard.config import ConfigError, GuardConfig
+from triton_guard.errors import SettingsConflict
+from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.record import BreakerRecord, Numbers
 
 # A bulkhead is per guard instance: guards of one upstream may size theirs differently.
@@ -92,10 +93,6 @@ class _MemoryTransaction:
 
 
 # --- settings claims ---------------------------------------------------------------------
-
-
-class SettingsConflict(ConfigError):
-    """Two guard models of one upstream with different breaker settings."""
 
 
 def breaker_settings(config: GuardConfig) -> dict[str, int | float]:

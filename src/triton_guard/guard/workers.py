@@ -27,6 +27,8 @@ import threading
 from _thread import allocate_lock
 from typing import Any, Callable
 
+from triton_guard.errors import CallTimedOut
+
 
 class _Wake:
     """One sleeper, woken by writes: an eventfd on Linux, else a pipe."""
@@ -77,10 +79,6 @@ class _Worker:
     def start(self, job: tuple | None) -> None:
         self._job = job
         self._wake.wake()
-
-
-class CallTimedOut(Exception):
-    """The call did not return within its time; it still holds its worker."""
 
 
 class DeadlineWorkers:

@@ -7,6 +7,7 @@ process (LocalServer and its checks) and foreground (serve_forever). The
 watchdog (watchdog.py) is a standalone program LocalServer runs by path.
 """
 
+from triton_guard.errors import ServerError
 from triton_guard.server.auth import (
     admin_headers_from_environment,
     check_api_key,
@@ -14,7 +15,6 @@ from triton_guard.server.auth import (
     resolve_api_key,
     restricted_api_args,
 )
-from triton_guard.server.errors import ServerError
 from triton_guard.server.foreground import serve_forever
 from triton_guard.server.locate import (
     BACKENDS_DIR,

@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.server.errors import ServerError
+from triton_guard.errors import ServerError
 
 
 def is_loopback(host: str) -> bool:
@@ -91,3 +91,47 @@ def restricted_api_args(key: str) -> list[str]:
     rule = f"{apis}:{defaults.API_KEY_HEADER}={key}"
     return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
+
+
+def api_key_for(url: str, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(key, where it came from) for a tool calling a restricted API of the server at `url`; (None, "") if none is known.
+
+    The key file a local `triton-guard serve` on that port recorded
+    (local_record.py: the key that server really uses), else
+    $TRITON_GUARD_API_KEY, else the file named by $TRITON_GUARD_API_KEY_FILE.
+    """
+    from triton_guard.server import local_record
+
+    env = os.environ if environ is None else environ
+    record = local_record.for_url(url, env)
+    key = record.key() if record is not None else None
+    if key:
+        return key, f"the key file {record.key_file} of the local server on port {local_record.split_url(url)[1]}"
+    if env.get(defaults.API_KEY_ENV) or env.get(defaults.API_KEY_FILE_ENV):
+        try:
+            return resolve_api_key(env)
+        except ServerError:
+            return None, ""
+    return None, ""
+
+
+def admin_headers_for(url: str, grpc: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The key header for a restricted API of the server at `url` (api_key_for); {} when no key is known."""
+    key, _ = api_key_for(url, environ)
+    if not key:
+        return {}
+    return {defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER: key}
+
+
+def is_restricted_refusal(message: str) -> bool:
+    """Triton's answer to a restricted API called without the right key (HTTP 403 or gRPC)."""
+    return "is restricted, expecting header" in message
+
+
+def restricted_hint(url: str) -> str:
+    """Exactly what to set when the server at `url` refused a restricted API."""
+    return (
+        f"the server at {url} needs its API key for this: set {defaults.API_KEY_ENV} to it "
+        f"(or {defaults.API_KEY_FILE_ENV} to a file holding it); `triton-guard serve` says where its key is when it "
+        "starts, and the tools find the key of a local serve by its port on their own"
+    )

@@ -43,6 +43,7 @@ def serve_forever(server: LocalServer, announce: Callable[[str], None] = _print_
             f"triton-guard: {', '.join(defaults.RESTRICTED_APIS)} APIs need header "
             f"'{defaults.API_KEY_HEADER}' (key: {server.api_key_source}"
             + (f", written to {server.api_key_file}" if server.api_key_file else "")
+            + ("; triton-guard's tools on this host find it by the server's port" if server.local_records else "")
             + ")"
         )
         while not stop_requested.is_set():

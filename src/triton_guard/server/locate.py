@@ -19,7 +19,7 @@ import sysconfig
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.server.errors import ServerError
+from triton_guard.errors import ServerError
 
 # Set in the production image, where tritonserver lives in /opt/tritonserver.
 ENV_TRITONSERVER = "TRITON_GUARD_TRITONSERVER"

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import IO
 
 from triton_guard import defaults
-from triton_guard.server import watchdog
+from triton_guard.errors import ServerError
+from triton_guard.server import local_record, watchdog
 from triton_guard.server.auth import check_api_key, is_loopback, resolve_api_key, restricted_api_args
-from triton_guard.server.errors import ServerError
 from triton_guard.server.locate import (
     BACKENDS_DIR,
     CANARY_REPOSITORY,
@@ -104,9 +104,13 @@ def check_ports_free(ports: Ports, host: str = "0.0.0.0") -> None:
 def check_model_repository(path: Path) -> None:
     if not path.is_dir():
         raise ServerError(f"model repository {path} does not exist or is not a directory")
-    models = [p for p in path.iterdir() if (p / "config.pbtxt").exists()]
+    # A model is a folder with a config.pbtxt, or with a numbered version folder (its config completed at load).
+    models = [
+        p for p in path.iterdir()
+        if (p / "config.pbtxt").exists() or (p.is_dir() and any(v.name.isdigit() and v.is_dir() for v in p.iterdir()))
+    ]
     if not models:
-        raise ServerError(f"model repository {path} holds no model (no */config.pbtxt)")
+        raise ServerError(f"model repository {path} holds no model (no */config.pbtxt, no */<version>/)")
 
 
 @dataclass
@@ -133,6 +137,7 @@ class LocalServer:
     _pump: threading.Thread | None = field(default=None, init=False)
     _watchdog: subprocess.Popen | None = field(default=None, init=False)
     api_key_source: str = field(default="", init=False)
+    local_records: list = field(default_factory=list, init=False)  # where local tools find this run (local_record.py)
     removed_stale_shm: list = field(default_factory=list, init=False)
 
     @property
@@ -280,6 +285,8 @@ class LocalServer:
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # not in a group a signal to serve's group reaches
         )
+        # Where local tools find this server's key and repository by its port (removed at stop).
+        self.local_records = local_record.record_server(self)
         self._pump = threading.Thread(target=self._pump_output, daemon=True)
         self._pump.start()
         try:
@@ -353,6 +360,7 @@ class LocalServer:
                 self._pump.join(timeout=5)
             wait_group_gone(proc.pid)
             remove_shm(self.shm_prefix)
+            local_record.remove(self.local_records, proc.pid)
         if self._watchdog is not None:
             self._watchdog.stdin.close()  # nothing left for it to do but remove what is already gone
             try:

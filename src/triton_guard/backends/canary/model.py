@@ -27,7 +27,11 @@ from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import memory
 from triton_guard.canary.checks import metric_labels
 from triton_guard.canary.config import CanaryConfig, CanaryConfigError
+from triton_guard.canary.overload import is_overloaded
 from triton_guard.canary.golden_store import GoldenStore, repositories_from_environment
+from triton_guard.canary.instance_metrics import InstanceMetricUpdates
+from triton_guard.canary.instances import InstanceSampler
+from triton_guard.canary.leak_reload import side_reload
 from triton_guard.canary.runner import Canary
 from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import BreakerSnapshot
@@ -48,7 +52,13 @@ class TritonPythonModel:
         repositories = repositories_from_environment(os.environ, Path(args["model_repository"]))
         # Observed once, here: importing torch takes a second; probes must not wait for it.
         runtime = observe_runtime()
-        self.canary = Canary(config, _TritonFacts(config.interval_ms / 1000), GoldenStore(repositories), runtime)
+        facts = _TritonFacts(config.interval_ms / 1000)
+        # Per-instance memory: this stub's parent is tritonserver; in-process guards on GPU write their
+        # allocator readings into the state directory; leak_reload reloads through the repository API.
+        reload = side_reload(facts.http_url, os.environ.get(defaults.API_KEY_ENV), facts.store.directory,
+                             config.interval_ms / 1000, pb_utils.Logger.log_warn) if config.leak_reload else None
+        self.canary = Canary(config, facts, GoldenStore(repositories), runtime, instances=InstanceSampler(os.getppid()),
+                             allocator_dir=facts.store.directory, reload=reload)
         self.canary.start()
 
     def execute(self, requests):
@@ -143,11 +153,13 @@ class _CanaryMetrics:
 
     def __init__(self):
         self.metrics = MetricsPublisher()
+        self.instance_updates = InstanceMetricUpdates()  # per-instance memory (canary/instance_metrics.py)
 
     def publish(self, report, reading, trend_snapshot):
         m = self.metrics
         m.set(catalogue.CANARY_READY, 1.0 if report.ready else 0.0)
         m.set(catalogue.CANARY_RUN_SECONDS, report.duration_s)
+        m.set(catalogue.CANARY_OVERLOADED, 1.0 if any(is_overloaded(c) for c in report.checks) else 0.0)
         for check in report.checks:
             m.set(catalogue.CANARY_CHECK_OK, 1.0 if check.ok else 0.0, **metric_labels(check.name))
         if reading is not None:
@@ -156,3 +168,8 @@ class _CanaryMetrics:
             floor, trend = trend_snapshot
             m.set(catalogue.MEMORY_FLOOR_BYTES, float(floor))
             m.set(catalogue.MEMORY_SECONDS_TO_FLOOR, float("inf") if trend is None else float(trend.seconds_to_floor))
+        for metric, labels, op, value in self.instance_updates.updates(report):
+            if op == "set":
+                m.set(metric, value, **labels)
+            else:
+                m.increment(metric, value, **labels)

@@ -42,6 +42,7 @@ import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
 from triton_guard.backends.runtime import GuardRuntime, Probe, arrival_s, model_of_instance
+from triton_guard.canary.allocator import start_reporter
 from triton_guard.guard.config import ConfigError, GuardSettings
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.finite import non_finite_in_batch
@@ -117,6 +118,8 @@ class InProcessGuard:
             self.runtime.close()
             # The model's own message fails the load, as under the python backend.
             raise pb_utils.TritonModelException(f"model '{self.name}' failed to initialize: {exc}") from exc
+        # A GPU instance reports its torch allocator's view for the canary (canary/allocator.py); None on CPU.
+        self.allocator = start_reporter(args, default_state_dir())
 
     def execute(self, requests):
         # Deadlines (from pipeline arrival when stamped), the expired-before-the-guard
@@ -200,6 +203,8 @@ class InProcessGuard:
             if hasattr(self.model, "finalize"):
                 self.model.finalize()
         finally:
+            if self.allocator is not None:
+                self.allocator.close()
             self.runtime.close()
 
 

@@ -2,44 +2,22 @@
 
 $TRITON_GUARD_TEST_FAULTS/lagging.json holds {"mode": ...}: ok (Y = 2 * X),
 hang (execute does not return until the mode changes) or error. Every execute
-appends "<time.monotonic() at its start> <requests>" to
+appends "<time.monotonic() at its start> <requests> <the mode it found>" to
 $TRITON_GUARD_TEST_FAULTS/lagging.log, so a test can count what reached the
-model while it hung (CLOCK_MONOTONIC is one clock for every process).
+model while it hung (CLOCK_MONOTONIC is one clock for every process). A
+negative first value gets the model's own INVALID_ARG, as in `faulty`.
 """
 
-import json
-import os
 import time
 
-import triton_python_backend_utils as pb_utils
+from fault_hooks import FaultControl, answer_x  # tests/integration/repos/fault_hooks.py
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        name = json.loads(args["model_config"])["name"]
-        faults = os.environ["TRITON_GUARD_TEST_FAULTS"]
-        self.control = os.path.join(faults, f"{name}.json")
-        self.log = os.path.join(faults, f"{name}.log")
-
-    def fault(self):
-        try:
-            with open(self.control) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {"mode": "ok"}
+        self.control = FaultControl(args)
 
     def execute(self, requests):
-        with open(self.log, "a") as log:
-            log.write(f"{time.monotonic()} {len(requests)}\n")
-        fault = self.fault()
-        while fault["mode"] == "hang":
-            time.sleep(0.02)
-            fault = self.fault()
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
-            if fault["mode"] == "error":
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("injected upstream failure")))
-            else:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", 2 * x)]))
-        return responses
+        started, fault = time.monotonic(), self.control.read()
+        self.control.log("log", f"{started} {len(requests)} {fault['mode']}")
+        return answer_x(requests, self.control.after_hang(fault), 2, "injected upstream failure")

@@ -1,0 +1,126 @@
+"""The guard-model placement: `DIR/MODEL_guard`, a guard of its own in front of MODEL, that clients call instead.
+
+It has exactly MODEL's inputs, outputs and batching and calls MODEL through
+BLS; with an ensemble name, the ensemble's steps that call MODEL go through
+it instead (its config edited in place: comments kept), so the ensemble's
+clients change nothing. Fits a model of any backend, an ensemble included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2
+
+from triton_guard import config_edit
+from triton_guard.guard_writer.changes import RECORD_DIR, Changes, Plan
+from triton_guard.guard_writer.common import (
+    ENSEMBLE_PLATFORM,
+    GUARD_MODEL,
+    GUARD_SUFFIX,
+    GUARD_VERSION,
+    NO_SERVER,
+    GuardRefused,
+    Server,
+    Written,
+    curl_infer,
+    guard_config,
+    guarded_by,
+    prepared,
+    settings_text,
+    source_line,
+    tensors_text,
+)
+from triton_guard.model_config import CONFIG_FILE, ModelConfigError, config_text, read_config
+
+
+def guard_header(model: str, command: str, repository: Path) -> str:
+    return (
+        f"# Written by `{command}`: a circuit breaker in front of '{model}'.\n"
+        f"# Undo: triton-guard unguard {model} --model-repository {repository}\n"
+    )
+
+
+def _ensemble_reroute(repository: Path, ensemble: str, model: str) -> tuple[str, model_config_pb2.ModelConfig, list[int]]:
+    """(the ensemble's config text, its config with the steps that call `model` calling the guard, those steps)."""
+    path = repository / ensemble / CONFIG_FILE
+    if not path.is_file():
+        raise GuardRefused(f"unknown ensemble '{ensemble}': no {path}")
+    try:
+        config = read_config(path)
+    except ModelConfigError as exc:
+        raise GuardRefused(str(exc)) from None
+    if config.platform != ENSEMBLE_PLATFORM:
+        raise GuardRefused(f"model '{ensemble}' is not an ensemble (platform \"{config.platform or config.backend}\")")
+    steps = [i for i, step in enumerate(config.ensemble_scheduling.step) if step.model_name == model]
+    if not steps:
+        called = sorted({step.model_name for step in config.ensemble_scheduling.step})
+        raise GuardRefused(f"ensemble '{ensemble}' has no step calling '{model}' (its steps call {', '.join(called)})")
+    for i in steps:
+        step = config.ensemble_scheduling.step[i]
+        step.model_name = model + GUARD_SUFFIX
+        step.model_version = -1  # the guard has one version
+    return path.read_text(), config, steps
+
+
+def plan_guard_model(
+    repository: Path, model: str, params: Mapping[str, str], ensemble: str | None = None,
+    server: Server = NO_SERVER, command: str = "",
+) -> Plan:
+    """Plan DIR/MODEL_guard (config and version directory), and `ensemble`'s steps rerouted through it."""
+    repository, params, source = prepared(repository, model, params, server)
+    guard_name = model + GUARD_SUFFIX
+    guard_dir = repository / guard_name
+    if guard_dir.exists():
+        raise GuardRefused(f"{guard_dir} already exists: remove it to write the guard again")
+    already = guarded_by(repository, model)
+    if already:
+        raise GuardRefused(f"model '{model}' is {already}: `triton-guard unguard {model}` first")
+    rerouted = _ensemble_reroute(repository, ensemble, model) if ensemble else None
+
+    config = guard_config(guard_name, model, source.config, params, GUARD_MODEL)
+    command = command or f"triton-guard guard {model}"
+    changes = Changes(repository, model, GUARD_MODEL, record_dir=f"{guard_name}/{RECORD_DIR}")
+    changes.mkdir(guard_name)
+    changes.mkdir(f"{guard_name}/{GUARD_VERSION}")
+    changes.write(f"{guard_name}/{CONFIG_FILE}", guard_header(model, command, repository) + config_text(config))
+    written = Written(model, GUARD_MODEL)
+    if source.from_server:
+        written.wrote.append(source_line(source))
+    written.wrote.append(
+        f"wrote {guard_dir / CONFIG_FILE}: backend \"guard\" in front of '{model}' "
+        f"(max_batch_size {config.max_batch_size}; {tensors_text(config)}; {settings_text(params)})"
+    )
+    written.wrote.append(f"wrote {guard_dir / GUARD_VERSION}/ (empty: the guard's code is the backend's)")
+    plan = Plan(changes, written)
+    if rerouted:
+        text, ensemble_config, steps = rerouted
+        new_text, kept = config_edit.edited_text(
+            text, ensemble_config, lambda t: config_edit.rename_references(t, "model_name", model, guard_name)
+        )
+        changes.write(f"{ensemble}/{CONFIG_FILE}", new_text)
+        path = repository / ensemble / CONFIG_FILE
+        written.wrote.append(
+            f"rewrote {path}: step{'s' if len(steps) > 1 else ''} {', '.join(str(i + 1) for i in steps)} "
+            f"now call{'' if len(steps) > 1 else 's'} '{guard_name}' instead of '{model}'"
+            + ("" if kept or not config_edit.has_comments(text) else " (its comments are not kept; unguard restores them)")
+        )
+        written.call.append(f"clients keep calling '{ensemble}'; its calls to '{model}' now go through the guard")
+        written.server_steps = [("load", guard_name), ("load", ensemble)]
+        plan.undo_server_steps = [("load", ensemble), ("unload", guard_name)]
+    else:
+        written.call.append(f"call '{guard_name}' instead of '{model}' (same inputs and outputs), e.g.")
+        written.call.append("  " + curl_infer(guard_name, config))
+        written.server_steps = [("load", guard_name)]
+        plan.undo_server_steps = [("unload", guard_name)]
+    return plan
+
+
+def write_guard(
+    repository: Path, model: str, params: Mapping[str, str], ensemble: str | None = None,
+    server: Server = NO_SERVER, command: str = "",
+) -> Written:
+    """Write DIR/MODEL_guard; reroute `ensemble`'s steps through it. GuardRefused: nothing written."""
+    command = command or f"triton-guard guard {model}"
+    return plan_guard_model(repository, model, params, ensemble, server, command).apply(command)

@@ -1,0 +1,1 @@
+../../batch_auto/1/model.py
