@@ -11,23 +11,47 @@ only min(32, cpus + 4) threads).
 The hand-off is the cheapest CPython offers for this: a worker sleeps in a
 read of its own eventfd (a pipe where there is none), the caller wakes it with
 one write and sleeps on a lock of this call with the timeout; no Future, no
-queue, no condition variable. A write to an eventfd or a pipe is a "sync"
-wake-up for the kernel (the waker is about to sleep), so the worker runs on
-the caller's CPU and the GIL changes hands without a fight: measured on a
-2-core box, 6 us of CPU per trip against 14 us for a wake through a lock
-(scripts/bench_guard_path.py, the hand-off row). A worker puts itself back
-among the idle ones before it wakes its caller, so a caller calling again at
-once always finds its finished call's worker free.
+queue, no condition variable. A worker puts itself back among the idle ones
+before it wakes its caller, so a caller calling again at once always finds its
+finished call's worker free.
+
+Where the worker wakes decides what the trip costs. On the same CPU as its
+caller (which is about to sleep) the GIL changes hands without a fight; on
+another, idle CPU the wake is an inter-processor interrupt and an idle exit,
+which on a virtual machine cost tens of microseconds. Measured on the
+project's 2-vCPU box with nothing else running (scripts/bench_guard_path.py,
+the hand-off row): 30 to 36 us of CPU per trip left to the scheduler, 11 us
+with the worker woken on its caller's CPU. So the caller pins the worker to
+its own CPU for the wake, and the worker restores its own CPU mask before it
+runs the call (threads the call starts, a torch thread pool say, inherit the
+worker's mask: they must get the whole of it). Where CPU affinity cannot be
+set (no sched_getcpu, a refusing kernel) the wake is left to the scheduler.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from _thread import allocate_lock
 from typing import Any, Callable
 
 from triton_guard.errors import CallTimedOut
+
+
+def _sched_getcpu() -> Callable[[], int] | None:
+    """glibc's sched_getcpu (the CPU the calling thread runs on), or None where there is none."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+    function.restype, function.argtypes = ctypes.c_int, []
+    return function if function() >= 0 else None
+
+
+_current_cpu = _sched_getcpu()
 
 
 class _Wake:
@@ -51,24 +75,35 @@ class _Wake:
 
 
 class _Worker:
-    __slots__ = ("_pool", "_wake", "_job", "thread")
+    __slots__ = ("_pool", "_wake", "_job", "thread", "tid", "_started")
 
     def __init__(self, pool: DeadlineWorkers, name: str) -> None:
         self._pool = pool
         self._wake = _Wake()
         self._job: tuple | None = None
+        self.tid = 0  # the thread's native id, once it runs
+        self._started = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
+        self._started.wait()
 
     def _loop(self) -> None:
         wait, idle = self._wake.wait, self._pool._idle
+        self.tid = threading.get_native_id()
+        own_cpus = os.sched_getaffinity(0) if _current_cpu is not None else None
+        self._started.set()
         while True:
             wait()
             job, self._job = self._job, None
             if job is None:  # closed
                 self._wake.close()
                 return
-            fn, box, done = job
+            fn, box, done, pinned = job
+            if pinned:  # woken on its caller's CPU: its own mask back before the call runs
+                try:
+                    os.sched_setaffinity(0, own_cpus)
+                except OSError:
+                    pass
             try:
                 box[0] = fn()
             except BaseException as exc:  # noqa: BLE001 (the caller decides what it means)
@@ -91,6 +126,7 @@ class DeadlineWorkers:
         self._started = 0
         self._spawn_lock = threading.Lock()
         self._closed = False
+        self._pin = _current_cpu is not None
 
     @property
     def inflight(self) -> int:
@@ -114,7 +150,14 @@ class DeadlineWorkers:
         done = allocate_lock()
         done.acquire()
         box = [None, None]
-        worker.start((fn, box, done))
+        pinned = False
+        if self._pin:  # wake it on this CPU (module docstring)
+            try:
+                os.sched_setaffinity(worker.tid, (_current_cpu(),))
+                pinned = True
+            except OSError:
+                self._pin = False  # not allowed here: leave it to the scheduler from now on
+        worker.start((fn, box, done, pinned))
         if not done.acquire(True, max(timeout_s, 0.0)):
             raise CallTimedOut
         if box[1] is not None:
