@@ -26,7 +26,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from triton_guard.errors import StandInModelException
+try:
+    from triton_guard.errors import StandInModelException
+except ImportError:  # an older revision's package beside it (scripts/bench_adapters.py --against)
+    StandInModelException = Exception
 
 MODULE = "triton_python_backend_utils"
 
