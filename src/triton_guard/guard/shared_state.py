@@ -49,9 +49,6 @@ from triton_guard.errors import SettingsConflict
 from triton_guard.guard.store import conflict, merged_claim
 
 DAMAGE_RETRY_S = 1.0  # an unusable breaker file is tried again this often
-# Kept importable from here: tests and tools check files against the layout.
-FILE_SIZE = layout.FILE_SIZE
-_is_valid = layout.is_valid
 
 
 def _report_to_stderr(message: str) -> None:
