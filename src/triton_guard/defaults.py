@@ -85,12 +85,22 @@ CLIENT_MAX_RECONNECT_BACKOFF_MS = 1_000
 RAY_HEALTH_CHECK_PERIOD_S = 10.0  # Ray Serve's own default: how often check_health runs
 RAY_HEALTH_CHECK_TIMEOUT_S = 30.0  # Ray Serve's own default; the canary answers within its deadline (2 s)
 
+# --- An operator's override (`triton-guard breaker MODEL open|close|auto`) ---------
+# The model `serve` adds beside the repository (unless it has its own): it checks
+# the API key and overrides a breaker in the server's state directory.
+CONTROL_MODEL = "guard_control"
+BREAKER_COMMAND_TIMEOUT_S = 10.0  # triton-guard breaker: limit on its one gRPC call
+
 # --- Shared breaker state (src/triton_guard/guard/shared_state.py) ----------------
 # One breaker state per server, shared by every guard stub process.
 STATE_DIR_ENV = "TRITON_GUARD_STATE_DIR"  # overrides the state directory
 STATE_DIR_BASE = "/dev/shm"  # tmpfs: state lives in RAM and dies with the host
 STATE_DIR_PREFIX = "triton-guard-"  # + tritonserver pid: one directory per server
 WINDOW_SIZE_MAX = 1024  # ring capacity in the state file (1 byte per call): bounds window_size
+# The request path reads a breaker's state without a lock; this often it takes
+# the lock instead, to follow a deleted or replaced file and to check (and
+# repair) the whole record. A damaged file is found within this long.
+STATE_CHECK_INTERVAL_S = 0.1
 
 # --- Canary ---------------------------------------------------------------
 CANARY_MODEL = "canary"

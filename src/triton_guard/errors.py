@@ -31,6 +31,18 @@ class SettingsConflict(ConfigError):
     """guard.shared_state: two guard models of one upstream with different breaker settings."""
 
 
+class OverrideError(ValueError):
+    """guard.override (`triton-guard breaker`, the guard_control model): an override it will not make; nothing changed."""
+
+
+class CallTimedOut(Exception):
+    """guard.workers: a call did not return within its time; it still holds its bulkhead worker."""
+
+
+class StandInModelException(Exception):
+    """backends.stand_in (outside Triton): what pb_utils.TritonModelException is inside a stub: a model's failed load."""
+
+
 class ModelConfigError(ValueError):
     """model_config: a config.pbtxt that cannot be read or does not fit its upstream; the message names the file."""
 
@@ -166,6 +178,7 @@ def __getattr__(name: str) -> type:
 
 
 __all__ = [
+    "CallTimedOut",
     "CanaryConfigError",
     "ClientGuardError",
     "ConfigError",
@@ -176,12 +189,14 @@ __all__ = [
     "InputsError",
     "ModelConfigError",
     "NotServed",
+    "OverrideError",
     "PerfAnalyzerError",
     "RecordError",
     "RecordRefused",
     "RecordUsage",
     "ServerError",
     "SettingsConflict",
+    "StandInModelException",
     "TritonNotReady",
     "Unreadable",
 ]

@@ -1,8 +1,8 @@
 """Every metric triton-guard publishes on Triton's /metrics, declared once.
 
-The publishers create their families from these entries (the guard in
-triton_guard.backends.bls, the canary backend, the drift tap, through
-triton_guard.backends.metric_families); `triton-guard status`, the dashboard
+The publishers create their families from these entries (the guard's
+runtime, the canary backend, the drift tap, all through
+triton_guard.backends.metrics, the one publisher); `triton-guard status`, the dashboard
 and alert tests and the CloudWatch configuration read them. Plain Python:
 nothing here imports Triton.
 
@@ -126,6 +126,15 @@ BREAKER_STATE = _declare(
         {"model": ANY},
     )
 )
+BREAKER_OVERRIDE = _declare(
+    Metric(
+        "triton_guard_breaker_override",
+        "An operator's override of the breaker (triton-guard breaker): 0 none (auto), 1 forced OPEN, 2 forced CLOSED",
+        Kind.GAUGE,
+        Publisher.GUARD,
+        {"model": ANY},
+    )
+)
 BREAKER_TRANSITIONS = _declare(
     Metric(
         "triton_guard_breaker_transitions_total",
@@ -142,9 +151,10 @@ REJECTIONS = _declare(
         "Requests refused without an upstream call, by reason",
         Kind.COUNTER,
         Publisher.GUARD,
-        # open, half_open_full: the breaker; overloaded: the bulkhead; deadline:
-        # the request's deadline passed while it queued before the guard.
-        {"model": ANY, "reason": ("open", "half_open_full", "overloaded", "deadline")},
+        # open, half_open_full: the breaker; forced_open: an operator's override;
+        # overloaded: the bulkhead; deadline: the request's deadline passed while
+        # it queued before the guard.
+        {"model": ANY, "reason": ("open", "half_open_full", "forced_open", "overloaded", "deadline")},
         first_series_on="the first rejection (breaker open, bulkhead full, deadline passed)",
     )
 )

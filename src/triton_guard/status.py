@@ -19,6 +19,7 @@ from typing import Any
 from triton_guard import defaults, promtext
 from triton_guard import metrics as catalogue
 from triton_guard.guard.breaker import State
+from triton_guard.guard.record import Override
 from triton_guard.canary.leak import duration, per_minute
 from triton_guard.canary.overload import OVERLOAD
 from triton_guard.canary.probe import Health, ModelHealthValidator
@@ -27,6 +28,7 @@ MIB = 1024 * 1024
 
 
 BREAKER_STATES = {s.value: s.name for s in State}  # triton_guard_breaker_state's values
+OVERRIDES = {o.value: o.name for o in Override}  # triton_guard_breaker_override's values
 
 
 def metrics_url_for(grpc_url: str, reported: str | None = None) -> str:
@@ -47,7 +49,8 @@ def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
 
     def entry(model: str) -> dict[str, Any]:
         return models.setdefault(
-            model, {"failures": {}, "rejections": {}, "inflight": 0.0, "transitions": {}, "state": None})
+            model, {"failures": {}, "rejections": {}, "inflight": 0.0, "transitions": {}, "state": None,
+                    "override": None})
 
     for s in samples:
         model = s.labels.get("model")
@@ -63,6 +66,8 @@ def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
             entry(model)["transitions"][s.labels["to"]] = s.value
         elif s.name == catalogue.BREAKER_STATE.name:
             entry(model)["state"] = BREAKER_STATES.get(int(s.value), str(s.value))
+        elif s.name == catalogue.BREAKER_OVERRIDE.name:
+            entry(model)["override"] = OVERRIDES.get(int(s.value), str(s.value))
     return models
 
 
@@ -135,6 +140,9 @@ def render(status: dict[str, Any]) -> str:
             f"  {'':<18} failures: {_counts(g['failures'], catalogue.UPSTREAM_FAILURES.allowed('reason'))}"
             f"   rejected: {_counts(g['rejections'], catalogue.REJECTIONS.allowed('reason'))}"
         )
+        override = b.get("override") or g.get("override")
+        if override and override != Override.AUTO.name:
+            lines.append(f"  {'':<18} {override} by an operator, until `triton-guard breaker {model} auto`")
     if status.get("metrics_error"):
         lines.append(f"  (guard counters unavailable: {status['metrics_error']})")
 

@@ -80,7 +80,8 @@ def test_without_goldens_the_probe_checks_the_rest_and_says_no_golden_inference_
     checks = {c["name"]: c for c in probe_json(server)["report"]["checks"]}
     assert {"golden", "liveness", "headroom", "leak_trend", "stall", "breakers"} <= set(checks)
     assert checks["golden"]["ok"] and checks["golden"]["value"] is None
-    assert set(checks["liveness"]["value"]) == {"add_sub", "tokenize", "scale", "add_then_scale", "canary"}
+    # serve adds the canary and the breakers' control model (docs/breaker.md) beside the repository.
+    assert set(checks["liveness"]["value"]) == {"add_sub", "tokenize", "scale", "add_then_scale", "canary", "guard_control"}
 
 
 def test_goldens_recorded_with_the_cli_are_checked_from_the_next_probe(server, repository, inputs):
@@ -140,7 +141,7 @@ def test_record_refuses_an_unknown_model_in_one_line(server, repository, inputs)
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"triton-guard goldens record: refused: the server at {server.grpc_url} has no model 'no_such_model' "
-        "(it has: add_sub, add_then_scale, canary, scale, tokenize)"]
+        "(it has: add_sub, add_then_scale, canary, guard_control, scale, tokenize)"]
 
 
 def test_record_refuses_inputs_the_model_does_not_have(server, repository, inputs):

@@ -24,8 +24,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import wait_until
-from tests.integration.conftest import FAULTS_ENV, REPOS, breaker_snapshot, breaker_state, running_server, set_fault
+from tests.integration.conftest import FAULTS_ENV, REPOS, breaker_snapshot, breaker_state, metric, running_server, set_fault
 from triton_guard.guard.breaker import State
+from triton_guard.metrics import INFLIGHT_CALLS
 
 pytestmark = pytest.mark.integration
 
@@ -137,10 +138,10 @@ def test_eight_concurrent_hung_callers_open_the_breaker_after_them(server, fault
 def test_direct_caller_gets_its_answer_by_timeout_while_the_instances_are_blocked(server, faults):
     """No arrival stamp: requests queued behind two hung calls are still answered by timeout_ms."""
     set_fault(faults, "lagging", "hang")
-    permits = breaker_snapshot(server, "lagging").permits
+    before = metric(server.metrics_url, INFLIGHT_CALLS.name, model="lagging")
 
-    def calling_upstream(calls: int) -> bool:  # each has taken its permit: it holds a guard instance
-        return breaker_snapshot(server, "lagging").permits >= permits + calls
+    def calling_upstream(calls: int) -> bool:  # each call in flight holds a guard instance (published once a second)
+        return metric(server.metrics_url, INFLIGHT_CALLS.name, model="lagging") >= before + calls
 
     with ThreadPoolExecutor(8) as pool:
         blocking = [pool.submit(call, server, "lagging_guard")]
@@ -304,9 +305,9 @@ def test_hung_upstream_does_not_delay_another_guarded_model(server, faults):
     assert call(server, "healthy_guard")[0]  # a first call's one-off costs are not the point here
     set_fault(faults, "faulty", "hang")
     with ThreadPoolExecutor(4) as pool:
-        permits = breaker_snapshot(server, "faulty").permits
         hung = [pool.submit(call, server, "faulty_guard") for _ in range(3)]
-        wait_until(lambda: breaker_snapshot(server, "faulty").permits > permits, 5, "hung calls in the upstream")
+        wait_until(lambda: metric(server.metrics_url, INFLIGHT_CALLS.name, model="faulty") > 0, 5,
+                   "hung calls in the upstream")  # the guards publish their calls in flight once a second
         others = [call(server, "healthy_guard") for _ in range(10)]
         assert all(ok for ok, _, _ in others)
         assert max(s for _, _, s in others) < 0.2, [s for _, _, s in others]

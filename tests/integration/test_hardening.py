@@ -35,7 +35,8 @@ from triton_guard.guard.config import GuardConfig
 from triton_guard.metrics import STATE_DAMAGE as _STATE_DAMAGE
 
 STATE_DAMAGE = _STATE_DAMAGE.name
-from triton_guard.guard.shared_state import FILE_SIZE, SharedFileStore, _is_valid
+from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.state_file import FILE_SIZE, is_valid
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
 pytestmark = pytest.mark.integration
@@ -283,7 +284,7 @@ def test_damaged_state_file_under_load_crashes_nothing_and_every_guard_converges
     assert all("Service temporarily unavailable" in m for m in messages), messages
     assert sum(ok for ok, _, _ in results[-20:]) == 20, "traffic flows again"
     with open(path, "rb") as f:
-        assert _is_valid(f.read()) and os.path.getsize(path) == FILE_SIZE
+        assert is_valid(f.read()) and os.path.getsize(path) == FILE_SIZE
     # Logged once (by whichever guard found it first) and counted. A truncation or corruption
     # done in place can be overwritten by a write already in flight before any guard reads it
     # (the lock is advisory): then nothing was lost and nothing is reported.

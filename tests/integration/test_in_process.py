@@ -9,8 +9,11 @@ demo pipeline in test_defences.py.)
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +24,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import wait_until
-from tests.integration.conftest import FAULTS_ENV, REPOS, breaker_snapshot, breaker_state, running_server
+from tests.integration.conftest import CLI, FAULTS_ENV, REPOS, breaker_snapshot, breaker_state, metric, run_cli, running_server
 from tests.integration.conftest import set_fault as set_model_fault
 from triton_guard.defaults import QUEUE_IDLE_GAP_S
 from triton_guard.guard.breaker import State
+from triton_guard.metrics import BREAKER_OVERRIDE
 
 pytestmark = pytest.mark.integration
 
@@ -223,3 +227,52 @@ def test_a_model_whose_initialize_raises_fails_its_load_with_its_message(server,
     assert "weights file /nonexistent/weights.pt is missing" in failed.value.message()
     assert not client.is_model_ready("broken_init")
     assert call(server)[0]  # the other model is untouched
+
+
+# --- issue 20: an operator's override (`triton-guard breaker`) ------------------------------------
+
+
+def breaker_cli(server, *args, env=None):
+    return subprocess.run([str(CLI), "breaker", *args, "--url", server.grpc_url], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+
+
+def override_gauge(server) -> float:
+    return metric(server.metrics_url, BREAKER_OVERRIDE.name, model=MODEL)
+
+
+def test_an_operator_forces_the_breaker_open_then_closed_then_back_to_auto(server, faults):
+    try:
+        opened = breaker_cli(server, MODEL, "open")
+        assert opened.returncode == 0, opened.stderr
+        assert opened.stdout.strip() == f"breaker for model '{MODEL}': OPEN, forced OPEN by an operator (was CLOSED, automatic)"
+        before = executes(faults)
+        ok, error, seconds = call(server)
+        assert not ok and error.status() == "StatusCode.UNAVAILABLE" and seconds < 1.0
+        assert error.message() == f"Service temporarily unavailable: circuit breaker for model '{MODEL}' was opened by an operator"
+        assert executes(faults) == before  # the model's code is not entered
+        shown = run_cli("status", "--url", server.grpc_url, "--json")
+        report = json.loads(shown.stdout)
+        breakers = next(c for c in report["report"]["checks"] if c["name"] == "breakers")
+        assert breakers["value"][MODEL]["override"] == "FORCED_OPEN" and not breakers["ok"]
+        assert "(opened by an operator)" in breakers["reason"]
+        wait_until(lambda: override_gauge(server) == 1, 10, "triton_guard_breaker_override 1 on /metrics")
+
+        closed = breaker_cli(server, MODEL, "close")
+        assert closed.returncode == 0 and "CLOSED, forced CLOSED by an operator" in closed.stdout, closed.stderr
+        set_fault(faults, "raise")
+        for _ in range(2 * FAILURE_THRESHOLD):  # failures that would open it: nothing counts while forced closed
+            assert "injected exception in execute" in call(server)[1].message()
+        assert state(server) is State.CLOSED
+        set_fault(faults, "ok")
+
+        wrong = breaker_cli(server, MODEL, "auto", env={**os.environ, "TRITON_GUARD_API_KEY": "not-the-servers-key-0123"})
+        assert wrong.returncode == 1 and "the API key is missing or wrong" in wrong.stderr
+        unknown = breaker_cli(server, "nope", "open")
+        assert unknown.returncode == 1 and "no breaker for model 'nope' (breakers:" in unknown.stderr
+        assert f"'{MODEL}'" in unknown.stderr.split("breakers:")[1]
+    finally:
+        back = breaker_cli(server, MODEL, "auto")
+    assert back.returncode == 0 and "automatic (was CLOSED, forced CLOSED by an operator)" in back.stdout, back.stderr
+    assert call(server)[0]
+    wait_until(lambda: override_gauge(server) == 0, 10, "triton_guard_breaker_override 0 on /metrics")

@@ -6,16 +6,11 @@ import pytest
 
 from tests import fakes
 
-from triton_guard.guard.breaker import (
-    BreakerSnapshot,
-    CircuitBreaker,
-    Permit,
-    Rejection,
-    State,
-    Transition,
-)
+from triton_guard.guard.breaker import CircuitBreaker
+from triton_guard.guard.record import BreakerSnapshot, Override, Permit, Rejection, State, Transition
 from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.shared_state import MemoryStore, SharedFileStore
+from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.store import MemoryStore
 
 T0 = 1000.0
 FAST_S = 0.001  # well under any slow_call_ms used here
@@ -275,9 +270,9 @@ def test_one_failed_trial_of_three_reopens_and_others_go_stale(make, clock):
     first, second, third = recover(breaker, clock), permit(breaker), permit(breaker)
     assert breaker.record(first, success=True, duration_s=FAST_S) is None
     assert breaker.record(second, success=False, duration_s=FAST_S).to_state == State.OPEN
-    assert breaker.record(third, success=True, duration_s=FAST_S) is None
-    snap = breaker.snapshot()
-    assert snap.state == State.OPEN and snap.stale_records == 1
+    reopened = breaker.snapshot()
+    assert breaker.record(third, success=True, duration_s=FAST_S) is None  # stale: changes nothing
+    assert breaker.snapshot() == reopened and reopened.state == State.OPEN
 
 
 # --- generations ---------------------------------------------------------------------
@@ -287,9 +282,9 @@ def test_late_success_from_closed_does_not_close_open(make, clock):
     breaker = make()
     early = permit(breaker)  # started while CLOSED, reports after the trip
     trip(breaker)
+    opened = breaker.snapshot()
     assert breaker.record(early, success=True, duration_s=FAST_S) is None
-    snap = breaker.snapshot()
-    assert snap.state == State.OPEN and snap.stale_records == 1
+    assert breaker.snapshot() == opened and opened.state == State.OPEN
 
 
 def test_late_success_does_not_count_as_trial(make, clock):
@@ -391,8 +386,7 @@ def test_snapshot_fields(make, clock):
     assert fresh == BreakerSnapshot(
         name="upstream", state=State.CLOSED, since=0.0, opened_at=0.0,
         consecutive_failures=0, calls_in_window=0, failure_rate=0.0, slow_call_rate=0.0,
-        trials_in_flight=0, generation=0, transitions=0, permits=0, rejections=0,
-        records=0, stale_records=0,
+        trials_in_flight=0, generation=0, transitions=0, override=Override.AUTO,
     )  # fmt: skip
     call(breaker)
     call(breaker, duration_s=0.5)
@@ -413,9 +407,8 @@ def test_snapshot_fields(make, clock):
     assert snap.since == T0 + 31 and snap.opened_at == T0 + 1
     assert snap.trials_in_flight == 1
     assert (snap.generation, snap.transitions) == (2, 2)
-    assert (snap.permits, snap.rejections, snap.records, snap.stale_records) == (7, 1, 6, 0)
     as_dict = snap.to_dict()
-    assert as_dict["state"] == "HALF_OPEN" and as_dict["trials_in_flight"] == 1
+    assert as_dict["state"] == "HALF_OPEN" and as_dict["trials_in_flight"] == 1 and as_dict["override"] == "AUTO"
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "file"])
@@ -572,3 +565,27 @@ def test_recovery_ms_stays_the_upper_bound_without_a_good_probe(make, clock):
     rejected(breaker, "open")
     clock.advance(0.001)
     assert breaker.acquire().transition.reason == "recovery_elapsed"
+
+
+# --- issue 20: a permit counts once -------------------------------------------------------
+
+
+def test_a_trial_recorded_twice_counts_once(make, clock):
+    # Two trials must succeed; one real call reported twice is still one.
+    breaker = make(failure_threshold=1, half_open_max_calls=2)
+    trip(breaker)
+    trial = recover(breaker, clock)
+    assert breaker.record(trial, success=True, duration_s=FAST_S) is None
+    assert breaker.record(trial, success=True, duration_s=FAST_S) is None
+    assert breaker.snapshot().state == State.HALF_OPEN
+    second = permit(breaker)
+    assert breaker.record(second, success=True, duration_s=FAST_S).to_state == State.CLOSED
+
+
+def test_a_closed_permit_recorded_twice_counts_one_failure(make):
+    breaker = make(failure_threshold=2, failure_rate_threshold=1.0)
+    failed = permit(breaker)
+    assert breaker.record(failed, success=False, duration_s=FAST_S) is None
+    assert breaker.record(failed, success=False, duration_s=FAST_S) is None
+    snap = breaker.snapshot()
+    assert (snap.state, snap.consecutive_failures) == (State.CLOSED, 1)

@@ -336,11 +336,12 @@ def test_goldens_are_looked_for_in_the_listed_repositories_then_the_canarys_own(
 import tomllib  # noqa: E402
 
 from triton_guard.model_config import read_config  # noqa: E402
-from triton_guard.server import CANARY_REPOSITORY, PACKAGE_DIR, LocalServer  # noqa: E402
+from triton_guard.server import CANARY_REPOSITORY, CONTROL_REPOSITORY, PACKAGE_DIR, LocalServer  # noqa: E402
 
 
 def _repositories(cmd):
-    return [a.split("=", 1)[1] for a in cmd if a.startswith("--model-repository=")]
+    """The repositories of a server's command line, but the breakers' control model's (tests/unit/test_breaker_override.py)."""
+    return [a.split("=", 1)[1] for a in cmd if a.startswith("--model-repository=") and a != f"--model-repository={CONTROL_REPOSITORY}"]
 
 
 def test_serve_adds_the_default_canary_only_to_a_repository_without_one(tmp_path):

@@ -122,7 +122,6 @@ def snapshot(name: str, state: State, since: float = 0.0, **overrides) -> Breake
     fields = dict(
         name=name, state=state, since=since, opened_at=0.0, consecutive_failures=0, calls_in_window=0,
         failure_rate=0.0, slow_call_rate=0.0, trials_in_flight=0, generation=1, transitions=0,
-        permits=0, rejections=0, records=0, stale_records=0,
     )
     fields.update(overrides)
     return BreakerSnapshot(**fields)

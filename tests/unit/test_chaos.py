@@ -25,8 +25,9 @@ def test_set_chaos_mode_arms_or_disarms_the_hooks(tmp_path):
 
 
 def test_only_a_chaos_server_serves_the_chaos_repository(tmp_path):
-    (tmp_path / defaults.CANARY_MODEL).mkdir()  # a canary of its own: no default canary repository either
-    (tmp_path / defaults.CANARY_MODEL / "config.pbtxt").write_text("")
+    for own in (defaults.CANARY_MODEL, defaults.CONTROL_MODEL):  # its own: no default canary or control repository either
+        (tmp_path / own).mkdir()
+        (tmp_path / own / "config.pbtxt").write_text("")
     plain = LocalServer(model_repository=tmp_path).command(tmp_path / "backends")
     chaotic = LocalServer(model_repository=tmp_path, chaos=True).command(tmp_path / "backends")
     repositories = lambda cmd: [a for a in cmd if a.startswith("--model-repository=")]  # noqa: E731

@@ -20,7 +20,7 @@ from triton_guard.guard.breaker import State
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.core import UNAVAILABLE_PREFIX, GuardEvents
 from triton_guard.guard.failures import Failure
-from triton_guard.guard.shared_state import MemoryStore
+from triton_guard.guard.store import MemoryStore
 
 URL = "127.0.0.1:8001"
 CONFIG = GuardConfig(timeout_ms=20, failure_threshold=3, recovery_ms=1000, half_open_max_calls=1, max_inflight=2)
@@ -59,10 +59,10 @@ class Recorder(GuardEvents):
     def __init__(self):
         self.rejections, self.failures, self.transitions = [], [], []
 
-    def rejected(self, reason):
+    def rejected(self, reason, requests=1):
         self.rejections.append(reason)
 
-    def completed(self, duration_s, failure):
+    def completed(self, duration_s, failure, requests=1):
         self.failures.append(failure)
 
     def transitioned(self, transition):
@@ -293,6 +293,7 @@ def test_the_bulkhead_refuses_at_once_above_max_inflight():
     assert refused.rejected == "overloaded" and refused.failure is Failure.OVERLOADED
     assert refused.message() == f"model 'm' at {URL} overloaded: 2 calls in flight (max_inflight=2)"
     assert events.rejections == ["overloaded"]
+    assert events.failures == []  # the guard refusing itself is no failure of the server
     assert client.inflight("m") == 0
 
 
@@ -310,7 +311,7 @@ def test_a_caller_cancelling_records_nothing():
 
     run(scenario())
     snapshot = client.breaker("m").snapshot()
-    assert snapshot.state is State.CLOSED and snapshot.records == 0 and fake.cancelled == 1
+    assert snapshot.state is State.CLOSED and snapshot.calls_in_window == 0 and fake.cancelled == 1
     assert client.inflight("m") == 0
 
 

@@ -712,6 +712,13 @@ class _Request:
         return [types.SimpleNamespace(shape=lambda: [self._rows, 64])]
 
 
+TAP_MODULES = ("drift_tap", "metrics")  # what importing the tap binds to the fake pb_utils
+
+
+def _tap(module, path, upstream="clf"):
+    return module.DriftTap.for_config(upstream, DriftConfig("PROBS", str(path)), None)
+
+
 @pytest.fixture
 def tap_module(monkeypatch, tmp_path):
     import types
@@ -724,7 +731,7 @@ def tap_module(monkeypatch, tmp_path):
     import triton_guard.backends as backends
 
     # Fresh imports bound to the fake, and the real ones back afterwards (sys.modules and the package's attributes).
-    for name in ("drift_tap", "metric_families"):
+    for name in TAP_MODULES:
         monkeypatch.delitem(sys.modules, f"triton_guard.backends.{name}", raising=False)
         monkeypatch.delattr(backends, name, raising=False)
     from triton_guard.backends import drift_tap
@@ -732,7 +739,7 @@ def tap_module(monkeypatch, tmp_path):
     monkeypatch.setattr(drift_tap, "default_state_dir", lambda: str(tmp_path / "state"))
     drift_tap.warnings = warnings
     yield drift_tap
-    for name in ("drift_tap", "metric_families"):  # imported under the fake: not for later tests
+    for name in TAP_MODULES:  # imported under the fake: not for later tests
         sys.modules.pop(f"triton_guard.backends.{name}", None)
         if getattr(backends, name, None) is not None and getattr(backends, name).pb_utils is fake:
             delattr(backends, name)
@@ -741,7 +748,7 @@ def tap_module(monkeypatch, tmp_path):
 def test_tap_copies_client_rows_and_leaves_probe_rows_out(tap_module, tmp_path):
     path = tmp_path / "PROBS.json"
     path.write_text(json.dumps(reference_document(TWO_CLASS_REFERENCE, "clf", "PROBS", True)))
-    tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)
+    tap = _tap(tap_module, path)
     try:
         tap.observe({"PROBS": STEADY[:3]}, [_Request(2), _Request(1, probe=True)])
         tap.observe({"PROBS": STEADY[:4]}, [_Request(4, probe=True)])  # a golden batch alone
@@ -761,7 +768,7 @@ def test_tap_copies_client_rows_and_leaves_probe_rows_out(tap_module, tmp_path):
 def test_tap_per_request_answers_of_the_guard_backend(tap_module, tmp_path):
     path = tmp_path / "PROBS.json"
     path.write_text(json.dumps(reference_document(TWO_CLASS_REFERENCE, "clf", "PROBS", True)))
-    tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)
+    tap = _tap(tap_module, path)
     try:
         values = [{"PROBS": STEADY[:2]}, None, {"PROBS": STEADY[2:3]}, {"PROBS": STEADY[3:7]}]  # request 1 failed
         tap.observe_per_request(values, [_Request(2), _Request(1), _Request(1, probe=True), _Request(4)])
@@ -774,7 +781,7 @@ def test_tap_per_request_answers_of_the_guard_backend(tap_module, tmp_path):
 
 def test_tap_without_reference_is_off_then_takes_one_up(tap_module, tmp_path):
     path = tmp_path / "PROBS.json"
-    tap = tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS", "drift_reference": str(path)}, None)
+    tap = _tap(tap_module, path)
     try:
         tap.observe({"PROBS": STEADY[:3]}, [_Request(3)])  # answers flow, nothing observed
         state = read_states(str(tmp_path / "state"))["clf"]
@@ -789,8 +796,7 @@ def test_tap_without_reference_is_off_then_takes_one_up(tap_module, tmp_path):
 
 def test_tap_refuses_a_relative_reference_without_a_repository(tap_module):
     with pytest.raises(ConfigError, match="drift_reference='clf/drift/PROBS.json' is relative"):
-        tap_module.DriftTap.from_parameters("clf", {"drift_output": "PROBS"}, None)
-    assert tap_module.DriftTap.from_parameters("clf", {}, None) is None
+        tap_module.DriftTap.for_config("clf", DriftConfig.from_parameters("clf", {"drift_output": "PROBS"}), None)
 
 
 def test_status_shows_one_drift_line_per_monitored_model(tmp_path):

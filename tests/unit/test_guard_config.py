@@ -143,3 +143,44 @@ def test_probe_interval_zero_turns_active_recovery_off_and_parses():
     assert GuardConfig.from_parameters({"probe_interval_ms": " 250 "}).probe_interval_ms == 250
     with pytest.raises(ConfigError, match=r"probe_interval_ms='soon' is invalid: expected an integer"):
         GuardConfig.from_parameters({"probe_interval_ms": "soon"})
+
+
+# --- GuardSettings: every guard parameter parsed once, kept by every consumer ---------------------------
+
+
+def test_guard_settings_hold_every_parsed_part():
+    from triton_guard.guard.config import DriftConfig, GuardSettings
+    from triton_guard.guard.failures import Failure
+
+    settings = GuardSettings.from_parameters("clf", {
+        "timeout_ms": {"string_value": "250"}, "client_error_pattern": "^my model says no",
+        "check_finite": "False", "heal_dead_upstream": " true ", "drift_output": "PROBS", "drift_window": "50",
+    })  # fmt: skip
+    assert settings.config == GuardConfig(timeout_ms=250) and settings.config.timeout_s == 0.25
+    assert settings.classifier.classify("my model says no: X < 0") is Failure.CLIENT_ERROR
+    assert settings.classifier.classify("CUDA error") is Failure.UPSTREAM_ERROR
+    assert (settings.check_finite, settings.heal_dead_upstream) == (False, True)
+    assert settings.drift == DriftConfig("PROBS", "clf/drift/PROBS.json", window=50)
+    defaults_only = GuardSettings.from_parameters("clf", {})
+    assert defaults_only.drift is None and defaults_only.check_finite is defaults.CHECK_FINITE
+
+
+@pytest.mark.parametrize(
+    "params, named",
+    [
+        ({"timeout_msec": "5"}, "unknown guard parameter"),
+        ({"client_error_pattern": "("}, "client_error_pattern"),
+        ({"check_finite": "maybe"}, "check_finite"),
+        ({"drift_window": "50"}, "drift_window is given without drift_output"),
+    ],
+)
+def test_guard_settings_name_the_bad_parameter(params, named):
+    from triton_guard.guard.config import GuardSettings
+
+    with pytest.raises(ConfigError, match=named):
+        GuardSettings.from_parameters("clf", params)
+
+
+def test_times_are_read_in_seconds():
+    config = GuardConfig(timeout_ms=1500, recovery_ms=2000, slow_call_ms=250, probe_interval_ms=0)
+    assert (config.timeout_s, config.recovery_s, config.slow_call_s, config.probe_interval_s) == (1.5, 2.0, 0.25, 0.0)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Executor, Future
 
 import pytest
 
 from tests import fakes
+from tests.conftest import wait_until
 
 from triton_guard.guard.breaker import CircuitBreaker, Permit, State, Transition
 from triton_guard.guard.failures import Failure, FailureClassifier
 from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, ExecuteQueue, Guard, GuardEvents
 from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.shared_state import MemoryStore
+from triton_guard.guard.store import MemoryStore
 
 UPSTREAM = "classifier"
 TIMEOUT_MS = 50
@@ -133,16 +133,8 @@ def error_answer(answer):
 
 
 def wait_until_workers_idle(guard: Guard) -> None:
-    """Block until every worker thread has finished its previous call, bookkeeping included.
-
-    Each of the max_inflight workers must pick up one barrier task, and a worker
-    only takes a new task after finishing (and accounting for) the one before.
-    """
-    n = guard.config.max_inflight
-    barrier = threading.Barrier(n + 1, timeout=10)
-    for _ in range(n):
-        guard._workers.submit(barrier.wait)
-    barrier.wait()
+    """Block until every released hung call has returned and given its worker back."""
+    wait_until(lambda: guard.inflight == 0, 10, "every worker idle")
 
 
 def open_breaker(guard: Guard, upstream: Upstream) -> None:
@@ -313,10 +305,9 @@ def test_bulkhead_rejects_at_once_when_every_slot_holds_a_hung_call(make_guard, 
     assert result.code is Code.UNAVAILABLE
     assert result.failure is Failure.OVERLOADED and result.rejected == "overloaded"
     assert result.message == "model 'classifier' overloaded: 3 calls in flight (max_inflight=3)"
-    # It counts as a failure of the upstream: three timeouts and this one, in a row.
-    assert guard.breaker.snapshot().consecutive_failures == max_inflight + 1
-    assert events.take() == [("completed", Failure.OVERLOADED), ("rejected", "overloaded")]
-    assert events.durations[-1] is None  # no upstream call was made: nothing to time
+    # The guard refusing itself says nothing about the upstream: the three timeouts, not four.
+    assert guard.breaker.snapshot().consecutive_failures == max_inflight
+    assert events.take() == [("rejected", "overloaded")]  # no upstream call was made: nothing completed
 
     upstream.release.set()
     wait_until_workers_idle(guard)
@@ -326,63 +317,13 @@ def test_bulkhead_rejects_at_once_when_every_slot_holds_a_hung_call(make_guard, 
     assert guard.breaker.snapshot().consecutive_failures == 0
 
 
-class CallbacksLastExecutor(Executor):
-    """Runs each call on a thread of its own, and hands its result to the caller
-    *before* running the future's done-callbacks (they run on `run_callbacks()`).
-
-    concurrent.futures allows exactly this order: `set_result` wakes the waiting
-    caller, then invokes callbacks, so the caller may run first. Here it always does.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list = []
-        self.threads: list[threading.Thread] = []
-
-    def submit(self, fn, /, *args, **kwargs):
-        future = _LateCallbackFuture(self.pending)
-
-        def run() -> None:
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        thread = threading.Thread(target=run)
-        self.threads.append(thread)
-        thread.start()
-        return future
-
-    def run_callbacks(self) -> None:
-        for thread in self.threads:
-            thread.join()
-        while self.pending:
-            callback, future = self.pending.pop(0)
-            callback(future)
-
-
-class _LateCallbackFuture(Future):
-    def __init__(self, pending: list) -> None:
-        super().__init__()
-        self._pending = pending
-
-    def add_done_callback(self, fn) -> None:
-        self._pending.append((fn, self))
-
-
 def test_a_returned_call_has_already_given_its_slot_back(make_guard, upstream):
     """With max_inflight=1, one caller calling again right away is always admitted."""
     guard = make_guard(max_inflight=1, failure_threshold=1_000)
-    executor = CallbacksLastExecutor()
-    guard._workers.shutdown()
-    guard._workers = executor  # the guard's pool, with the scheduling above made certain
-
-    first = guard.call(upstream.answer(1), error_answer)
-    assert first.ok
-    assert guard.inflight == 0
-    second = guard.call(upstream.answer(2), error_answer)
-    assert second.ok, second.message
-    executor.run_callbacks()
-    assert guard.inflight == 0  # and nothing is given back twice
+    for i in range(200):
+        result = guard.call(upstream.answer(i), error_answer)
+        assert result.ok and result.value == i, result.message
+        assert guard.inflight == 0  # the worker was idle again before its caller woke
 
 
 # --- breaker ----------------------------------------------------------------------------
@@ -518,8 +459,8 @@ def test_a_full_bulkhead_fails_every_request_of_the_call(make_guard, upstream, e
     guard.call(upstream.hangs(), error_answer)
     events.take()
     assert guard.call(upstream.answer(), error_answer, requests=4).rejected == "overloaded"
-    assert events.take() == [("completed", Failure.OVERLOADED, 4), ("rejected", "overloaded", 4)]
-    assert guard.breaker.snapshot().consecutive_failures == 5
+    assert events.take() == [("rejected", "overloaded", 4)]
+    assert guard.breaker.snapshot().consecutive_failures == 1  # the hung call's timeout only
 
 
 def test_an_upstream_queue_expiry_reads_as_a_timeout_of_the_guard(make_guard, upstream):
@@ -700,3 +641,20 @@ def test_expired_requests_get_the_breakers_answer_when_it_is_open(make_guard, cl
     assert part.result.rejected == "open"
     assert part.result.message.startswith(UNAVAILABLE_PREFIX) and "next trial call in 20.0 s" in part.result.message
     assert events.take() == [("rejected", "open")]
+
+
+# --- issue 20: the guard's own refusals say nothing about the upstream ----------------------------
+
+
+def test_a_trial_refused_by_the_guards_own_bulkhead_goes_back_unused(make_guard, upstream, clock, events):
+    guard = make_guard(max_inflight=1, failure_threshold=1, recovery_ms=1_000)
+    assert guard.call(upstream.hangs(), error_answer).failure is Failure.TIMEOUT  # abandoned: holds the one slot
+    assert guard.breaker.snapshot().state is State.OPEN
+    clock.advance(1.0)
+    refused = guard.call(upstream.answer(), error_answer)  # HALF_OPEN's trial permit, but no free slot
+    assert refused.rejected == "overloaded" and upstream.calls == 1
+    assert guard.breaker.snapshot().state is State.HALF_OPEN  # not re-opened without an upstream call
+    upstream.release.set()
+    wait_until_workers_idle(guard)
+    assert guard.call(upstream.answer(7), error_answer).value == 7  # the trial permit was given back
+    assert guard.breaker.snapshot().state is State.CLOSED

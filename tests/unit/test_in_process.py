@@ -1,106 +1,204 @@
-"""The in-process adapter's pure parts, with a stand-in for the stub's pb_utils module.
+"""The in-process adapter, outside Triton: its pure parts and whole executes, on the stand-in pb_utils.
 
-Everything that needs a real stub (timeouts, abandoned calls, loads) is in
-tests/integration/test_in_process.py.
+Everything that needs a real stub (timeouts of a real model, abandoned calls,
+loads) is in tests/integration/test_in_process.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-import types
 
+import numpy as np
 import pytest
 
-
-class _TritonError:
-    INTERNAL, INVALID_ARG, UNAVAILABLE = 13, 3, 14
-
-    def __init__(self, message, code=13):
-        self._message, self._code = message, code
-
-    def message(self):
-        return self._message
-
-    def code(self):
-        return self._code
-
-
-class _Response:
-    def __init__(self, outputs=(), error=None):
-        self.outputs, self._error = outputs, error
-
-    def has_error(self):
-        return self._error is not None
-
-    def error(self):
-        return self._error
-
-    def output_tensors(self):
-        return list(self.outputs)
-
-
-_IMPORTED = ("metric_families", "drift_tap", "bls", "guard.in_process")  # what importing in_process binds to the fake
+from triton_guard import defaults
+from triton_guard import metrics as catalogue
+from triton_guard.backends import stand_in
 
 
 @pytest.fixture
-def in_process(monkeypatch):
-    import triton_guard.backends.guard
+def pb(monkeypatch, tmp_path):
+    monkeypatch.setenv(defaults.STATE_DIR_ENV, str(tmp_path / "state"))
+    with stand_in.installed() as pb_utils:
+        from triton_guard.backends.guard import in_process
 
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.TritonError, fake.InferenceResponse = _TritonError, _Response
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    # Fresh imports bound to the fake; afterwards modules and package attributes are as they were.
-    names = [f"triton_guard.backends.{name}" for name in _IMPORTED]
-    saved = {name: sys.modules.pop(name, None) for name in names}
-    yield importlib.import_module("triton_guard.backends.guard.in_process")
-    for name in names:
-        package, _, attribute = name.rpartition(".")
-        if saved[name] is None:
-            sys.modules.pop(name, None)
-            if hasattr(sys.modules[package], attribute):
-                delattr(sys.modules[package], attribute)
-        else:
-            sys.modules[name] = saved[name]
-            setattr(sys.modules[package], attribute, saved[name])
+        pb_utils.in_process = in_process
+        yield pb_utils
 
 
-def _args(tmp_path, parameters, with_model_py=True):
+MODEL_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.calls = []
+        self.answer = "ok"
+
+    def execute(self, requests):
+        self.calls.append(len(requests))
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if self.answer == "error":
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("CUDA error")))
+            elif self.answer == "nan":
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * np.nan)]))
+            elif self.answer == "bad input" and x.min() < 0:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("X must be non-negative", pb_utils.TritonError.INVALID_ARG)))
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
+        return responses
+'''
+
+
+def _args(tmp_path, parameters, with_model_py=True, stamped=True):
     version = tmp_path / "m" / "1"
     version.mkdir(parents=True)
     if with_model_py:
-        (version / "model.py").write_text("class TritonPythonModel:\n    pass\n")
-    config = {"name": "m", "parameters": {k: {"string_value": v} for k, v in parameters.items()}}
-    return {"model_config": json.dumps(config), "model_repository": str(tmp_path / "m"), "model_version": "1"}
+        (version / "model.py").write_text(MODEL_PY)
+    inputs = [{"name": "X"}] + ([{"name": defaults.ARRIVAL_INPUT}] if stamped else [])
+    config = {
+        "name": "m",
+        "parameters": {k: {"string_value": v} for k, v in parameters.items()},
+        "input": inputs,
+        "output": [{"name": "Y"}],
+    }
+    return {"model_config": json.dumps(config), "model_repository": str(tmp_path / "m"), "model_version": "1",
+            "model_instance_name": "m_0_0"}  # fmt: skip
 
 
-def test_in_process_only_without_upstream_model_and_with_a_model_py(in_process, tmp_path):
+def _request(pb, x, arrived_ns=None):
+    tensors = [pb.Tensor("X", np.array(x, dtype=np.float32))]
+    if arrived_ns is not None:
+        tensors.append(pb.Tensor(defaults.ARRIVAL_INPUT, np.array([[arrived_ns]], dtype=np.int64)))
+    return pb.InferenceRequest("m", tensors, ["Y"])
+
+
+@pytest.fixture
+def guarded(pb, tmp_path):
+    guards = []
+
+    def make(**parameters):
+        args = _args(tmp_path / str(len(guards)), {"probe_interval_ms": "0", **parameters})
+        guard = pb.in_process.InProcessGuard(args, pb.in_process.own_model_file(args))
+        guards.append(guard)
+        return guard
+
+    yield make
+    for guard in guards:
+        guard.finalize()
+
+
+# --- whole executes ---------------------------------------------------------------------------
+
+
+def test_one_execute_runs_the_models_own_execute_once_for_the_batch(pb, guarded):
+    guard = guarded()
+    now_ns = int(pb.in_process.time.monotonic() * 1e9)
+    responses = guard.execute([_request(pb, [[1.0]], now_ns), _request(pb, [[2.0], [3.0]], now_ns)])
+    assert guard.model.calls == [2]
+    assert [r.output_tensors()[0].as_numpy().tolist() for r in responses] == [[[2.0]], [[4.0], [6.0]]]
+
+
+def test_a_request_whose_deadline_passed_before_the_guard_is_answered_without_the_model(pb, guarded):
+    guard = guarded(timeout_ms="1000")
+    now_ns = int(pb.in_process.time.monotonic() * 1e9)
+    late = now_ns - 5 * 10**9  # stamped 5 s ago: 4 s past its deadline
+    responses = guard.execute([_request(pb, [[1.0]], late), _request(pb, [[2.0]], now_ns)])
+    assert guard.model.calls == [1]  # only the live request reached the model
+    assert responses[0].has_error() and "deadline timeout_ms=1000 passed after" in responses[0].error().message()
+    assert responses[0].error().code() == pb.TritonError.UNAVAILABLE
+    assert not responses[1].has_error()
+
+
+def test_the_models_own_errors_go_out_and_count(pb, guarded):
+    guard = guarded(failure_threshold="2")
+    guard.model.answer = "error"
+    for _ in range(2):
+        responses = guard.execute([_request(pb, [[1.0]])])
+        assert responses[0].error().message() == "CUDA error"  # its own answer, not a rewording
+    responses = guard.execute([_request(pb, [[1.0]])])
+    assert responses[0].error().message().startswith("Service temporarily unavailable: circuit breaker for model 'm'")
+    assert guard.model.calls == [1, 1]  # OPEN: the model's code is not entered
+
+
+def test_non_finite_outputs_fail_the_batch_naming_the_output(pb, guarded):
+    guard = guarded()
+    guard.model.answer = "nan"
+    responses = guard.execute([_request(pb, [[1.0, 2.0]]), _request(pb, [[3.0, 4.0]])])
+    messages = {r.error().message() for r in responses}
+    assert messages == {"upstream model 'm' failed: output 'Y' holds 4 non-finite value(s) (NaN or inf) of 4"}
+    assert all(r.error().code() == pb.TritonError.INTERNAL for r in responses)
+    assert len({id(r.error()) for r in responses}) == 2  # one error object per response (a shared one crashed Triton)
+
+
+def test_invalid_arg_answers_are_the_clients_and_never_count(pb, guarded):
+    guard = guarded(failure_threshold="1")
+    guard.model.answer = "bad input"
+    responses = guard.execute([_request(pb, [[1.0]]), _request(pb, [[-1.0]])])
+    assert not responses[0].has_error()
+    assert responses[1].error().code() == pb.TritonError.INVALID_ARG
+    assert guard.runtime.breaker.snapshot().consecutive_failures == 0
+
+
+def test_the_drift_tap_sees_the_answers_of_good_requests_only(pb, guarded, monkeypatch):
+    guard = guarded()
+    seen = []
+    monkeypatch.setattr(guard, "drift", type("Tap", (), {"observe_per_request": lambda self, v, r: seen.append(v)})())
+    guard.model.answer = "bad input"
+    guard.execute([_request(pb, [[1.0]]), _request(pb, [[-1.0]])])
+    (values,) = seen
+    assert values[0]["Y"].tolist() == [[2.0]] and values[1] is None
+
+
+def test_the_guard_parameters_are_the_guards_and_the_rest_the_models(pb, tmp_path):
+    args = _args(tmp_path, {"timeout_ms": "nope"})
+    with pytest.raises(pb.TritonModelException, match="guard model 'm': timeout_ms='nope' is invalid"):
+        pb.in_process.InProcessGuard(args, pb.in_process.own_model_file(args))
+
+
+def test_its_metrics_are_published_with_its_instance(pb, guarded):
+    guard = guarded()
+    guard.execute([_request(pb, [[1.0]])])
+    guard.runtime.publish_metrics()
+    assert pb.MetricFamily.values(catalogue.INFLIGHT_CALLS.name) == {(("instance", "m_0_0"), ("model", "m")): 0}
+    assert pb.MetricFamily.values(catalogue.UPSTREAM_CALL_SECONDS.name + "_count") == {(("model", "m"),): 1}
+
+
+# --- the pure parts ---------------------------------------------------------------------------------
+
+
+def test_in_process_only_without_upstream_model_and_with_a_model_py(pb, tmp_path):
+    in_process = pb.in_process
     assert in_process.own_model_file(_args(tmp_path / "a", {"timeout_ms": "5"})) == str(tmp_path / "a/m/1/model.py")
     assert in_process.own_model_file(_args(tmp_path / "b", {"upstream_model": "x"})) is None
     assert in_process.own_model_file(_args(tmp_path / "c", {}, with_model_py=False)) is None
 
 
-def test_the_models_module_gets_a_name_of_its_own(in_process, tmp_path):
+def test_the_models_module_gets_a_name_of_its_own(pb, tmp_path):
     args = _args(tmp_path, {})
-    module = in_process._import_model(in_process.own_model_file(args), "my-model", "1")
+    module = pb.in_process._import_model(pb.in_process.own_model_file(args), "my-model", "1")
     assert module.__name__ != "model" and "my_model_1" in module.__name__
     assert sys.modules[module.__name__] is module
     sys.modules.pop(module.__name__)
 
 
-def test_a_model_py_without_the_class_is_refused_naming_the_file(in_process, tmp_path):
+def test_a_model_py_without_the_class_is_refused_naming_the_file(pb, tmp_path):
     args = _args(tmp_path, {})
     (tmp_path / "m" / "1" / "model.py").write_text("x = 1\n")
     with pytest.raises(RuntimeError, match="model.py defines no TritonPythonModel"):
-        in_process._import_model(in_process.own_model_file(args), "m", "1")
+        pb.in_process._import_model(pb.in_process.own_model_file(args), "m", "1")
 
 
-def test_invalid_arg_answers_are_not_the_models_failure(in_process):
-    bad_input = _Response(error=_TritonError("X must be non-negative", _TritonError.INVALID_ARG))
-    assert in_process._error_of([_Response(), bad_input]) is None
-    broken = _Response(error=_TritonError("CUDA error", _TritonError.INTERNAL))
-    assert in_process._error_of([bad_input, broken, _Response()]) == "CUDA error"
+def test_invalid_arg_answers_are_not_the_models_failure(pb):
+    bad_input = pb.InferenceResponse(error=pb.TritonError("X must be non-negative", pb.TritonError.INVALID_ARG))
+    assert pb.in_process.first_model_error([pb.InferenceResponse(), bad_input]) is None
+    broken = pb.InferenceResponse(error=pb.TritonError("CUDA error", pb.TritonError.INTERNAL))
+    assert pb.in_process.first_model_error([bad_input, broken, pb.InferenceResponse()]) == "CUDA error"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +211,8 @@ def test_invalid_arg_answers_are_not_the_models_failure(in_process):
         ("in ensemble 'pipeline', model 'classifier' did not answer within timeout_ms=10000", None),
     ],
 )  # fmt: skip
-def test_the_model_of_a_dead_stub_is_reloaded(in_process, monkeypatch, message, expected):
+def test_the_model_of_a_dead_stub_is_reloaded(pb, monkeypatch, message, expected):
+    in_process = pb.in_process
     requested = []
     monkeypatch.setattr(in_process.SideHealer, "request", lambda self: requested.append(self.upstream))
     monkeypatch.setattr(in_process, "_HEALERS", {})
@@ -121,74 +220,22 @@ def test_the_model_of_a_dead_stub_is_reloaded(in_process, monkeypatch, message, 
     assert requested == ([expected] if expected else [])
 
 
-class _Tensor:
-    def __init__(self, name, array):
-        self._name, self._array = name, array
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._array
-
-
-class _Request:
-    def __init__(self, model_name="", inputs=(), requested_output_names=()):
-        self._inputs, self._outputs = list(inputs), list(requested_output_names)
-
-    def inputs(self):
-        return self._inputs
-
-    def requested_output_names(self):
-        return self._outputs
-
-
-class _Recovery:
-    enabled = True
-
-
-def _probing_guard(in_process, model):
-    """An InProcessGuard's probe side only: the real methods, a stand-in model."""
-    guard = object.__new__(in_process.InProcessGuard)
-    guard.name, guard.model = "my_model", model
-    guard.guarded = types.SimpleNamespace(recovery=_Recovery())
-    guard._probe_request, guard._probe_request_at = None, -float("inf")
-    return guard
-
-
-def test_the_recovery_probe_replays_a_kept_request_through_the_model_itself(in_process, monkeypatch):
-    import numpy as np
-
-    fake = sys.modules["triton_python_backend_utils"]
-    monkeypatch.setattr(fake, "Tensor", _Tensor, raising=False)
-    monkeypatch.setattr(fake, "InferenceRequest", _Request, raising=False)
-    seen = []
-
-    class Model:
-        answer = "ok"
-
-        def execute(self, requests):
-            seen.append({t.name(): t.as_numpy().tolist() for t in requests[0].inputs()})
-            if self.answer == "error":
-                return [_Response(error=_TritonError("CUDA error"))]
-            return [_Response(outputs=())]
-
-    model = Model()
-    guard = _probing_guard(in_process, model)
-    assert guard._make_probe() is None  # nothing served yet: no input to probe with
+def test_the_recovery_probe_replays_a_kept_request_through_the_model_itself(pb, guarded):
+    guard = guarded(probe_interval_ms="1000")
+    assert guard.make_probe() is None  # nothing served yet: no input to probe with
     x = np.array([[1.0, 2.0]], np.float32)
-    guard._keep_probe_request(_Request(inputs=[_Tensor("X", x)], requested_output_names=["Y"]), _Response())
+    guard.execute([_request(pb, x)])
     x[0, 0] = 99.0  # the request's memory is gone after the execute: the probe kept a copy
-    answer = guard._make_probe()(1.0)
-    assert not isinstance(answer, str) and seen == [{"X": [[1.0, 2.0]]}]
-    model.answer = "error"
-    assert guard._make_probe()(1.0) == "CUDA error"  # a failed probe: the breaker stays OPEN
+    answer = guard.make_probe()(1.0)
+    assert not isinstance(answer, str) and answer[0].output_tensors()[0].as_numpy().tolist() == [[2.0, 4.0]]
+    guard.model.answer = "error"
+    assert guard.make_probe()(1.0) == "CUDA error"  # a failed probe: the breaker stays OPEN
+    guard.model.answer = "nan"
+    assert "non-finite" in guard.make_probe()(1.0)
 
 
-def test_an_error_answer_is_never_kept_as_the_probe_input(in_process):
-    import numpy as np
-
-    guard = _probing_guard(in_process, model=None)
-    bad = _Response(error=_TritonError("bad input", _TritonError.INVALID_ARG))
-    guard._keep_probe_request(_Request(inputs=[_Tensor("X", np.zeros(2))]), bad)
-    assert guard._probe_request is None
+def test_an_error_answer_is_never_kept_as_the_probe_input(pb, guarded):
+    guard = guarded(probe_interval_ms="1000")
+    guard.model.answer = "bad input"
+    guard.execute([_request(pb, [[-1.0]])])
+    assert guard.make_probe() is None

@@ -174,7 +174,7 @@ def pb_utils(monkeypatch):
     fake.MetricFamily = _Family
     fake.Logger = types.SimpleNamespace(log_warn=lambda *_: None)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    for module in ("triton_guard.backends.metric_families", "triton_guard.backends.drift_tap"):
+    for module in ("triton_guard.backends.metrics", "triton_guard.backends.drift_tap"):
         monkeypatch.delitem(sys.modules, module, raising=False)
     _Family.created = []
     return fake
@@ -190,17 +190,47 @@ def _assert_published_as_declared(families):
             metric.check_labels(m.labels, series=family.name)
 
 
-def test_metric_families_come_from_the_catalogue(pb_utils):
-    from triton_guard.backends import metric_families
+def test_the_one_publisher_makes_families_from_the_catalogue(pb_utils):
+    from triton_guard.backends.metrics import MetricsPublisher
 
-    gauge = metric_families.family(catalogue.CANARY_READY)
-    assert (gauge.name, gauge.description, gauge.kind) == (catalogue.CANARY_READY.name, catalogue.CANARY_READY.help, "GAUGE")
-    assert metric_families.family(catalogue.REJECTIONS).kind == "COUNTER"
-    series = metric_families.histogram_families(catalogue.UPSTREAM_CALL_SECONDS)
-    assert {f.name for f in series.values()} == set(catalogue.UPSTREAM_CALL_SECONDS.series_names)
-    assert {f.kind for f in series.values()} == {"COUNTER"}
-    with pytest.raises(ValueError, match="histogram"):
-        metric_families.family(catalogue.UPSTREAM_CALL_SECONDS)
+    publisher = MetricsPublisher(model="classifier")
+    publisher.set(catalogue.BREAKER_STATE, 1)
+    publisher.increment(catalogue.REJECTIONS, 3, reason="open")
+    publisher.increment(catalogue.REJECTIONS, 2, reason="open")
+    publisher.add_observations(catalogue.UPSTREAM_CALL_SECONDS, [0.0004, 0.002, 7.0])
+    families = {f.name: f for f in _Family.created}
+    assert (families[catalogue.BREAKER_STATE.name].kind, families[catalogue.REJECTIONS.name].kind) == ("GAUGE", "COUNTER")
+    assert families[catalogue.BREAKER_STATE.name].description == catalogue.BREAKER_STATE.help
+    assert [m.value for m in families[catalogue.REJECTIONS.name].metrics] == [5]  # one series, reused
+    assert set(catalogue.UPSTREAM_CALL_SECONDS.series_names) <= set(families)
+    buckets = {m.labels["le"]: m.value for m in families[catalogue.UPSTREAM_CALL_SECONDS.name + "_bucket"].metrics}
+    assert (buckets["0.0005"], buckets["0.0025"], buckets["10.0"], buckets["+Inf"]) == (1, 2, 3, 3)
+    _assert_published_as_declared(_Family.created)
+    with pytest.raises(ValueError, match="reason='sideways'"):
+        publisher.increment(catalogue.REJECTIONS, 1, reason="sideways")
+
+
+def test_a_watched_gauge_is_one_line_and_read_on_every_publish(pb_utils):
+    from triton_guard.backends.metrics import MetricsPublisher
+
+    publisher = MetricsPublisher(model="classifier")
+    readings = iter([5.0, RuntimeError("not now"), 7.0])
+
+    def read():
+        value = next(readings)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    publisher.watch(catalogue.BREAKER_STATE, read)
+    values = []
+    for _ in range(3):
+        publisher.publish_watched()
+        (family,) = [f for f in _Family.created if f.name == catalogue.BREAKER_STATE.name]
+        values.append(family.metrics[0].value)
+    assert values == [5.0, 5.0, 7.0]  # a failed read leaves the last value
+    with pytest.raises(ValueError, match="only gauges"):
+        publisher.watch(catalogue.REJECTIONS, read)
 
 
 def test_the_drift_tap_publishes_what_the_catalogue_declares(pb_utils, tmp_path, monkeypatch):
@@ -213,7 +243,7 @@ def test_the_drift_tap_publishes_what_the_catalogue_declares(pb_utils, tmp_path,
     tap = drift_tap.DriftTap("classifier", DriftConfig("PROBS", str(reference)), reference)
     try:
         statistics = {"chi2_p": 0.5, "ks_p": 0.4, "psi_entropy": 0.1}
-        tap._publish(DriftScores("probs", 200, 200, statistics, alarm=False, reasons=()))
+        tap.publish(DriftScores("probs", 200, 200, statistics, alarm=False, reasons=()))
     finally:
         tap.close()
     published = {f.name for f in _Family.created}

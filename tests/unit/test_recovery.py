@@ -18,7 +18,7 @@ from tests import fakes
 from triton_guard.guard.breaker import CircuitBreaker, Permit, State, Transition
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock, ProbeOutcome, ThreadProbeLock
-from triton_guard.guard.shared_state import MemoryStore
+from triton_guard.guard.store import MemoryStore
 
 T0 = 1000.0
 

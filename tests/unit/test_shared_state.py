@@ -17,35 +17,29 @@ import time
 import pytest
 
 from triton_guard import defaults
-from triton_guard.guard.breaker import OUTCOME_FAILED, CircuitBreaker, Permit, Rejection, State
+from triton_guard.guard import state_file as layout
+from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.shared_state import (
-    FILE_SIZE,
-    LAYOUT_VERSION,
-    MAGIC,
-    MemoryStore,
-    SettingsConflict,
-    SharedFileStore,
-    breaker_filename,
-    breaker_settings,
-    default_state_dir,
-    read_claim,
-)
+from triton_guard.guard.record import OUTCOME_FAILED, Permit, Rejection, State
+from triton_guard.guard.shared_state import SharedFileStore, read_claim
+from triton_guard.guard.state_dir import breaker_filename, default_state_dir
+from triton_guard.guard.store import MemoryStore, SettingsConflict, breaker_settings
 
+FILE_SIZE, LAYOUT_VERSION, MAGIC = layout.FILE_SIZE, layout.LAYOUT_VERSION, layout.MAGIC
 NAME = "ensemble/upstream"  # a name that needs sanitising
-# Never trips: the hammer test checks bookkeeping, not transitions.
-NEVER_TRIPS = dict(failure_threshold=1_000_000, failure_rate_threshold=1.0)
+# Never trips on fewer than 1024 failures: the hammer tests check bookkeeping, not transitions.
+NEVER_TRIPS = dict(failure_threshold=1_000_000, window_size=1024, minimum_calls=1024)
 SPAWN = multiprocessing.get_context("spawn")
 JOIN_S = 10  # generous upper bound; the tests take well under a second each
 
 
-def _hammer(directory: str, pairs: int, start: multiprocessing.synchronize.Barrier) -> None:
+def _hammer(directory: str, calls: int, start: multiprocessing.synchronize.Barrier) -> None:
     breaker = CircuitBreaker(NAME, GuardConfig(**NEVER_TRIPS), SharedFileStore(directory))
     start.wait()  # both processes create the file at the same moment
-    for i in range(pairs):
+    for _ in range(calls):
         permit = breaker.acquire()
         assert isinstance(permit, Permit)
-        breaker.record(permit, success=i % 4 != 0, duration_s=0.001)
+        breaker.record(permit, success=False, duration_s=0.001)  # every failure is one transaction
 
 
 def _trip(directory: str) -> None:
@@ -56,7 +50,7 @@ def _trip(directory: str) -> None:
 
 def _hold_lock_forever(directory: str, holding: multiprocessing.synchronize.Event) -> None:
     with SharedFileStore(directory).transaction(NAME) as rec:
-        rec.permits = 999_999  # never written back: the process dies first
+        rec.state = int(State.OPEN)  # never written back: the process dies first
         holding.set()
         time.sleep(60)
 
@@ -75,10 +69,10 @@ def _window_failures_in_ring(rec) -> int:
 # --- across processes --------------------------------------------------------------
 
 
-def test_two_processes_hammering_one_breaker_stay_consistent(tmp_path):
-    pairs = 1500
+def test_two_processes_hammering_one_breaker_lose_no_update(tmp_path):
+    calls = 500
     start = SPAWN.Barrier(2)
-    workers = [SPAWN.Process(target=_hammer, args=(str(tmp_path), pairs, start)) for _ in range(2)]
+    workers = [SPAWN.Process(target=_hammer, args=(str(tmp_path), calls, start)) for _ in range(2)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -86,10 +80,9 @@ def test_two_processes_hammering_one_breaker_stay_consistent(tmp_path):
         assert worker.exitcode == 0
     rec = SharedFileStore(tmp_path).read(NAME)
     assert rec is not None
-    assert rec.permits == rec.records == 2 * pairs  # no update lost
-    assert (rec.stale_records, rec.generation, rec.state) == (0, 0, State.CLOSED)
-    assert rec.window_count == GuardConfig().window_size
-    assert rec.window_failures == _window_failures_in_ring(rec)
+    assert rec.consecutive_failures == 2 * calls  # every failure of both processes counted: none lost
+    assert (rec.generation, rec.state) == (0, State.CLOSED)
+    assert rec.window_failures == _window_failures_in_ring(rec) == rec.window_count == 2 * calls
 
 
 def test_threads_and_stores_in_one_process_share_one_handle(tmp_path):
@@ -101,16 +94,15 @@ def test_threads_and_stores_in_one_process_share_one_handle(tmp_path):
 
     def work(store: SharedFileStore) -> None:
         breaker = CircuitBreaker(NAME, config, store)
-        for _ in range(500):
-            breaker.record(breaker.acquire(), success=True, duration_s=0.001)
+        for _ in range(250):
+            breaker.record(breaker.acquire(), success=False, duration_s=0.001)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in (first, second, first, second)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    rec = first.read(NAME)
-    assert rec.permits == rec.records == 2000
+    assert first.read(NAME).consecutive_failures == 1000
 
 
 def test_reader_sees_state_written_by_another_process(tmp_path):
@@ -146,7 +138,7 @@ def test_process_killed_holding_the_lock_does_not_wedge_others(tmp_path):
 
     threading.Thread(target=acquire, daemon=True).start()
     assert done.wait(2), "lock of a killed process was not released"
-    assert SharedFileStore(tmp_path).read(NAME).permits == 1  # its update never landed
+    assert SharedFileStore(tmp_path).read(NAME).state == State.CLOSED  # its update never landed
 
 
 def _lock_is_held(path: str) -> bool:
@@ -162,11 +154,59 @@ def _lock_is_held(path: str) -> bool:
     return False
 
 
+# --- the request path: a read, no lock, no write while nothing is pending ----------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def past_the_check(self) -> None:
+        """Past the interval after which the request path checks the whole file (under the lock) again."""
+        self.now += defaults.STATE_CHECK_INTERVAL_S
+
+
+def test_good_calls_with_nothing_pending_take_no_lock_and_write_nothing(tmp_path, monkeypatch):
+    clock = Clock()
+    store = SharedFileStore(tmp_path, clock=clock)
+    breaker = CircuitBreaker(NAME, GuardConfig(window_size=5, minimum_calls=5), store, clock=clock)
+    for _ in range(5):  # a fresh window fills first: these are written
+        breaker.record(breaker.acquire(), success=True, duration_s=0.001)
+    writes, locks = [], []
+    real_pwrite, real_lockf = os.pwrite, fcntl.lockf
+    monkeypatch.setattr(os, "pwrite", lambda *a: writes.append(a) or real_pwrite(*a))
+    monkeypatch.setattr(fcntl, "lockf", lambda *a: locks.append(a) or real_lockf(*a))
+    for _ in range(100):
+        permit = breaker.acquire()
+        assert permit.clean
+        breaker.record(permit, success=True, duration_s=0.001)
+    assert (writes, locks) == ([], [])
+    breaker.record(breaker.acquire(), success=True, duration_s=10.0)  # slow: pending from now on
+    assert len(writes) == 1
+    assert not breaker.acquire().clean
+    clock.past_the_check()
+    breaker.acquire()  # the periodic check: a locked read; the file is fine, nothing to write
+    assert len(writes) == 1 and len(locks) == 4
+
+
+def test_a_torn_or_flipped_hot_block_is_never_believed(tmp_path):
+    clock = Clock()
+    store, reports = _store(tmp_path, clock)
+    breaker = _tripped(store, clock)
+    _pwrite(store.path_for(NAME), b"\x00\x00\x00\x00", layout.NUMBERS_OFFSET + 40)  # `state` and more: CLOSED
+    got = breaker.acquire()  # the hot CRC fails: the locked path rebuilds from this process's copy
+    assert isinstance(got, Rejection) and got.reason == "open"
+    assert store.damage == {"corrupt": 1} and "rebuilt as OPEN" in reports[0]
+
+
 # --- file format ------------------------------------------------------------------------
 
 
-def _tripped(store) -> CircuitBreaker:
-    breaker = CircuitBreaker(NAME, GuardConfig(failure_threshold=1), store)
+def _tripped(store, clock=time.monotonic) -> CircuitBreaker:
+    breaker = CircuitBreaker(NAME, GuardConfig(failure_threshold=1), store, clock=clock)
     breaker.record(breaker.acquire(), success=False, duration_s=0.001)
     assert breaker.snapshot().state == State.OPEN
     return breaker
@@ -183,8 +223,19 @@ def test_file_of_another_layout_version_is_a_new_breaker(tmp_path):
     assert isinstance(breaker.acquire(), Permit)
     assert os.path.getsize(path) == FILE_SIZE
     rec = store.read(NAME)
-    assert (rec.state, rec.generation, rec.permits) == (State.CLOSED, 0, 1)
+    assert (rec.state, rec.generation, rec.transitions) == (State.CLOSED, 0, 0) and rec.since > 0
     assert store.damage == {}  # not damage: nothing was lost
+
+
+def test_an_image_of_another_breaker_never_passes_for_this_one(tmp_path):
+    store = SharedFileStore(tmp_path)
+    CircuitBreaker("abcd", GuardConfig(), store).acquire()
+    other = CircuitBreaker("wxyz", GuardConfig(failure_threshold=1), store)  # same name length
+    other.record(other.acquire(), success=False, duration_s=0.001)
+    with open(store.path_for("wxyz"), "rb") as f:
+        image = f.read()
+    assert layout.is_valid(image) and not layout.is_valid(image, layout.header_prefix("abcd"))
+    assert layout.hot_numbers(image[: layout.HOT_SIZE], layout.header_prefix("abcd")) is None
 
 
 # --- damage: whatever happens to the file, no crash, no silent CLOSED -----------------------
@@ -195,9 +246,9 @@ class Reports(list):
         self.append(message)
 
 
-def _store(directory) -> tuple[SharedFileStore, Reports]:
+def _store(directory, clock=time.monotonic) -> tuple[SharedFileStore, Reports]:
     reports = Reports()
-    return SharedFileStore(directory, report=reports), reports
+    return SharedFileStore(directory, report=reports, clock=clock), reports
 
 
 def _pwrite(path: str, data: bytes, offset: int) -> None:
@@ -210,14 +261,19 @@ def _pwrite(path: str, data: bytes, offset: int) -> None:
 
 @pytest.mark.parametrize("size", [0, 100, FILE_SIZE - 1])
 def test_truncated_file_keeps_an_open_breaker_open(tmp_path, size):
-    store, reports = _store(tmp_path)
-    breaker = _tripped(store)
+    clock = Clock()
+    store, reports = _store(tmp_path, clock)
+    breaker = _tripped(store, clock)
     os.truncate(store.path_for(NAME), size)  # an mmap'ed file died of SIGBUS here
+    got = breaker.acquire()  # a file cut inside its hot block is repaired at once; else at the next check
+    assert isinstance(got, Rejection) and got.reason == "open"
+    clock.past_the_check()
     got = breaker.acquire()
     assert isinstance(got, Rejection) and got.reason == "open"
     assert os.path.getsize(store.path_for(NAME)) == FILE_SIZE
     assert store.read(NAME).state == State.OPEN
     assert store.damage == {"truncated": 1} and len(reports) == 1 and "truncated" in reports[0]
+    clock.past_the_check()
     breaker.acquire()
     assert store.damage == {"truncated": 1}  # reported once, not on every call
 
@@ -225,18 +281,32 @@ def test_truncated_file_keeps_an_open_breaker_open(tmp_path, size):
 def test_corrupt_open_record_stays_open_and_a_closed_one_gets_a_trial(tmp_path):
     store, reports = _store(tmp_path)
     breaker = _tripped(store)
-    _pwrite(store.path_for(NAME), b"\xff" * 4, 300)  # four flipped bytes in the record body
+    hot = layout.NUMBERS_OFFSET + 8
+    _pwrite(store.path_for(NAME), b"\xff" * 4, hot)  # four flipped bytes in the record's numbers
     assert isinstance(breaker.acquire(), Rejection)  # was: silently CLOSED again
     assert store.damage == {"corrupt": 1} and "rebuilt as OPEN" in reports[0]
 
     closed = CircuitBreaker("other", GuardConfig(), store)
     generation = closed.acquire().generation
-    _pwrite(store.path_for("other"), b"\xff" * 4, 300)
+    _pwrite(store.path_for("other"), b"\xff" * 4, hot)
     trial = closed.acquire()  # unknown state: HALF_OPEN, one trial call decides
     assert isinstance(trial, Permit) and trial.trial and trial.generation == generation + 1
     assert isinstance(closed.acquire(), Rejection)  # not everyone at once
     closed.record(trial, success=True, duration_s=0.001)
     assert closed.snapshot().state == State.CLOSED
+
+
+def test_a_damaged_window_keeps_the_state_with_a_fresh_window(tmp_path):
+    clock = Clock()
+    store, reports = _store(tmp_path, clock)
+    breaker = CircuitBreaker(NAME, GuardConfig(failure_threshold=3), store, clock=clock)
+    breaker.record(breaker.acquire(), success=False, duration_s=0.001)
+    _pwrite(store.path_for(NAME), b"\x07" * 8, layout.RING_OFFSET)  # the ring: not the state
+    clock.past_the_check()
+    assert isinstance(breaker.acquire(), Permit)  # the numbers are intact: still CLOSED
+    rec = store.read(NAME)
+    assert (rec.state, rec.consecutive_failures, rec.window_count) == (State.CLOSED, 1, 0)
+    assert store.damage == {"corrupt": 1} and "rebuilt as CLOSED" in reports[0]
 
 
 def _acquire_in_fresh_process(directory: str, result: multiprocessing.Queue) -> None:
@@ -247,16 +317,18 @@ def _acquire_in_fresh_process(directory: str, result: multiprocessing.Queue) -> 
 def test_corrupt_file_met_by_a_process_that_never_saw_it_is_half_open(tmp_path):
     store, _ = _store(tmp_path)
     _tripped(store)
-    _pwrite(store.path_for(NAME), b"\xff" * 4, 300)
+    _pwrite(store.path_for(NAME), b"\xff" * 4, layout.NUMBERS_OFFSET + 8)
     result = SPAWN.Queue()
     _run(_acquire_in_fresh_process, str(tmp_path), result)
     assert result.get(timeout=JOIN_S) == ("Permit", True)
 
 
 def test_deleted_file_is_recreated_with_its_state_and_followed(tmp_path):
-    store, reports = _store(tmp_path)
-    breaker = _tripped(store)
+    clock = Clock()
+    store, reports = _store(tmp_path, clock)
+    breaker = _tripped(store, clock)
     os.unlink(store.path_for(NAME))
+    clock.past_the_check()  # the path is checked once per interval
     assert isinstance(breaker.acquire(), Rejection)
     assert os.path.exists(store.path_for(NAME))
     assert store.damage == {"missing": 1} and len(reports) == 1
@@ -271,15 +343,30 @@ def test_a_fresh_breaker_made_by_a_newcomer_after_a_delete_does_not_close_an_ope
     breaker = _tripped(store)
     os.unlink(store.path_for(NAME))
     result = SPAWN.Queue()
-    _run(_acquire_in_fresh_process, str(tmp_path), result)  # makes a new CLOSED file
+    _run(_acquire_in_fresh_process, str(tmp_path), result)  # makes a new CLOSED file (and takes > 0.1 s)
     assert result.get(timeout=JOIN_S)[0] == "Permit"
     assert isinstance(breaker.acquire(), Rejection)  # the old guard follows, and keeps it OPEN
     assert SharedFileStore(tmp_path).read(NAME).state == State.OPEN
 
 
-def test_replaced_file_is_followed(tmp_path):
+def test_a_closed_copy_never_overwrites_an_open_breaker_made_at_the_path_after_a_delete(tmp_path):
+    # Process A has seen a full cycle (OPEN, HALF_OPEN, CLOSED: 3 transitions) and holds a CLOSED copy.
     store, _ = _store(tmp_path)
-    breaker = _tripped(store)
+    a = CircuitBreaker(NAME, GuardConfig(failure_threshold=1), store)
+    a.record(a.acquire(), success=False, duration_s=0.001)
+    a.probe_succeeded(a.snapshot().generation)
+    a.record(a.acquire(), success=True, duration_s=0.001)
+    assert (a.snapshot().state, a.snapshot().transitions) == (State.CLOSED, 3)
+    os.unlink(store.path_for(NAME))
+    _run(_trip, str(tmp_path))  # process B makes a new file at the path and trips it OPEN (1 transition; > 0.1 s)
+    assert isinstance(a.acquire(), Rejection)  # A follows the path and keeps B's OPEN
+    assert SharedFileStore(tmp_path).read(NAME).state == State.OPEN
+
+
+def test_replaced_file_is_followed(tmp_path):
+    clock = Clock()
+    store, _ = _store(tmp_path, clock)
+    breaker = _tripped(store, clock)
     path = store.path_for(NAME)
     with open(path, "rb") as f:
         image = f.read()
@@ -287,6 +374,7 @@ def test_replaced_file_is_followed(tmp_path):
     with open(path + ".new", "wb") as f:
         f.write(image)
     os.replace(path + ".new", path)  # same content, another inode
+    clock.past_the_check()
     assert isinstance(breaker.acquire(), Rejection)
     assert os.stat(path).st_ino == os.fstat(store.transaction(NAME)._fd).st_ino
 
@@ -294,10 +382,12 @@ def test_replaced_file_is_followed(tmp_path):
 def test_removed_directory_is_recreated(tmp_path):
     import shutil
 
+    clock = Clock()
     directory = tmp_path / "state"
-    store, reports = _store(directory)
-    breaker = _tripped(store)
+    store, reports = _store(directory, clock)
+    breaker = _tripped(store, clock)
     shutil.rmtree(directory)
+    clock.past_the_check()
     assert isinstance(breaker.acquire(), Rejection)
     assert SharedFileStore(directory).read(NAME).state == State.OPEN
     assert store.damage == {"missing": 1}
@@ -426,3 +516,4 @@ def test_default_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv(defaults.STATE_DIR_ENV, str(tmp_path))
     assert default_state_dir() == str(tmp_path)
     assert default_state_dir(server_pid=4242) == str(tmp_path)
+

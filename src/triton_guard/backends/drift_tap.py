@@ -1,8 +1,8 @@
 """The drift monitor inside Triton: fed where a guard sees its upstream's answers.
 
 Import only inside a Triton Python model. A guard whose parameters name a
-`drift_output` builds one `DriftTap` (triton_guard.backends.bls does, for
-both placements); after each upstream call it hands the tap the answers and
+`drift_output` builds one `DriftTap` (triton_guard.backends.runtime does, for
+every placement); after each upstream call it hands the tap the answers and
 the requests they belong to: ONE call per batch (`observe` for one batch's
 outputs, `observe_per_request` for the guard backend's per-request results), which copies the
 monitored output's rows into the model's shared window (rows of requests
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -25,14 +24,15 @@ import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
-from triton_guard.backends import metric_families
+from triton_guard.backends.metrics import MetricsPublisher
+from triton_guard.backends.periodic import Periodic
 from triton_guard.drift import state as drift_state
 from triton_guard.drift.monitor import DriftMonitor, is_probe_parameters, load_reference
 from triton_guard.drift.ring import RowRing
 from triton_guard.drift.scorer import Scorer, write_off_state
 from triton_guard.errors import DriftReferenceError
 from triton_guard.guard.config import ConfigError, DriftConfig
-from triton_guard.guard.shared_state import default_state_dir
+from triton_guard.guard.state_dir import default_state_dir
 
 
 def is_probe(request) -> bool:
@@ -42,18 +42,16 @@ def is_probe(request) -> bool:
 
 class DriftTap:
     @classmethod
-    def from_parameters(cls, upstream: str, params: Mapping[str, str], repository: Path | None) -> "DriftTap | None":
-        """The tap the guard parameters ask for; None when they name no drift_output.
+    def for_config(cls, upstream: str, config: DriftConfig, repository: Path | None) -> "DriftTap":
+        """The tap of a guard's parsed drift settings (GuardSettings.drift).
 
-        A bad parameter raises ConfigError (the guard's load fails naming it). A
-        reference that is missing or does not fit leaves the monitor off, says
-        so in the model's drift state (the canary reports it) and lets answers
-        flow; the tap looks for it again every DRIFT_EVALUATE_S, so a reference
-        recorded later takes effect without reloading the guard.
+        A relative reference needs the repository root (ConfigError without
+        one: the guard's load fails naming it). A reference that is missing
+        or does not fit leaves the monitor off, says so in the model's drift
+        state (the canary reports it) and lets answers flow; the tap looks for
+        it again every DRIFT_EVALUATE_S, so a reference recorded later takes
+        effect without reloading the guard.
         """
-        config = DriftConfig.from_parameters(upstream, params)
-        if config is None:
-            return None
         path = Path(config.reference)
         if not path.is_absolute():
             if repository is None:
@@ -72,10 +70,10 @@ class DriftTap:
         self._state_dir = default_state_dir()
         self._served = False  # no stub-to-server call from the thread before a request was served
         self._warned_shape = False
-        self._gauges = None
-        self._stop = threading.Event()
+        self.metrics = MetricsPublisher(model=model)
         self._load_reference()
-        self._thread = threading.Thread(target=self._loop, name=f"drift-{model}", daemon=True)
+        self._thread = Periodic(f"drift-{model}", defaults.DRIFT_EVALUATE_S, self._step,
+                                report=pb_utils.Logger.log_warn)  # fmt: skip
         self._thread.start()
 
     def _load_reference(self) -> None:
@@ -161,40 +159,22 @@ class DriftTap:
 
     # --- beside it -----------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.wait(defaults.DRIFT_EVALUATE_S):
-            try:
-                if self.monitor is None:
-                    self._load_reference()
-                    continue
-                scores = self.scorer.step()
-                if scores is not None and self._served:
-                    self._publish(scores)
-            except Exception as exc:  # a bad window must not stop the monitor
-                pb_utils.Logger.log_warn(f"drift monitor of '{self.model}': {exc}")
+    def _step(self) -> None:
+        """One round of the scorer thread: look for the reference, or score the window and publish."""
+        if self.monitor is None:
+            self._load_reference()
+            return
+        scores = self.scorer.step()
+        if scores is not None and self._served:
+            self.publish(scores)
 
-    def _publish(self, scores) -> None:
-        if self._gauges is None:
-            labels = {"model": self.model}
-            # Families must outlive their metrics: keep them on self.
-            families = {
-                "score": metric_families.family(catalogue.DRIFT_SCORE),
-                "fill": metric_families.family(catalogue.DRIFT_WINDOW_FILL),
-                "alarm": metric_families.family(catalogue.DRIFT_ALARM),
-            }
-            self._gauges = {
-                "families": families,
-                "scores": {name: families["score"].Metric(labels={**labels, "statistic": name}) for name in scores.statistics},
-                "fill": families["fill"].Metric(labels=labels),
-                "alarm": families["alarm"].Metric(labels=labels),
-            }
+    def publish(self, scores) -> None:
         for name, value in scores.statistics.items():
-            self._gauges["scores"][name].set(float(value))
-        self._gauges["fill"].set(scores.fill)
-        self._gauges["alarm"].set(1.0 if scores.alarm else 0.0)
+            self.metrics.set(catalogue.DRIFT_SCORE, value, statistic=name)
+        self.metrics.set(catalogue.DRIFT_WINDOW_FILL, scores.fill)
+        self.metrics.set(catalogue.DRIFT_ALARM, 1.0 if scores.alarm else 0.0)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2 * defaults.DRIFT_EVALUATE_S)
+        self._thread.stop(join_s=2 * defaults.DRIFT_EVALUATE_S)
         if self.scorer is not None:
             self.scorer.close()

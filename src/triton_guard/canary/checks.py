@@ -23,6 +23,7 @@ from triton_guard.canary.memory import MemoryReading
 from triton_guard.canary.report import CheckResult
 from triton_guard.drift.state import judge as judge_drift
 from triton_guard.guard.breaker import BreakerSnapshot, State
+from triton_guard.guard.record import Override
 from triton_guard.pins import Pins, load_pins
 
 
@@ -169,11 +170,15 @@ def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, 
             "failure_rate": s.failure_rate,
             "slow_call_rate": s.slow_call_rate,
             "calls_in_window": s.calls_in_window,
+            "override": s.override.name,  # AUTO, or an operator's FORCED_OPEN / FORCED_CLOSED
         }
         for s in snapshots
     }
     if bad:
-        reason = "breaker " + ", ".join(f"'{n}' {states[n]['state']}" for n in bad)
+        forced = {s.name for s in snapshots if s.override is Override.FORCED_OPEN}
+        reason = "breaker " + ", ".join(
+            f"'{n}' {states[n]['state']}" + (" (opened by an operator)" if n in forced else "") for n in bad
+        )
     else:
         reason = f"{len(states)} breaker(s) closed or probing" if states else "no breaker in use yet"
     return CheckResult("breakers", not bad, states, "none OPEN" + (" or HALF_OPEN" if half_open_not_ready else ""), reason)

@@ -1,6 +1,6 @@
 """The `triton-guard` command: main(argv) and the parser assembled from one module per command.
 
-Each command module (serve, probe, status, chaos, goldens, guard, unguard,
+Each command module (serve, probe, status, breaker, chaos, goldens, guard, unguard,
 drift, backend_dir) holds its arguments beside its handler: `add_parser(subparsers)`
 adds the command, `run(args) -> int` runs it and returns the exit code
 (cli/exit_codes.py).
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from triton_guard.cli import backend_dir, chaos, drift, goldens, guard, probe, serve, status, unguard
+from triton_guard.cli import backend_dir, breaker, chaos, drift, goldens, guard, probe, serve, status, unguard
 
 # What `triton-guard --help` says first.
 DESCRIPTION = "The `triton-guard` command (each command is described in the project's docs/, from docs/getting-started.md)."
 
 # In the order `triton-guard --help` lists them.
-COMMANDS = (serve, probe, status, chaos, goldens, guard, unguard, drift, backend_dir)
+COMMANDS = (serve, probe, status, breaker, chaos, goldens, guard, unguard, drift, backend_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

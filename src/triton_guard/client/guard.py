@@ -3,9 +3,10 @@
 The in-server guard cannot help when the whole server is unreachable or
 wedged: its gRPC front end stuck, the process frozen, the network cut. Then
 the caller's own request hangs, as the incident's orchestrator did. This is
-the same defence one hop out: the same breaker (triton_guard.guard.breaker)
-with the same parameters (GuardConfig), a hard deadline on every call, a
-bulkhead, and fast "Service temporarily unavailable" while open.
+the same defence one hop out, the same code: the guard's policy
+(triton_guard.guard.policy: admission, breaker, bulkhead refusal, outcome,
+messages) with the same parameters (GuardConfig), driven by asyncio here
+(`wait_for` enforces the hard deadline) instead of the in-server workers.
 
 Breaker state is per process: one breaker per (server URL, model), shared by
 every GuardedClient of the process (a Ray Serve replica is one process).
@@ -30,11 +31,12 @@ from tritonclient.utils import InferenceServerException
 
 from triton_guard import defaults
 from triton_guard.errors import ClientGuardError
-from triton_guard.guard.breaker import CircuitBreaker, Permit, Rejection, State
+from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.core import UNAVAILABLE_PREFIX, GuardEvents
 from triton_guard.guard.failures import Failure, FailureClassifier
-from triton_guard.guard.shared_state import MemoryStore
+from triton_guard.guard.policy import GuardEvents, GuardPolicy, GuardResult
+from triton_guard.guard.record import Permit, State
+from triton_guard.guard.store import MemoryStore
 
 # gRPC code -> HTTP status (the usual gRPC/HTTP mapping; Triton's HTTP front
 # end uses the same numbers for the codes it returns).
@@ -131,15 +133,23 @@ class GuardedClient:
         self._owns_client = client is None
         self._store = store if store is not None else _PROCESS_STORE
         self._clock = clock
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._policies: dict[str, GuardPolicy] = {}
         self._inflight: dict[str, int] = {}
 
     # --- reading ---------------------------------------------------------------
 
+    def policy(self, model: str) -> GuardPolicy:
+        policy = self._policies.get(model)
+        if policy is None:
+            breaker = CircuitBreaker(f"{self.url}/{model}", self.config, self._store, self._clock)
+            policy = self._policies[model] = GuardPolicy(
+                model, self.config, breaker, self.classifier, self.events, self._clock,
+                label=f"model '{model}' at {self.url}",
+            )  # fmt: skip
+        return policy
+
     def breaker(self, model: str) -> CircuitBreaker:
-        if model not in self._breakers:
-            self._breakers[model] = CircuitBreaker(f"{self.url}/{model}", self.config, self._store, self._clock)
-        return self._breakers[model]
+        return self.policy(model).breaker
 
     def state(self, model: str) -> State:
         return self.breaker(model).snapshot().state
@@ -154,31 +164,16 @@ class GuardedClient:
 
         `timeout_s` may shorten this call's deadline below timeout_ms, never lengthen it.
         """
-        breaker = self.breaker(model_name)
-        decision = breaker.acquire()
-        if decision.transition is not None:
-            self.events.transitioned(decision.transition)
-        if isinstance(decision, Rejection):
-            self.events.rejected(decision.reason)
-            raise ClientGuardError(self._rejection_message(model_name, decision), grpc.StatusCode.UNAVAILABLE, rejected=decision.reason)
-
+        policy = self.policy(model_name)
+        started = self._clock()
+        limit_s = policy.time_left(None, started) if timeout_s is None else max(min(policy.timeout_s, timeout_s), 0.0)
+        permit = policy.admit(1, None if timeout_s is None else started + limit_s, started)
+        if type(permit) is not Permit:
+            raise _refused(permit)
         inflight = self._inflight.get(model_name, 0)
         if inflight >= self.config.max_inflight:
-            self._record(breaker, decision, Failure.OVERLOADED, None)
-            self.events.rejected("overloaded")
-            raise ClientGuardError(
-                f"model '{model_name}' at {self.url} overloaded: {inflight} calls in flight "
-                f"(max_inflight={self.config.max_inflight})",
-                grpc.StatusCode.UNAVAILABLE,
-                failure=Failure.OVERLOADED,
-                rejected="overloaded",
-            )
-
-        limit_s = self.config.timeout_ms / 1000.0
-        if timeout_s is not None:
-            limit_s = max(min(limit_s, timeout_s), 0.0)
+            raise _refused(policy.overloaded(permit, 1, inflight))
         self._inflight[model_name] = inflight + 1
-        started = self._clock()
         try:
             client = self._connect()
             # gRPC's deadline tells the server to give up too; wait_for is the
@@ -187,24 +182,29 @@ class GuardedClient:
                 client.infer(model_name, inputs, outputs=outputs, client_timeout=limit_s, **kwargs), limit_s
             )
         except asyncio.CancelledError:
-            # The caller gave up: nothing learnt about the server. An unrecorded
-            # trial permit is reclaimed by the breaker's trial lease.
+            policy.abandoned(permit)  # the caller gave up: nothing learnt about the server
             raise
         except (asyncio.TimeoutError, TimeoutError):
-            error = self._timeout_error(model_name)
+            raise _refused(policy.finished(permit, 1, self._clock() - started, Failure.TIMEOUT)) from None
         except InferenceServerException as exc:
-            error = self._server_error(model_name, exc)
+            code, failure = self._classify(exc)
+            if failure is Failure.TIMEOUT:  # the server's DEADLINE_EXCEEDED: our timeout, as the guard says it
+                raise _refused(policy.finished(permit, 1, self._clock() - started, failure)) from None
+            policy.finished(permit, 1, self._clock() - started, failure, exc.message())
+            # The server's own words and code go to the caller.
+            raise ClientGuardError(
+                exc.message() or str(exc), code, failure=failure, debug_details=exc.debug_details()
+            ) from None
         except Exception as exc:  # the client library itself failed: the call did not happen right
-            error = ClientGuardError(
-                f"call to model '{model_name}' at {self.url} failed: {exc}", grpc.StatusCode.UNKNOWN, failure=Failure.UPSTREAM_ERROR
-            )
-        else:
-            self._record(breaker, decision, None, self._clock() - started)
-            return answer
+            policy.finished(permit, 1, self._clock() - started, Failure.UPSTREAM_ERROR, str(exc))
+            raise ClientGuardError(
+                f"call to model '{model_name}' at {self.url} failed: {exc}", grpc.StatusCode.UNKNOWN,
+                failure=Failure.UPSTREAM_ERROR,
+            ) from None
         finally:
             self._inflight[model_name] -= 1
-        self._record(breaker, decision, error.failure, self._clock() - started)
-        raise error
+        policy.finished(permit, 1, self._clock() - started)
+        return answer
 
     async def close(self) -> None:
         if self._owns_client and self._client is not None:
@@ -226,51 +226,26 @@ class GuardedClient:
             self._client = aioclient.InferenceServerClient(self.url, channel_args=default_channel_args())
         return self._client
 
-    def _record(self, breaker: CircuitBreaker, permit: Permit, failure: Failure | None, duration_s: float | None) -> None:
-        success = failure is None or not failure.counts_against_upstream
-        transition = breaker.record(permit, success=success, duration_s=duration_s or 0.0)
-        self.events.completed(duration_s, failure)
-        if transition is not None:
-            self.events.transitioned(transition)
-
-    def _timeout_error(self, model: str) -> ClientGuardError:
-        return ClientGuardError(
-            f"model '{model}' at {self.url} did not answer within timeout_ms={self.config.timeout_ms}",
-            grpc.StatusCode.UNAVAILABLE,
-            failure=Failure.TIMEOUT,
-        )
-
-    def _server_error(self, model: str, exc: InferenceServerException) -> ClientGuardError:
+    def _classify(self, exc: InferenceServerException) -> tuple[grpc.StatusCode, Failure]:
+        """The server's error as the in-server guard names it (the transport's part of classifying)."""
         code = status_code(exc)
         message = exc.message() or str(exc)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return self._timeout_error(model)
+            return code, Failure.TIMEOUT
         if code in CLIENT_CODES:
-            failure = Failure.CLIENT_ERROR
-        elif code is grpc.StatusCode.UNAVAILABLE:
+            return code, Failure.CLIENT_ERROR
+        if code is grpc.StatusCode.UNAVAILABLE:
             # The server's own guard (open, timed out, overloaded), a full
             # queue, or nothing listening: the server cannot serve this model.
             failure = self.classifier.classify(message)
-            if failure is Failure.CLIENT_ERROR:
-                failure = Failure.UPSTREAM_ERROR
-        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            failure = Failure.OVERLOADED
-        else:  # INTERNAL, UNKNOWN, ...: a client's mistake only if its message says so
-            failure = self.classifier.classify(message)
-        return ClientGuardError(
-            message,
-            code,
-            failure=failure,
-            debug_details=exc.debug_details(),
-        )
+            return code, Failure.UPSTREAM_ERROR if failure is Failure.CLIENT_ERROR else failure
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return code, Failure.OVERLOADED
+        return code, self.classifier.classify(message)  # INTERNAL, UNKNOWN, ...: a client's mistake only if it says so
 
-    def _rejection_message(self, model: str, rejection: Rejection) -> str:
-        if rejection.state is State.OPEN:
-            return (
-                f"{UNAVAILABLE_PREFIX}: circuit breaker for model '{model}' at {self.url} is OPEN; "
-                f"next trial call in {rejection.retry_after_s:.1f} s"
-            )
-        return (
-            f"{UNAVAILABLE_PREFIX}: circuit breaker for model '{model}' at {self.url} is HALF_OPEN "
-            f"with {self.config.half_open_max_calls} trial call(s) in flight; retry shortly"
-        )
+
+def _refused(result: GuardResult) -> ClientGuardError:
+    """The policy's refusal or timeout as the error the caller gets (UNAVAILABLE, as the in-server guard answers)."""
+    return ClientGuardError(
+        result.message, grpc.StatusCode.UNAVAILABLE, failure=result.failure, rejected=result.rejected
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triton_guard import defaults
-from triton_guard.guard.shared_state import read_json_state, write_json_state
+from triton_guard.guard.state_dir import read_json_state, write_json_state
 
 STATE_PREFIX = "drift-"
 STATE_SUFFIX = ".json"

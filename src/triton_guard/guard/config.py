@@ -1,8 +1,13 @@
-"""Guard settings: one frozen, validated value object per guard model.
+"""Guard settings, parsed once into frozen, validated objects that every consumer takes as is.
 
-The values come from the guard model's config.pbtxt `parameters` block (keys
-are the field names); anything not given there keeps its default from
-defaults.py.
+`GuardSettings.from_parameters` reads a guard model's config.pbtxt
+`parameters` block once: `GuardConfig` (breaker, bulkhead and deadline; also
+what the client-side guard takes), the `FailureClassifier` built from
+`client_error_pattern`, the `DriftConfig` of the drift_* parameters and the
+two switches. Anything not given keeps its default from defaults.py; a bad
+value raises ConfigError naming the parameter. Times are given in ms (the
+parameters' unit) and read in seconds (`timeout_s`, ...): the guard counts
+in seconds inside.
 """
 
 from __future__ import annotations
@@ -61,6 +66,23 @@ class GuardConfig:
                 f"an integer between 1 and window_size ({self.window_size}); "
                 "a larger value could never be reached",
             )
+
+    # Seconds: the unit of every clock and deadline inside the guard.
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout_ms / 1000.0
+
+    @property
+    def recovery_s(self) -> float:
+        return self.recovery_ms / 1000.0
+
+    @property
+    def slow_call_s(self) -> float:
+        return self.slow_call_ms / 1000.0
+
+    @property
+    def probe_interval_s(self) -> float:
+        return self.probe_interval_ms / 1000.0
 
     @classmethod
     def parameter_names(cls) -> frozenset[str]:
@@ -130,32 +152,70 @@ def _parse(name: str, raw: Any, kind: type, what: str) -> Any:
         raise _reject(name, raw, what) from None
 
 
-# Guard parameters beyond GuardConfig's thresholds (consumed by backends/bls.py).
+# Guard parameters beyond GuardConfig's thresholds (GuardSettings' other fields).
 EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream", "check_finite"})
 
 
+@dataclasses.dataclass(frozen=True)
+class GuardSettings:
+    """Every setting of one guard model, parsed and validated once."""
+
+    config: GuardConfig = dataclasses.field(default_factory=GuardConfig)
+    classifier: FailureClassifier = dataclasses.field(default_factory=FailureClassifier)
+    drift: DriftConfig | None = None
+    heal_dead_upstream: bool = defaults.HEAL_DEAD_UPSTREAM
+    check_finite: bool = defaults.CHECK_FINITE
+
+    @classmethod
+    def parameter_names(cls) -> frozenset[str]:
+        """Every config.pbtxt parameter key a guard consumes (upstream_model aside)."""
+        return GuardConfig.parameter_names() | EXTRA_PARAMETERS | DRIFT_PARAMETERS
+
+    @classmethod
+    def from_parameters(cls, upstream: str, params: Mapping[str, Any]) -> GuardSettings:
+        """Parse config.pbtxt `parameters` (plain strings or `{"string_value": ...}`).
+
+        `params` must hold guard parameters only (the caller removes its own,
+        such as upstream_model). Raises ConfigError naming the first unknown or
+        bad parameter.
+        """
+        unknown = sorted(set(params) - cls.parameter_names())
+        if unknown:
+            raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {sorted(cls.parameter_names())}")
+        pattern = params.get("client_error_pattern")
+        if isinstance(pattern, Mapping):
+            pattern = pattern.get("string_value")
+        try:
+            classifier = FailureClassifier(pattern or None)
+        except re.error as exc:
+            raise _reject("client_error_pattern", pattern, f"a Python regular expression ({exc})") from None
+        return cls(
+            config=GuardConfig.from_parameters(params),
+            classifier=classifier,
+            drift=DriftConfig.from_parameters(upstream, params),
+            heal_dead_upstream=_parse_flag(params, "heal_dead_upstream", defaults.HEAL_DEAD_UPSTREAM),
+            check_finite=_parse_flag(params, "check_finite", defaults.CHECK_FINITE),
+        )
+
+
+def _parse_flag(params: Mapping[str, Any], name: str, default: bool) -> bool:
+    raw = params.get(name, str(default))
+    if isinstance(raw, Mapping):
+        raw = raw.get("string_value", "")
+    value = str(raw).strip().lower()
+    if value not in ("true", "false"):
+        raise _reject(name, value, "true or false")
+    return value == "true"
+
+
 def validate_parameters(params: Mapping[str, Any]) -> GuardConfig:
-    """Every check of a guard's parameters, as the backend makes it at load and `triton-guard guard` before writing.
+    """Every check the guard backend makes at load, for `triton-guard guard` before it writes a config.
 
     `params` are config.pbtxt `parameters` without `upstream_model` (the
-    caller's). Raises ConfigError naming the first unknown or bad parameter.
+    caller's). Raises ConfigError naming the first unknown or bad parameter;
+    returns the breaker's part (the writer keeps nothing else).
     """
-    unknown = sorted(set(params) - GuardConfig.parameter_names() - EXTRA_PARAMETERS - DRIFT_PARAMETERS)
-    if unknown:
-        known = sorted(GuardConfig.parameter_names() | EXTRA_PARAMETERS | DRIFT_PARAMETERS)
-        raise ConfigError(f"unknown guard parameter(s) {unknown}; known: {known}")
-    config = GuardConfig.from_parameters(params)
-    DriftConfig.from_parameters("upstream", params)  # the drift_* block below
-    pattern = params.get("client_error_pattern")
-    try:
-        FailureClassifier(pattern)
-    except re.error as exc:
-        raise _reject("client_error_pattern", pattern, f"a Python regular expression ({exc})") from None
-    for flag, default in (("heal_dead_upstream", defaults.HEAL_DEAD_UPSTREAM), ("check_finite", defaults.CHECK_FINITE)):
-        value = str(params.get(flag, str(default))).strip().lower()
-        if value not in ("true", "false"):
-            raise _reject(flag, value, "true or false")
-    return config
+    return GuardSettings.from_parameters("upstream", params).config
 
 
 # --- Output drift monitoring (triton_guard.drift; docs/drift.md) ---

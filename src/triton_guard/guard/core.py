@@ -1,17 +1,12 @@
-"""The guard's request path: breaker, bulkhead and hard deadline around one call.
+"""The guard's runtime inside Triton: the policy driven by bulkhead workers that enforce the deadline.
 
 `Guard.call` knows nothing about Triton: the backend hands it a function that
-makes the upstream call (a BLS request) and a function that reads an error
-message out of the answer. That keeps the logic here testable in-process,
-and the same object serves both placements: the `guard` backend (its own
-ensemble step) and a library call inside a user's own Python model.
-
-Why a worker pool and not asyncio: a non-decoupled Python instance runs one
-execute at a time anyway, so the only concurrency needed is "give up waiting
-at the deadline". A timed-out call keeps its worker until the upstream
-answers; the bulkhead counts such abandoned calls as in flight, so there is
-always a free worker for the next call and a hung upstream can never starve
-the guard (the asyncio default executor has only min(32, cpus + 4) threads).
+makes the upstream call (a BLS request, or the model's own execute) and a
+function that reads an error message out of the answer. Every decision is
+the policy's (guard/policy.py); this module makes the call on a bulkhead
+worker (guard/workers.py) and stops waiting at the deadline. The same object
+serves every placement in the server: the `guard` backend (its own ensemble
+step), the in-process placement and a library call inside a user's model.
 
 Requests, not calls: `call_requests` takes one execute's requests (their
 arrival times, when a step before the guard stamped them) and owns what a
@@ -37,76 +32,29 @@ before: a slow but healthy upstream never shortens the next caller's budget.
 
 from __future__ import annotations
 
-import enum
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, NamedTuple, Sequence, TypeVar
 
 from triton_guard import defaults
-from triton_guard.guard.breaker import CircuitBreaker, Permit, Rejection, State, Transition
-from triton_guard.guard.failures import Failure, FailureClassifier
+from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardConfig
+from triton_guard.guard.failures import Failure, FailureClassifier
+from triton_guard.guard.policy import UNAVAILABLE_PREFIX, Code, GuardEvents, GuardPolicy, GuardResult  # noqa: F401
+from triton_guard.guard.record import Permit, Rejection, State
+from triton_guard.guard.workers import CallTimedOut, DeadlineWorkers
 
 T = TypeVar("T")
 
-UNAVAILABLE_PREFIX = "Service temporarily unavailable"
+
+def _no_error(answer: object) -> None:
+    return None
 
 
-class Code(enum.Enum):
-    """What the client is told; the backend maps these to TritonError codes."""
-
-    OK = "ok"
-    UNAVAILABLE = "unavailable"  # HTTP 503 / gRPC UNAVAILABLE
-    INVALID_ARG = "invalid_arg"  # HTTP 400 / gRPC INVALID_ARGUMENT
-    INTERNAL = "internal"  # HTTP 500 / gRPC INTERNAL
-
-
-_FAILURE_CODES = {
-    Failure.CLIENT_ERROR: Code.INVALID_ARG,
-    Failure.TIMEOUT: Code.UNAVAILABLE,
-    Failure.OVERLOADED: Code.UNAVAILABLE,
-    Failure.STUB_DEAD: Code.UNAVAILABLE,
-    Failure.NON_FINITE: Code.INTERNAL,  # the upstream answered garbage
-    Failure.UPSTREAM_ERROR: Code.INTERNAL,
-}
-
-
-@dataclass(frozen=True)
-class GuardResult(Generic[T]):
-    code: Code
-    value: T | None = None  # the upstream's answer when code is OK
-    message: str = ""  # for the client when code is not OK
-    failure: Failure | None = None
-    rejected: str | None = None  # why it was refused without an upstream call
-
-    @property
-    def ok(self) -> bool:
-        return self.code is Code.OK
-
-
-@dataclass(frozen=True)
-class Part(Generic[T]):
+class Part(NamedTuple):
     """The answer for some of an execute's requests (indices into them)."""
 
     requests: tuple[int, ...]
-    result: GuardResult[T]
-
-
-class GuardEvents:
-    """Hooks for metrics; the default does nothing. Called on the request path: keep cheap.
-
-    `requests` is how many requests the event stands for.
-    """
-
-    def rejected(self, reason: str, requests: int = 1) -> None: ...
-
-    def completed(self, duration_s: float | None, failure: Failure | None, requests: int = 1) -> None:
-        """duration_s is None when no upstream call was made (bulkhead full, deadline passed)."""
-
-    def transitioned(self, transition: Transition) -> None: ...
+    result: GuardResult
 
 
 class ExecuteQueue:
@@ -119,8 +67,9 @@ class ExecuteQueue:
         self._timed_out = False  # whether it ended with a timeout
 
     def earliest_arrival(self, now: float) -> float:
-        busy_until_now = self._ended is not None and now - self._ended <= self.idle_gap_s
-        return self._started if busy_until_now and self._timed_out else now
+        if self._timed_out and self._ended is not None and now - self._ended <= self.idle_gap_s:
+            return self._started
+        return now
 
     def started(self, now: float) -> None:
         self._started, self._ended, self._timed_out = now, None, False
@@ -145,31 +94,27 @@ class Guard:
         self.upstream = upstream
         self.config = config
         self.breaker = breaker
-        self.classifier = classifier or FailureClassifier()
-        self.events = events or GuardEvents()
+        self.policy = GuardPolicy(upstream, config, breaker, classifier, events, clock)
+        self.classifier = self.policy.classifier
+        self.events = self.policy.events
         self._clock = clock
-        self._timeout_s = config.timeout_ms / 1000.0
+        self._timeout_s = config.timeout_s
         self._queue = ExecuteQueue()
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
-        # max_inflight workers: the bulkhead guarantees a free one for every admitted call.
-        self._workers = ThreadPoolExecutor(
-            max_workers=config.max_inflight, thread_name_prefix=f"guard-{upstream}"
-        )
+        self.workers = DeadlineWorkers(config.max_inflight, name=f"guard-{upstream}")
 
     @property
     def inflight(self) -> int:
         """Upstream calls not yet answered, abandoned (timed-out) ones included."""
-        return self._inflight
+        return self.workers.inflight
 
     def call(
         self,
         upstream_call: Callable[[float], T],
-        error_of: Callable[[T], str | None] = lambda _: None,
+        error_of: Callable[[T], str | None] = _no_error,
         *,
         requests: int = 1,
         deadline_s: float | None = None,
-    ) -> GuardResult[T]:
+    ) -> GuardResult:
         """Run `upstream_call(timeout_s)` under the breaker, bulkhead and deadline: one call for `requests` requests.
 
         `error_of(answer)` returns the error message carried by an answer
@@ -177,16 +122,16 @@ class Guard:
         (clock seconds) is when the callers must have their answer; without
         it, timeout_ms from now. The call gets whichever comes first.
         """
-        return self._call(upstream_call, error_of, requests, deadline_s, split=False)
+        return self._call(upstream_call, error_of, requests, deadline_s, self._clock(), split=False)
 
     def call_requests(
         self,
         arrivals: Sequence[float | None],
         upstream_call: Callable[[Sequence[int], float], T],
-        error_of: Callable[[T], str | None] = lambda _: None,
+        error_of: Callable[[T], str | None] = _no_error,
         *,
         batch: bool = True,
-    ) -> list[Part[T]]:
+    ) -> list[Part]:
         """One execute's requests: answers for all of them, in parts.
 
         `arrivals[i]`: clock seconds at which request i entered the pipeline,
@@ -198,28 +143,41 @@ class Guard:
         relies on it.
         """
         now = self._clock()
-        earliest = self._queue.earliest_arrival(now)
-        self._queue.started(now)
+        queue = self._queue
+        earliest = queue.earliest_arrival(now)
+        queue.started(now)
+        timeout_s = self._timeout_s
+        # When each request arrived (an unstamped one: as early as it can have); deadlines are timeout_s later.
+        arrived = [earliest if a is None else a for a in arrivals] if None in arrivals else arrivals
+        parts: list[Part] = []
         try:
-            timeout_s = self._timeout_s
-            deadlines = [(earliest if a is None else a) + timeout_s for a in arrivals]
-            expired = [i for i, deadline in enumerate(deadlines) if deadline <= now]
-            parts = self._answer_expired(expired, now, arrivals, earliest)
-            live = [i for i, deadline in enumerate(deadlines) if deadline > now]
-            if len(live) > 1 and batch:
-                together, deadline = tuple(live), min(deadlines[i] for i in live)
-                result = self._call(lambda t: upstream_call(together, t), error_of, len(live), deadline, split=True)
+            first = min(arrived, default=now) + timeout_s
+            if first > now:  # nothing expired: the common case
+                live = range(len(arrived))
+            else:
+                expired = [i for i, a in enumerate(arrived) if a + timeout_s <= now]
+                parts = self._answer_expired(expired, now, arrivals, earliest)
+                live = [i for i, a in enumerate(arrived) if a + timeout_s > now]
+                first = min((arrived[i] for i in live), default=now) + timeout_s
+            if batch and len(live) > 1:
+                together = tuple(live)
+                result = self._call(lambda t: upstream_call(together, t), error_of, len(together), first, now, split=True)
                 if result is not None:
-                    parts.append(Part(tuple(live), result))
-                    live = []
+                    parts.append(Part(together, result))
+                    if result.failure is Failure.TIMEOUT:
+                        queue.timed_out()
+                    return parts
+                now = self._clock()
             for i in live:  # alone: one request, or a batch split after a client's mistake
-                result = self._call(lambda t, i=i: upstream_call([i], t), error_of, 1, deadlines[i], split=False)
+                deadline = arrived[i] + timeout_s
+                result = self._call(lambda t, i=i: upstream_call((i,), t), error_of, 1, deadline, now, split=False)
                 parts.append(Part((i,), result))
-            if any(part.result.failure is Failure.TIMEOUT for part in parts):
-                self._queue.timed_out()
+                if result.failure is Failure.TIMEOUT:
+                    queue.timed_out()
+                now = self._clock()
             return parts
         finally:
-            self._queue.ended(self._clock())
+            queue.ended(self._clock())
 
     def _call(
         self,
@@ -227,67 +185,48 @@ class Guard:
         error_of: Callable[[T], str | None],
         requests: int,
         deadline_s: float | None,
+        now: float,
         split: bool,
-    ) -> GuardResult[T] | None:
+    ) -> GuardResult | None:
         """None only with `split`, for a client's mistake: the caller retries request by request."""
-        if deadline_s is not None and deadline_s <= self._clock():
-            self._record_expired(requests)  # no time left for an upstream call: do not make one
-            return self._timeout_result()
-        decision = self.breaker.acquire()
-        if decision.transition is not None:  # OPEN -> HALF_OPEN, or an expired trial lease
-            self.events.transitioned(decision.transition)
-        if isinstance(decision, Rejection):
-            self.events.rejected(decision.reason, requests)
-            return GuardResult(Code.UNAVAILABLE, message=self._rejection_message(decision), rejected=decision.reason)
-
-        with self._inflight_lock:
-            admitted = self._inflight < self.config.max_inflight
-            if admitted:
-                self._inflight += 1
-        if not admitted:
-            self._record(decision, Failure.OVERLOADED, None, requests)
-            self.events.rejected("overloaded", requests)
-            return GuardResult(
-                Code.UNAVAILABLE,
-                message=f"model '{self.upstream}' overloaded: {self.config.max_inflight} calls in flight "
-                f"(max_inflight={self.config.max_inflight})",
-                failure=Failure.OVERLOADED,
-                rejected="overloaded",
-            )
-
-        started = self._clock()
-        timeout_s = self._timeout_s if deadline_s is None else max(min(deadline_s - started, self._timeout_s), 0.0)
-        future = self._workers.submit(self._run, upstream_call, timeout_s)
-        answer, message = None, None
+        policy = self.policy
+        permit = policy.admit(requests, deadline_s, now)
+        if type(permit) is not Permit:
+            return permit  # refused: the deadline had passed, or the breaker said no
+        worker = self.workers.take()
+        if worker is None:
+            return policy.overloaded(permit, requests, self.workers.inflight)
+        timeout_s = policy.time_left(deadline_s, now)
+        message = None
+        answer = None
         try:
-            answer = future.result(timeout=timeout_s)
+            answer = self.workers.run(worker, lambda: upstream_call(timeout_s), timeout_s)
             message = error_of(answer)
-            failure = self.classifier.classify(message) if message else None
-        except FutureTimeout:
+            failure = policy.classify(message) if message else None
+        except CallTimedOut:
             failure = Failure.TIMEOUT
         except Exception as exc:  # the call itself raised: same meaning as an error answer
             message = str(exc) or type(exc).__name__
-            failure = self.classifier.classify(message)
-        if split and failure is Failure.CLIENT_ERROR:
-            # The upstream answered (a trial is decided); each request is counted on its retry.
-            self._record(decision, failure, self._clock() - started, 0)
-            return None
-        self._record(decision, failure, self._clock() - started, requests)
+            failure = policy.classify(message)
+        return policy.finished(permit, requests, self._clock() - now, failure, message, answer, split=split)
 
-        if failure is None:
-            return GuardResult(Code.OK, value=answer)
-        if failure is Failure.TIMEOUT:
-            # Also an upstream queue that expired the request (its timeout is our deadline).
-            return self._timeout_result(message)
-        if failure is not Failure.CLIENT_ERROR:
-            message = f"upstream model '{self.upstream}' failed: {message}"
-        return GuardResult(_FAILURE_CODES[failure], message=message, failure=failure)
-
-    def _timeout_result(self, detail: str | None = None) -> GuardResult:
-        message = f"model '{self.upstream}' did not answer within timeout_ms={self.config.timeout_ms}"
-        return GuardResult(
-            Code.UNAVAILABLE, message=f"{message} ({detail})" if detail else message, failure=Failure.TIMEOUT
-        )
+    def _answer_expired(
+        self, expired: list[int], now: float, arrivals: Sequence[float | None], earliest: float
+    ) -> list[Part]:
+        self._queue.timed_out()
+        policy = self.policy
+        snapshot = self.breaker.snapshot()  # one read, only on this rare path
+        if snapshot.state is State.OPEN:
+            # The breaker already fails everything fast: say so, as to every other caller.
+            recovery_s = self.config.recovery_s
+            retry_after = recovery_s if now < snapshot.opened_at else max(recovery_s - (now - snapshot.opened_at), 0.0)
+            reason = "forced_open" if snapshot.override else "open"
+            self.events.rejected(reason, len(expired))
+            rejection = Rejection(reason, retry_after, State.OPEN)
+            result = GuardResult(Code.UNAVAILABLE, message=policy.rejection_message(rejection), rejected=reason)
+            return [Part((i,), result) for i in expired]
+        policy.expired(len(expired))
+        return [Part((i,), self._expired_before(now, arrivals[i], earliest)) for i in expired]
 
     def _expired_before(self, now: float, arrival: float | None, earliest: float) -> GuardResult:
         if arrival is None:
@@ -301,66 +240,6 @@ class Guard:
             rejected="deadline",
         )
 
-    def _answer_expired(
-        self, expired: list[int], now: float, arrivals: Sequence[float | None], earliest: float
-    ) -> list[Part]:
-        if not expired:
-            return []
-        self._queue.timed_out()
-        snapshot = self.breaker.snapshot()  # one read, only on this rare path
-        if snapshot.state is State.OPEN:
-            # The breaker already fails everything fast: say so, as to every other caller.
-            if now < snapshot.opened_at:
-                retry_after = self.breaker.config.recovery_ms / 1000.0
-            else:
-                retry_after = max(self.breaker.config.recovery_ms / 1000.0 - (now - snapshot.opened_at), 0.0)
-            self.events.rejected("open", len(expired))
-            rejection = Rejection("open", retry_after, State.OPEN)
-            result = GuardResult(Code.UNAVAILABLE, message=self._rejection_message(rejection), rejected="open")
-            return [Part((i,), result) for i in expired]
-        self._record_expired(len(expired))
-        return [Part((i,), self._expired_before(now, arrivals[i], earliest)) for i in expired]
-
-    def _record_expired(self, requests: int) -> None:
-        # Their callers saw a timeout: it counts against the upstream (while CLOSED).
-        if not requests:
-            return
-        self.events.rejected("deadline", requests)
-        self.events.completed(None, Failure.TIMEOUT, requests)
-        transition = self.breaker.record_expired(requests)
-        if transition is not None:
-            self.events.transitioned(transition)
-
-    def _record(self, permit: Permit, failure: Failure | None, duration_s: float | None, requests: int) -> None:
-        # A client's mistake means the upstream answered, and answered right.
-        success = failure is None or not failure.counts_against_upstream
-        transition = self.breaker.record(permit, success=success, duration_s=duration_s or 0.0, requests=requests)
-        self.events.completed(duration_s, failure, requests)
-        if transition is not None:
-            self.events.transitioned(transition)
-
-    def _run(self, upstream_call: Callable[[float], T], timeout_s: float) -> T:
-        # The slot is given back in the worker, before the future hands the
-        # answer to the caller: a done-callback would run only after the
-        # caller was woken, so a caller calling again at once could find its
-        # own finished call still counted and be refused as overloaded.
-        try:
-            return upstream_call(timeout_s)
-        finally:
-            with self._inflight_lock:
-                self._inflight -= 1
-
-    def _rejection_message(self, rejection: Rejection) -> str:
-        if rejection.state is State.OPEN:
-            return (
-                f"{UNAVAILABLE_PREFIX}: circuit breaker for model '{self.upstream}' is OPEN; "
-                f"next trial call in {rejection.retry_after_s:.1f} s"
-            )
-        return (
-            f"{UNAVAILABLE_PREFIX}: circuit breaker for model '{self.upstream}' is HALF_OPEN "
-            f"with {self.config.half_open_max_calls} trial call(s) in flight; retry shortly"
-        )
-
     def close(self) -> None:
         # Do not wait: abandoned calls to a hung upstream may never return.
-        self._workers.shutdown(wait=False, cancel_futures=True)
+        self.workers.close()

@@ -31,7 +31,7 @@ import urllib.request
 from typing import Callable, Mapping
 
 from triton_guard import defaults
-from triton_guard.guard.shared_state import read_json_state, write_json_state
+from triton_guard.guard.state_dir import read_json_state, write_json_state
 
 # post(url, body or None for a GET, headers, timeout_s) -> (HTTP status, body text)
 # Added to the upstream's config by a reload: a model that refuses unknown parameters cannot be healed.

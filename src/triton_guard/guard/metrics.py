@@ -2,19 +2,21 @@
 
 Every pb_utils metric update is a round trip from the stub to the server
 process. The request path therefore only bumps in-process counters here; the
-publisher thread of triton_guard.backends.bls drains them onto Triton's /metrics once a second.
+guard's publisher thread (triton_guard.backends.runtime) drains them onto
+Triton's /metrics once a second. A good call (the common case) is one append
+to a deque, no lock: the drain takes exactly what was there when it began.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from triton_guard import metrics as catalogue
-from triton_guard.guard.breaker import Transition
 from triton_guard.guard.failures import Failure
-from triton_guard.guard.core import GuardEvents
+from triton_guard.guard.policy import GuardEvents
+from triton_guard.guard.record import Transition
 
 # Names, help, labels and buckets: triton_guard.metrics (the catalogue).
 # The latency histogram is written as its three counter series (_bucket{le},
@@ -45,18 +47,19 @@ class MetricsDelta:
 
 class MetricsBuffer(GuardEvents):
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # for the rare events: rejections, failures, transitions
         self._delta = MetricsDelta()
+        self._seconds: deque[float] = deque()  # call durations: appends need no lock
 
     def rejected(self, reason: str, requests: int = 1) -> None:
         with self._lock:
             self._delta.rejections[reason] += requests
 
     def completed(self, duration_s: float | None, failure: Failure | None, requests: int = 1) -> None:
-        with self._lock:
-            if duration_s is not None:  # a bulkhead refusal made no upstream call to time
-                self._delta.call_seconds.append(duration_s)
-            if failure is not None and requests:
+        if duration_s is not None:  # an expired request made no upstream call to time
+            self._seconds.append(duration_s)
+        if failure is not None and requests:
+            with self._lock:
                 self._delta.failures[failure.value] += requests
 
     def transitioned(self, transition: Transition) -> None:
@@ -66,4 +69,6 @@ class MetricsBuffer(GuardEvents):
     def drain(self) -> MetricsDelta:
         with self._lock:
             delta, self._delta = self._delta, MetricsDelta()
+        seconds, popleft = self._seconds, self._seconds.popleft
+        delta.call_seconds = [popleft() for _ in range(len(seconds))]  # appends meanwhile stay for the next drain
         return delta

@@ -3,7 +3,7 @@
 Without it, an OPEN breaker waits `recovery_ms` (30 s by default) even when
 the upstream answers again a moment after it opened. `ActiveRecovery` sends
 one probe (a small input that the upstream answered well before: the
-placement keeps it, see backends/bls.py) at most every `probe_interval_ms`,
+placement keeps it in a `ProbeSample`) at most every `probe_interval_ms`,
 outside client traffic: it uses neither the guard's workers nor its bulkhead,
 and no client waits for it. A probe that answers without error, and no
 slower than `slow_call_ms`, moves the breaker OPEN -> HALF_OPEN at once
@@ -27,7 +27,9 @@ import threading
 import time
 from typing import Callable, Generic, Protocol, TypeVar
 
-from triton_guard.guard.breaker import CircuitBreaker, State, Transition
+from triton_guard import defaults
+from triton_guard.guard.breaker import CircuitBreaker
+from triton_guard.guard.record import State, Transition
 
 T = TypeVar("T")
 
@@ -97,7 +99,7 @@ class ProbeOutcome:
 
 
 class ActiveRecovery(Generic[T]):
-    """Probes for one breaker. `probe_once` is the whole logic; `run` is its loop.
+    """Probes for one breaker. `probe_once` is the whole logic; a thread of the placement calls it every interval_s.
 
     `make_probe()` returns the call to make, `probe(timeout_s) -> answer`, or
     None when there is nothing to probe with yet. `error_of(answer)` returns
@@ -116,8 +118,8 @@ class ActiveRecovery(Generic[T]):
     ) -> None:
         config = breaker.config
         self.breaker = breaker
-        self.interval_s = config.probe_interval_ms / 1000.0
-        self._timeout_s = config.timeout_ms / 1000.0
+        self.interval_s = config.probe_interval_s
+        self._timeout_s = config.timeout_s
         self._good_within_s = min(config.slow_call_ms, config.timeout_ms) / 1000.0
         self._make_probe = make_probe
         self._error_of = error_of
@@ -131,7 +133,8 @@ class ActiveRecovery(Generic[T]):
 
     def probe_once(self) -> str:
         """Send one probe if the breaker is OPEN and no probe is in flight; block until it returns."""
-        if self.breaker.snapshot().state is not State.OPEN:  # the common case: no lock, no probe
+        snapshot = self.breaker.snapshot()
+        if snapshot.state is not State.OPEN or snapshot.override:  # the common case (or an operator's): no probe
             return ProbeOutcome.NOT_OPEN
         probe = self._make_probe()
         if probe is None:
@@ -141,7 +144,7 @@ class ActiveRecovery(Generic[T]):
         try:
             # Read again under the lock: another process's probe may just have ended OPEN.
             snapshot = self.breaker.snapshot()
-            if snapshot.state is not State.OPEN:
+            if snapshot.state is not State.OPEN or snapshot.override:
                 return ProbeOutcome.NOT_OPEN
             started = self._clock()
             try:
@@ -157,11 +160,24 @@ class ActiveRecovery(Generic[T]):
             self._on_transition(transition)
         return ProbeOutcome.SUCCEEDED
 
-    def run(self, stop: threading.Event, may_call: Callable[[], bool] = lambda: True) -> None:
-        """Probe every interval_s until `stop` is set; `may_call()` False skips a round."""
-        while not stop.wait(self.interval_s):
-            if may_call():
-                try:
-                    self.probe_once()
-                except Exception:  # a bad round must not end recovery; recovery_ms still bounds OPEN
-                    continue
+
+class ProbeSample(Generic[T]):
+    """What the placement probes with: a copy of a recent good call's input, refreshed at most every refresh_s.
+
+    `due(now)` is the request path's only cost after a good call (one
+    comparison); the placement copies its input only when it is due (the
+    request's tensors die with the request). Nothing is kept when recovery
+    is off.
+    """
+
+    def __init__(self, enabled: bool, refresh_s: float = defaults.PROBE_SAMPLE_REFRESH_S) -> None:
+        self.enabled = enabled
+        self.refresh_s = refresh_s
+        self.value: T | None = None
+        self._next = -float("inf") if enabled else float("inf")
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def keep(self, value: T, now: float) -> None:
+        self.value, self._next = value, now + self.refresh_s

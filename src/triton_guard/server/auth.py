@@ -2,12 +2,14 @@
 
 Where the key comes from (resolve_api_key), what a valid one looks like
 (check_api_key), the Triton flags that require it (restricted_api_args), the
-header the project's tools send (admin_headers_from_environment), and
-is_loopback, which tells an address only this host can reach.
+header the project's tools send (admin_headers_from_environment), the check a
+model makes itself when a command carries the key (api_key_matches: the
+breaker override), and is_loopback, which tells an address only this host can reach.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import re
@@ -59,6 +61,21 @@ def admin_headers_from_environment(grpc: bool, environ: dict[str, str] | None = 
         return {}
     key, _ = resolve_api_key(env)
     return {defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER: key}
+
+
+def api_key_matches(given: str, environ: dict[str, str] | None = None) -> bool:
+    """True when `given` is the server's key ($TRITON_GUARD_API_KEY or its file, as `serve` hands it to models).
+
+    False when the server has no key: then nothing is allowed.
+    """
+    env = os.environ if environ is None else environ
+    if not env.get(defaults.API_KEY_ENV) and not env.get(defaults.API_KEY_FILE_ENV):
+        return False
+    try:
+        key, _ = resolve_api_key(env)
+    except ServerError:
+        return False
+    return hmac.compare_digest(given.encode(), key.encode())
 
 
 def check_api_key(key: str) -> str:

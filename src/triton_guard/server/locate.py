@@ -32,6 +32,8 @@ BACKENDS_DIR = PACKAGE_DIR / "backends"
 CHAOS_REPOSITORY = PACKAGE_DIR / "chaos" / "repository"
 # The default `canary` model, served as a second repository when DIR has none.
 CANARY_REPOSITORY = PACKAGE_DIR / "canary" / "repository"
+# The `guard_control` model (the breakers' override), served beside DIR unless it has its own.
+CONTROL_REPOSITORY = PACKAGE_DIR / "guard" / "repository"
 
 
 def _pytriton_root() -> Path | None:

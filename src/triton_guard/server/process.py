@@ -38,6 +38,7 @@ from triton_guard.server.locate import (
     BACKENDS_DIR,
     CANARY_REPOSITORY,
     CHAOS_REPOSITORY,
+    CONTROL_REPOSITORY,
     ENV_BACKEND_DIR,
     build_backend_dir,
     find_tritonserver,
@@ -189,6 +190,8 @@ class LocalServer:
             cmd.append(f"--model-repository={CHAOS_REPOSITORY}")
         if not (self.model_repository / defaults.CANARY_MODEL / "config.pbtxt").exists():
             cmd.append(f"--model-repository={CANARY_REPOSITORY}")
+        if not (self.model_repository / defaults.CONTROL_MODEL / "config.pbtxt").exists():
+            cmd.append(f"--model-repository={CONTROL_REPOSITORY}")
         if self.model_config_name:
             cmd.append(f"--model-config-name={self.model_config_name}")
         cmd.extend(self.extra_args)

@@ -9,7 +9,6 @@ metrics on Triton's /metrics) and translates requests and reports.
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 # As backends/guard/model.py: import the triton_guard this file ships in
@@ -23,7 +22,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
-from triton_guard.backends import metric_families
+from triton_guard.backends.metrics import MetricsPublisher
 from triton_guard.backends.guard.in_process import heal_dead_stub
 from triton_guard.canary import memory
 from triton_guard.canary.checks import metric_labels
@@ -37,7 +36,8 @@ from triton_guard.canary.runner import Canary
 from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import BreakerSnapshot
 from triton_guard.drift.state import read_states
-from triton_guard.guard.shared_state import SharedFileStore, default_state_dir
+from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.pins import observe_runtime
 
 
@@ -149,61 +149,27 @@ class _TritonFacts(HttpServer):
 
 
 class _CanaryMetrics:
-    """The canary's verdicts on Triton's /metrics (families kept alive on self)."""
+    """The canary's verdicts on Triton's /metrics, through the one publisher of every backend."""
 
     def __init__(self):
-        self.families = [
-            metric_families.family(metric)
-            for metric in (
-                catalogue.CANARY_READY,
-                catalogue.CANARY_CHECK_OK,
-                catalogue.MEMORY_FREE_BYTES,
-                catalogue.MEMORY_FLOOR_BYTES,
-                catalogue.MEMORY_SECONDS_TO_FLOOR,
-                catalogue.CANARY_RUN_SECONDS,
-                catalogue.CANARY_OVERLOADED,
-            )
-        ]
-        ready, checks, free, floor, to_floor, seconds, overloaded = self.families
-        self.overloaded = overloaded.Metric(labels={})
-        self.ready = ready.Metric(labels={})
-        self.checks_family = checks
-        self.checks = {}
-        self.free_family = free
-        self.free = {}
-        self.floor = floor.Metric(labels={})
-        self.to_floor = to_floor.Metric(labels={})
-        self.seconds = seconds.Metric(labels={})
+        self.metrics = MetricsPublisher()
         self.instance_updates = InstanceMetricUpdates()  # per-instance memory (canary/instance_metrics.py)
-        self.instance_families = {}
-        self.instance_series = {}
-        self._lock = threading.Lock()
-
-    def _instance_series(self, metric, labels):
-        key = (metric.name, tuple(sorted(labels.items())))
-        if key not in self.instance_series:
-            if metric.name not in self.instance_families:
-                self.instance_families[metric.name] = metric_families.family(metric)
-            self.instance_series[key] = self.instance_families[metric.name].Metric(labels=labels)
-        return self.instance_series[key]
 
     def publish(self, report, reading, trend_snapshot):
-        with self._lock:
-            self.ready.set(1.0 if report.ready else 0.0)
-            self.seconds.set(report.duration_s)
-            self.overloaded.set(1.0 if any(is_overloaded(c) for c in report.checks) else 0.0)
-            for check in report.checks:
-                if check.name not in self.checks:
-                    self.checks[check.name] = self.checks_family.Metric(labels=metric_labels(check.name))
-                self.checks[check.name].set(1.0 if check.ok else 0.0)
-            if reading is not None:
-                if reading.source not in self.free:
-                    self.free[reading.source] = self.free_family.Metric(labels={"source": reading.source})
-                self.free[reading.source].set(float(reading.free_bytes))
-            if trend_snapshot is not None:
-                floor, trend = trend_snapshot
-                self.floor.set(float(floor))
-                self.to_floor.set(float("inf") if trend is None else float(trend.seconds_to_floor))
-            for metric, labels, op, value in self.instance_updates.updates(report):
-                series = self._instance_series(metric, labels)
-                series.set(value) if op == "set" else series.increment(value)
+        m = self.metrics
+        m.set(catalogue.CANARY_READY, 1.0 if report.ready else 0.0)
+        m.set(catalogue.CANARY_RUN_SECONDS, report.duration_s)
+        m.set(catalogue.CANARY_OVERLOADED, 1.0 if any(is_overloaded(c) for c in report.checks) else 0.0)
+        for check in report.checks:
+            m.set(catalogue.CANARY_CHECK_OK, 1.0 if check.ok else 0.0, **metric_labels(check.name))
+        if reading is not None:
+            m.set(catalogue.MEMORY_FREE_BYTES, float(reading.free_bytes), source=reading.source)
+        if trend_snapshot is not None:
+            floor, trend = trend_snapshot
+            m.set(catalogue.MEMORY_FLOOR_BYTES, float(floor))
+            m.set(catalogue.MEMORY_SECONDS_TO_FLOOR, float("inf") if trend is None else float(trend.seconds_to_floor))
+        for metric, labels, op, value in self.instance_updates.updates(report):
+            if op == "set":
+                m.set(metric, value, **labels)
+            else:
+                m.increment(metric, value, **labels)

@@ -41,16 +41,17 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.backends.bls import EXTRA_PARAMETERS, GuardedUpstream
-from triton_guard.guard.config import DRIFT_PARAMETERS, ConfigError, GuardConfig
+from triton_guard.backends.runtime import GuardRuntime, Probe, arrival_s, model_of_instance
+from triton_guard.canary.allocator import start_reporter
+from triton_guard.guard.config import ConfigError, GuardSettings
 from triton_guard.guard.failures import Failure
-from triton_guard.guard.finite import non_finite_output
+from triton_guard.guard.finite import non_finite_in_batch
 from triton_guard.guard.healer import SideHealer
-from triton_guard.guard.shared_state import default_state_dir
+from triton_guard.guard.state_dir import default_state_dir
 
 MODEL_FILE = "model.py"
 _STUB_DEAD_INSTANCE = re.compile(r"Stub process '([^']+)' is not healthy")
-_INSTANCE_SUFFIX = re.compile(r"_\d+(?:_\d+)?$")  # <model>_<group>_<index>
+_ANSWERED_WITH_ERRORS = (Failure.TIMEOUT, Failure.NON_FINITE)  # failures whose answers never go out
 
 
 def own_model_file(args) -> str | None:
@@ -77,7 +78,7 @@ def _import_model(path: str, model_name: str, version: str):
 
 
 class InProcessGuard:
-    """One instance of a guarded Python model: the model's own object behind a Guard."""
+    """One instance of a guarded Python model: the model's own object behind the guard's runtime."""
 
     def __init__(self, args, model_file: str) -> None:
         config = json.loads(args["model_config"])
@@ -87,86 +88,98 @@ class InProcessGuard:
                 f"guard model '{self.name}': a decoupled model cannot be guarded in-process (it answers "
                 "outside execute, past any deadline); guard it as a step of its own")
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        guard_params = {k: v for k, v in params.items() if k in _GUARD_PARAMETER_NAMES}
+        # The config's other parameters are the model's own: passed to it untouched.
+        guard_params = {k: v for k, v in params.items() if k in GuardSettings.parameter_names()}
         try:
-            # GuardedUpstream gives the breaker (shared per server, named after
-            # this model), the Guard, the metrics buffer and its publisher; its
-            # BLS `infer` is not used here.
-            self.guarded = GuardedUpstream(
-                self.name, instance_name=args["model_instance_name"],
+            # The breaker is shared per server and named after this model; the runtime has no BLS upstream.
+            self.runtime = GuardRuntime(
+                self.name, GuardSettings.from_parameters(self.name, guard_params), make_probe=self.make_probe,
+                instance_name=args["model_instance_name"],
                 repository=Path(args["model_repository"]).parent,  # resolves a relative drift_reference
-                **guard_params)
+            )  # fmt: skip
         except (ConfigError, ValueError) as exc:
             raise pb_utils.TritonModelException(f"guard model '{self.name}': {exc}") from None
-        self.guard = self.guarded.guard
-        self.drift = self.guarded.drift  # the output drift monitor, when drift_output is given
+        self.guard = self.runtime.guard
+        self.drift = self.runtime.drift  # the output drift monitor, when drift_output is given
         outputs = [o["name"] for o in config.get("output", [])]
         if self.drift is not None and self.drift.config.output not in outputs:
-            self.guarded.close()
+            self.runtime.close()
             raise pb_utils.TritonModelException(
                 f"guard model '{self.name}': drift_output={self.drift.config.output!r} is not one of its outputs {outputs}")
         self.stamped = any(i["name"] == defaults.ARRIVAL_INPUT for i in config.get("input", []))
-        # Active recovery: while OPEN, the guard's prober runs one good request of a recent
-        # execute through the model itself (there is no upstream to send a BLS probe to).
-        self._probe_request: tuple[dict, list] | None = None
-        self._probe_request_at = -float("inf")
-        self.guarded.probe_call = self._make_probe
+        # The answers are opened (outputs by name) only when something reads them.
+        self.examine = self.runtime.settings.check_finite or self.drift is not None
         try:
             module = _import_model(model_file, self.name, args["model_version"])
             self.model = module.TritonPythonModel()
             if hasattr(self.model, "initialize"):
                 self.model.initialize(args)
         except Exception as exc:
-            self.guarded.close()
+            self.runtime.close()
             # The model's own message fails the load, as under the python backend.
             raise pb_utils.TritonModelException(f"model '{self.name}' failed to initialize: {exc}") from exc
+        # A GPU instance reports its torch allocator's view for the canary (canary/allocator.py); None on CPU.
+        self.allocator = start_reporter(args, default_state_dir())
 
     def execute(self, requests):
         # Deadlines (from pipeline arrival when stamped), the expired-before-the-guard
         # rule and the split-batch rule live in Guard.call_requests; this only translates.
-        self.guarded.called = True  # the metrics publisher may talk to the server from now on
-        arrivals = [_arrival_s(r) for r in requests] if self.stamped else [None] * len(requests)
+        self.runtime.served = True
+        arrivals = [arrival_s(r) for r in requests] if self.stamped else [None] * len(requests)
         answered = {}  # this execute's own: a late worker of an abandoned call writes only its own key
+        opened = {}  # id(answers) -> each answer's outputs (None for an error answer)
 
         def run(indices, _timeout_s):
-            responses = self.model.execute([requests[i] for i in indices])
-            if inspect.iscoroutine(responses):  # an `async def execute`: run it on this worker
-                responses = asyncio.run(responses)
-            answered[tuple(indices)] = responses
-            return responses
+            answers = self._model_execute(requests if len(indices) == len(requests) else [requests[i] for i in indices])
+            answered[indices] = answers
+            return answers
 
-        error_of = _error_or_non_finite if self.guarded._check_finite else _error_of
+        def error_of(answers):
+            if not self.examine:
+                return first_model_error(answers)
+            error, outputs = opened_answers(answers)  # one pass: errors, and each answer's outputs
+            opened[id(answers)] = outputs
+            if error is None and self.runtime.settings.check_finite:
+                error = non_finite_in_batch(outputs)  # classified as Failure.NON_FINITE
+            return error
+
         responses = [None] * len(requests)
+        monitored = [None] * len(requests) if self.drift is not None else None
         for part in self.guard.call_requests(arrivals, run, error_of):
             result = part.result
             if result.ok:
                 answers = result.value
-            elif (result.failure not in (Failure.TIMEOUT, Failure.NON_FINITE) and result.rejected is None
-                  and part.requests in answered):
+                if monitored is not None:
+                    for i, outputs in zip(part.requests, opened[id(answers)]):
+                        monitored[i] = outputs
+            elif result.failure not in _ANSWERED_WITH_ERRORS and result.rejected is None and part.requests in answered:
                 # The model answered in time, with errors: its own answers (and codes) go out.
                 answers = answered[part.requests]
             else:
-                answers = [self.guarded.error_response(result) for _ in part.requests]
+                answers = [self.runtime.error_response(result) for _ in part.requests]
             for i, answer in zip(part.requests, answers):
                 responses[i] = answer
-        if self.drift is not None:  # a copy of the answers into the monitor's window
-            self.drift.observe_per_request([self._monitored(r) for r in responses], requests)
-        self._keep_probe_request(requests[0], responses[0])
+        if monitored is not None:  # a copy of the answers into the monitor's window
+            self.drift.observe_per_request(monitored, requests)
+        sample = self.runtime.probe_sample
+        if sample.due(time.monotonic()) and not responses[0].has_error():
+            self._keep_probe_request(requests[0], sample)
         return responses
 
-    def _keep_probe_request(self, request, response) -> None:
-        # Rarely (one clock read per execute otherwise): a copy, the request's tensors die with it.
-        now = time.monotonic()
-        if now - self._probe_request_at < defaults.PROBE_SAMPLE_REFRESH_S or response.has_error():
-            return
-        if not self.guarded.recovery.enabled:
-            return
-        inputs = {t.name(): t.as_numpy().copy() for t in request.inputs()}
-        self._probe_request = (inputs, list(request.requested_output_names()))
-        self._probe_request_at = now
+    def _model_execute(self, requests):
+        responses = self.model.execute(requests)
+        if inspect.iscoroutine(responses):  # an `async def execute`: run it on this worker
+            responses = asyncio.run(responses)
+        return responses
 
-    def _make_probe(self):
-        kept = self._probe_request
+    def _keep_probe_request(self, request, sample) -> None:
+        # A copy: the request's tensors die with it.
+        inputs = {t.name(): t.as_numpy().copy() for t in request.inputs()}
+        sample.keep((inputs, list(request.requested_output_names())), time.monotonic())
+
+    def make_probe(self) -> Probe | None:
+        """Active recovery's call: a kept good request through the model itself (there is no BLS upstream)."""
+        kept = self.runtime.probe_sample.value
         if kept is None:
             return None
         inputs, output_names = kept
@@ -178,61 +191,53 @@ class InProcessGuard:
                 inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
                 requested_output_names=output_names,
             )
-            responses = self.model.execute([request])
-            if inspect.iscoroutine(responses):
-                responses = asyncio.run(responses)
-            problem = _error_or_non_finite(responses)
-            return problem if problem is not None else responses  # a str is the failure (bls._error_of)
+            answers = self._model_execute([request])
+            error, outputs = opened_answers(answers)
+            problem = error or non_finite_in_batch(outputs)
+            return problem if problem is not None else answers  # a str is the failure (runtime.answer_error)
 
         return probe
-
-    def _monitored(self, response):
-        if response.has_error():
-            return None
-        tensor = pb_utils.get_output_tensor_by_name(response, self.drift.config.output)
-        return None if tensor is None else {self.drift.config.output: tensor.as_numpy()}
 
     def finalize(self) -> None:
         try:
             if hasattr(self.model, "finalize"):
                 self.model.finalize()
         finally:
-            self.guarded.close()
+            if self.allocator is not None:
+                self.allocator.close()
+            self.runtime.close()
 
 
-def _arrival_s(request):
-    """When the request entered the pipeline (time.monotonic seconds), if a step before stamped it."""
-    arrived = pb_utils.get_input_tensor_by_name(request, defaults.ARRIVAL_INPUT)
-    return None if arrived is None else int(arrived.as_numpy().min()) / 1e9
-
-
-def _error_of(responses) -> str | None:
+def first_model_error(answers) -> str | None:
     """The first error in the model's answers that is the model's fault, or None.
 
     The model's INVALID_ARG answers are its verdict on the client's input: the
-    model worked. Other errors are classified by message (Guard's classifier),
-    so `client_error_pattern` still applies to them. When every error is
-    INVALID_ARG the batch is a success and the model's answers go out as they are.
+    model worked. Other errors are classified by message (the guard's
+    classifier), so `client_error_pattern` still applies to them. When every
+    error is INVALID_ARG the batch is a success and the answers go out as they are.
     """
-    for response in responses:
-        if response.has_error():
-            error = response.error()
+    for answer in answers:
+        if answer.has_error():
+            error = answer.error()
             if error.code() != pb_utils.TritonError.INVALID_ARG:
                 return error.message()
     return None
 
 
-def _error_or_non_finite(responses) -> str | None:
-    """_error_of, and NaN or inf in a floating-point output is the model's failure too (never an answer)."""
-    error = _error_of(responses)
-    if error is not None:
-        return error
-    for response in responses:
-        if not response.has_error():
-            problem = non_finite_output({t.name(): t.as_numpy() for t in response.output_tensors()})
-            if problem is not None:
-                return problem  # classified as Failure.NON_FINITE
-    return None
+def opened_answers(answers) -> tuple[str | None, list[dict | None]]:
+    """(first_model_error's verdict, each answer's outputs by name) in one pass over the answers.
+
+    Outputs are numpy views, no copy; None for an error answer.
+    """
+    error, outputs = None, []
+    for answer in answers:
+        if answer.has_error():
+            outputs.append(None)
+            if error is None and answer.error().code() != pb_utils.TritonError.INVALID_ARG:
+                error = answer.error().message()
+        else:
+            outputs.append({t.name(): t.as_numpy() for t in answer.output_tensors()})
+    return error, outputs
 
 
 def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
@@ -247,7 +252,7 @@ def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
     found = _STUB_DEAD_INSTANCE.search(message)
     if found is None:
         return None
-    model = _INSTANCE_SUFFIX.sub("", found.group(1))
+    model = model_of_instance(found.group(1))
     healer = _HEALERS.get(model)
     if healer is None:
         # Through the repository API from a thread of its own (the same healer as the guard step's).
@@ -264,5 +269,3 @@ def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
 
 
 _HEALERS: dict = {}
-# The config's other parameters are the model's own: passed to it untouched.
-_GUARD_PARAMETER_NAMES = GuardConfig.parameter_names() | EXTRA_PARAMETERS | DRIFT_PARAMETERS

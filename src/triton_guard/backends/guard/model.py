@@ -7,7 +7,9 @@ triton_guard/defaults.py, validated at load: a bad value fails the load with
 a message naming the parameter). Each dynamic batch becomes ONE BLS call to
 the upstream (triton_guard.backends.bls.GuardedUpstream), which records one
 outcome per request it carried. This file only translates between Triton and
-that logic.
+that logic. Two more roles are served by the same backend: a model guarded in
+its own process (no upstream_model, a model.py of its own: guard/in_process.py)
+and the breakers' control model (`role: control`: guard/control.py).
 """
 
 import json
@@ -24,19 +26,24 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  (after the path fi
 
 from triton_guard import defaults
 from triton_guard.backends.bls import GuardedUpstream
+from triton_guard.backends.runtime import stamp_s
 from triton_guard.guard.config import ConfigError
 from triton_guard.model_config import ModelConfigError, check_guard_interface
-from triton_guard.backends.guard import in_process
+from triton_guard.backends.guard import control, in_process
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        if model_config.get("parameters", {}).get("role", {}).get("string_value") == "control":
+            # The operator's override of the breakers (`triton-guard breaker`): backends/guard/control.py.
+            self.execute, self.finalize = control.ControlModel(args).execute, lambda: None
+            return
         own_model = in_process.own_model_file(args)
         if own_model is not None:  # no upstream_model, a model.py of its own: guard it in this process
             guarded = in_process.InProcessGuard(args, own_model)
             self.execute, self.finalize = guarded.execute, guarded.finalize
             return
-        model_config = json.loads(args["model_config"])
         name = model_config["name"]
         params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         upstream = params.pop("upstream_model", "").strip()
@@ -73,10 +80,12 @@ class TritonPythonModel:
     def execute(self, requests):
         # Deadlines, the expired-before-the-guard rule and the split-batch rule
         # live in triton_guard.guard.core.Guard.call_requests; this only translates.
-        inputs = [
-            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names} for r in requests
-        ]
-        results = self.upstream.infer_requests(inputs, self.output_names, [_arrival_s(r) for r in requests])
+        inputs, arrivals = [], []
+        for request in requests:
+            tensors = {t.name(): t for t in request.inputs()}  # one pass over each request's inputs
+            inputs.append({name: tensors[name].as_numpy() for name in self.input_names})
+            arrivals.append(stamp_s(tensors.get(defaults.ARRIVAL_INPUT)))
+        results = self.upstream.infer_requests(inputs, self.output_names, arrivals)
         self.upstream.observe_results(results, requests)  # output drift monitor: a copy of the answers into its window
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(n, result.value[n]) for n in self.output_names])
@@ -88,8 +97,3 @@ class TritonPythonModel:
     def finalize(self):
         self.upstream.close()
 
-
-def _arrival_s(request):
-    """When the request entered the pipeline (time.monotonic seconds), if a step before stamped it."""
-    arrived = pb_utils.get_input_tensor_by_name(request, defaults.ARRIVAL_INPUT)
-    return None if arrived is None else int(arrived.as_numpy().min()) / 1e9
