@@ -60,3 +60,47 @@ def test_threads_are_started_lazily_and_never_more_than_the_size():
     assert started == {"lazy-1"}
     pool.close()
     assert pool.take() is None  # closed: no new worker
+
+
+def test_the_call_runs_with_the_workers_own_cpu_mask_and_the_caller_gets_its_mask_back(workers):
+    import os
+
+    mask = os.sched_getaffinity(0)
+    seen = workers.run(workers.take(), lambda: os.sched_getaffinity(0), 5.0)
+    assert seen == mask  # threads the call starts (a torch pool) inherit the whole mask, not one CPU
+    assert os.sched_getaffinity(0) == mask
+
+
+def test_a_cpu_set_that_refuses_the_restore_never_fails_the_call_and_stops_the_pinning(workers, monkeypatch):
+    import os
+
+    mask, real, calls = os.sched_getaffinity(0), os.sched_setaffinity, []
+
+    def refuse_the_restore(pid, cpus):
+        calls.append(set(cpus))
+        if pid == 0 and set(cpus) == mask and len(mask) > 1:  # "a CPU of the old mask left the pod's set"
+            raise OSError(22, "Invalid argument")
+        return real(pid, cpus)
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse_the_restore)
+    try:
+        assert workers.run(workers.take(), lambda: "answered", 5.0) == "answered"
+        if not calls or len(mask) < 2:
+            pytest.skip("this machine cannot pin threads: nothing to restore")
+        tried = len(calls)
+        assert workers.run(workers.take(), lambda: "again", 5.0) == "again"
+        assert not workers._pin and len(calls) == tried  # given up: the next call pins nothing
+    finally:
+        real(0, mask)
+
+
+def test_the_pinning_can_be_turned_off_by_its_variable(monkeypatch):
+    from triton_guard import defaults
+
+    monkeypatch.setenv(defaults.HANDOFF_PINNING_ENV, "0")
+    pool = DeadlineWorkers(1, name="off")
+    try:
+        assert pool._pin is False
+        assert pool.run(pool.take(), lambda: 1, 5.0) == 1
+    finally:
+        pool.close()

@@ -27,7 +27,9 @@ the project's 2-vCPU box with nothing else running: a trip around a no-op
 costs 21 us of CPU pinned against 31 us left to the scheduler, and a model's
 50 us execute run on a worker costs 29 us more than on its caller pinned,
 40 us more left to the scheduler. Where CPU affinity cannot be set (no
-sched_getcpu, a refusing kernel) the wakes are left to the scheduler.
+sched_getcpu, a refusing kernel, a CPU set that changed) the wakes are left to
+the scheduler; TRITON_GUARD_HANDOFF_PINNING=0 (defaults.HANDOFF_PINNING_ENV)
+turns the pinning off.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import threading
 from _thread import allocate_lock
 from typing import Any, Callable
 
+from triton_guard import defaults
 from triton_guard.errors import CallTimedOut
 
 
@@ -128,7 +131,7 @@ class DeadlineWorkers:
         self._started = 0
         self._spawn_lock = threading.Lock()
         self._closed = False
-        self._pin = _current_cpu is not None
+        self._pin = _current_cpu is not None and os.environ.get(defaults.HANDOFF_PINNING_ENV, "1") != "0"
         self._callers = threading.local()
 
     @property
@@ -153,7 +156,7 @@ class DeadlineWorkers:
         done = allocate_lock()
         done.acquire()
         box = [None, None]
-        pinned = False
+        worker_pinned = caller_pinned = False
         if self._pin:  # both on this CPU for the two wakes (module docstring)
             try:
                 here = (_current_cpu(),)
@@ -161,14 +164,19 @@ class DeadlineWorkers:
                 if own_cpus is None:
                     own_cpus = self._callers.cpus = os.sched_getaffinity(0)  # this caller's mask, read once
                 os.sched_setaffinity(worker.tid, here)
+                worker_pinned = True  # from here on the worker must restore its own mask, whatever follows
                 os.sched_setaffinity(0, here)
-                pinned = True
+                caller_pinned = True
             except OSError:
                 self._pin = False  # not allowed here: leave it to the scheduler from now on
-        worker.start((fn, box, done, pinned))
+        worker.start((fn, box, done, worker_pinned))
         answered = done.acquire(True, max(timeout_s, 0.0))
-        if pinned:
-            os.sched_setaffinity(0, own_cpus)
+        if caller_pinned:
+            try:
+                os.sched_setaffinity(0, own_cpus)
+            except OSError:  # the pod's CPU set changed under us: stop pinning, never fail the call for it
+                self._pin = False
+                self._callers.cpus = None
         if not answered:
             raise CallTimedOut
         if box[1] is not None:
