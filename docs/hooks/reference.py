@@ -63,9 +63,14 @@ GUARD_PARAMETER_DOCS: dict[str, tuple[str | None, str]] = {
         "a NaN or inf in any floating-point output fails the call (reason `non_finite`); costs 3 to 4 µs per call "
         "(`PROBS` of 1 to 64 rows x 10, float32; 10 to 14 µs on a loaded 2-core host)",
     ),
+    "breaker_name": (
+        "the upstream's name",
+        "the name the breaker, its metrics, its messages, `triton-guard breaker` and the drift files use; "
+        "`guard --rename` sets it to the name clients call",
+    ),
     "drift_output": ("(off)", "the upstream output to monitor; monitoring is on when it is given"),
     "drift_kind": ("the reference's", "`probs` (class probabilities per row) or `values` (any numeric output)"),
-    "drift_reference": ("`<upstream>/drift/<output>.json`", "relative to the repository root, or absolute"),
+    "drift_reference": ("`<breaker_name>/drift/<output>.json`", "relative to the repository root, or absolute"),
     "drift_window": (None, "answers per window (10 to 100000)"),
     "drift_p_alarm": (None, "a p-value below this alarms"),
     "drift_psi_alarm": (None, "a PSI above this alarms"),

@@ -186,6 +186,8 @@ def test_a_hang_behind_the_renamed_guard_answers_by_timeout_then_fast(client, re
             assert TIMEOUT_MS / 1000 * 0.9 <= seconds <= ANSWER_BY_S
         error, seconds = infer(client, "nobatch_auto", [fp32("INPUT0", a), fp32("INPUT1", a)])
         assert error.message().startswith("Service temporarily unavailable") and seconds < 0.5
+        # Named as clients call it (breaker_name), not after the moved model.
+        assert "circuit breaker for model 'nobatch_auto' is OPEN" in error.message(), error.message()
         # Through the BLS model too: its call to 'nobatch_auto' is the guard's.
         error, seconds = infer(client, "bls_pair", [fp32("X", a)])
         assert isinstance(error, InferenceServerException) and "Service temporarily unavailable" in error.message()

@@ -172,6 +172,8 @@ def test_guard_settings_hold_every_parsed_part():
         ({"client_error_pattern": "("}, "client_error_pattern"),
         ({"check_finite": "maybe"}, "check_finite"),
         ({"drift_window": "50"}, "drift_window is given without drift_output"),
+        ({"breaker_name": "a/b"}, "breaker_name='a/b' is invalid"),
+        ({"breaker_name": " "}, "breaker_name"),
     ],
 )
 def test_guard_settings_name_the_bad_parameter(params, named):
@@ -179,6 +181,16 @@ def test_guard_settings_name_the_bad_parameter(params, named):
 
     with pytest.raises(ConfigError, match=named):
         GuardSettings.from_parameters("clf", params)
+
+
+def test_breaker_name_names_the_breaker_and_the_drift_files_but_the_upstream_stays():
+    from triton_guard.guard.config import GuardSettings
+
+    renamed = GuardSettings.from_parameters("clf_unguarded", {"breaker_name": " clf ", "drift_output": "PROBS"})
+    assert renamed.name_for("clf_unguarded") == "clf"
+    assert renamed.drift.reference == "clf/drift/PROBS.json"  # beside the name clients call
+    plain = GuardSettings.from_parameters("clf", {})
+    assert plain.breaker_name is None and plain.name_for("clf") == "clf"
 
 
 def test_times_are_read_in_seconds():

@@ -66,7 +66,8 @@ def test_renamed_guard_takes_the_name_and_the_model_moves_untouched(repo):
     written = write_renamed(repo, "add_sub", {"timeout_ms": "500"})
     guard = read_config(repo / "add_sub" / CONFIG_FILE)
     assert (guard.name, guard.backend) == ("add_sub", "guard")
-    assert parameters(guard) == {"timeout_ms": "500", "upstream_model": "add_sub_unguarded"}
+    # Calls go to the moved model; the breaker keeps the name clients call.
+    assert parameters(guard) == {"timeout_ms": "500", "upstream_model": "add_sub_unguarded", "breaker_name": "add_sub"}
     moved = read_config(repo / "add_sub_unguarded" / CONFIG_FILE)
     assert moved.name == "add_sub_unguarded" and moved.backend == "python"
     # The model's files are as they were; its config differs in the name line only, comments kept.

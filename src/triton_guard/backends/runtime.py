@@ -92,17 +92,19 @@ class GuardRuntime:
         instance_name: str = "",
         repository: Path | None = None,
     ) -> None:
-        self.upstream = upstream
+        self.upstream = upstream  # the model the calls go to (the healer reloads this one)
+        # What the breaker, its metrics and messages are called (breaker_name; else the upstream's name).
+        self.name = name = settings.name_for(upstream)
         self.settings = settings
         self.config = settings.config
         self.instance_name = instance_name or upstream
         self.model_name = model_of_instance(instance_name) or f"guard of {upstream}"
         self.served = False  # set by the first execute: the threads talk to the server from then on
         self.store = SharedFileStore(default_state_dir(), report=pb_utils.Logger.log_warn)
-        self.store.claim(upstream, self.model_name, breaker_settings(self.config))
-        self.breaker = CircuitBreaker(upstream, self.config, self.store)
+        self.store.claim(name, self.model_name, breaker_settings(self.config))
+        self.breaker = CircuitBreaker(name, self.config, self.store)
         self.events = MetricsBuffer()
-        self.guard = Guard(upstream, self.config, self.breaker, settings.classifier, events=self.events)
+        self.guard = Guard(name, self.config, self.breaker, settings.classifier, events=self.events)
         self.healer: SideHealer | None = None
         if settings.heal_dead_upstream:
             # Through Triton's repository API, from a thread of its own: no stub's request path waits.
@@ -119,19 +121,19 @@ class GuardRuntime:
             self.breaker,
             make_probe,
             answer_error,
-            FileProbeLock(os.path.join(default_state_dir(), f"probe-{upstream}.lock")),
+            FileProbeLock(os.path.join(default_state_dir(), f"probe-{name}.lock")),
             on_transition=self._probe_transition,
         )
-        self.drift = DriftTap.for_config(upstream, settings.drift, repository) if settings.drift else None
-        self.metrics = MetricsPublisher(model=upstream)
+        self.drift = DriftTap.for_config(name, settings.drift, repository) if settings.drift else None
+        self.metrics = MetricsPublisher(model=name)
         self._damage_published: dict[str, int] = {}
         self._threads = [
-            Periodic(f"guard-metrics-{upstream}", METRICS_PUBLISH_S, self.publish_metrics,
+            Periodic(f"guard-metrics-{name}", METRICS_PUBLISH_S, self.publish_metrics,
                      may_run=lambda: self.served, report=pb_utils.Logger.log_warn),
         ]  # fmt: skip
         if self.recovery.enabled:
             self._threads.append(
-                Periodic(f"guard-probe-{upstream}", self.recovery.interval_s, self.recovery.probe_once,
+                Periodic(f"guard-probe-{name}", self.recovery.interval_s, self.recovery.probe_once,
                          may_run=lambda: self.served, report=pb_utils.Logger.log_warn)
             )  # fmt: skip
         for thread in self._threads:
@@ -178,7 +180,7 @@ class GuardRuntime:
     def _probe_transition(self, transition) -> None:
         self.events.transitioned(transition)
         pb_utils.Logger.log_info(
-            f"guard: a recovery probe of '{self.upstream}' was answered; breaker {transition.to_state.name}"
+            f"guard: a recovery probe of '{self.name}' was answered; breaker {transition.to_state.name}"
         )
 
     def close(self) -> None:

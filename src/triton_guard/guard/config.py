@@ -153,7 +153,9 @@ def _parse(name: str, raw: Any, kind: type, what: str) -> Any:
 
 
 # Guard parameters beyond GuardConfig's thresholds (GuardSettings' other fields).
-EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream", "check_finite"})
+EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream", "check_finite", "breaker_name"})
+# A breaker name travels in file names, metric labels and messages: a model name's characters only.
+_BREAKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +167,13 @@ class GuardSettings:
     drift: DriftConfig | None = None
     heal_dead_upstream: bool = defaults.HEAL_DEAD_UPSTREAM
     check_finite: bool = defaults.CHECK_FINITE
+    # The name the breaker, its metrics, its messages and its drift files go by; None: the upstream's.
+    # The renaming placement sets it to the name clients call (the upstream is MODEL_unguarded there).
+    breaker_name: str | None = None
+
+    def name_for(self, upstream: str) -> str:
+        """What this guard calls the model it protects, to clients, dashboards and operators."""
+        return self.breaker_name or upstream
 
     @classmethod
     def parameter_names(cls) -> frozenset[str]:
@@ -189,10 +198,18 @@ class GuardSettings:
             classifier = FailureClassifier(pattern or None)
         except re.error as exc:
             raise _reject("client_error_pattern", pattern, f"a Python regular expression ({exc})") from None
+        breaker_name = params.get("breaker_name")
+        if isinstance(breaker_name, Mapping):
+            breaker_name = breaker_name.get("string_value")
+        if breaker_name is not None:
+            breaker_name = str(breaker_name).strip()
+            if not _BREAKER_NAME.fullmatch(breaker_name):
+                raise _reject("breaker_name", breaker_name, "a model name (letters, digits, '_', '.', '-')")
         return cls(
             config=GuardConfig.from_parameters(params),
             classifier=classifier,
-            drift=DriftConfig.from_parameters(upstream, params),
+            drift=DriftConfig.from_parameters(breaker_name or upstream, params),
+            breaker_name=breaker_name,
             heal_dead_upstream=_parse_flag(params, "heal_dead_upstream", defaults.HEAL_DEAD_UPSTREAM),
             check_finite=_parse_flag(params, "check_finite", defaults.CHECK_FINITE),
         )

@@ -57,6 +57,8 @@ def plan_renamed(
     if "drift_output" in params and "drift_reference" not in params:
         # drift/ moves with the name; the guard's default would look beside the upstream.
         params = {**params, "drift_reference": f"{model}/{defaults.DRIFT_REFERENCE_DIR}/{params['drift_output']}.json"}
+    # The breaker, its metrics and messages keep the name clients call, as the dashboards do.
+    params = {"breaker_name": model, **params}
     command = command or f"triton-guard guard {model} --rename"
     guard = guard_config(model, moved, source.config, params, RENAMED)
 
@@ -98,5 +100,7 @@ def write_renamed(
     repository: Path, model: str, params: Mapping[str, str], server: Server = NO_SERVER, command: str = ""
 ) -> Written:
     """Put a guard under MODEL's name and move MODEL to MODEL_unguarded. GuardRefused: nothing written."""
+    # The breaker, its metrics and messages keep the name clients call, as the dashboards do.
+    params = {"breaker_name": model, **params}
     command = command or f"triton-guard guard {model} --rename"
     return plan_renamed(repository, model, params, server, command).apply(command)
