@@ -25,7 +25,6 @@ import triton_python_backend_utils as pb_utils
 from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.metrics import MetricsPublisher
-from triton_guard.backends.periodic import Periodic
 from triton_guard.drift import state as drift_state
 from triton_guard.drift.monitor import DriftMonitor, is_probe_parameters, load_reference
 from triton_guard.drift.ring import RowRing
@@ -33,6 +32,7 @@ from triton_guard.drift.scorer import Scorer, write_off_state
 from triton_guard.errors import DriftReferenceError
 from triton_guard.guard.config import ConfigError, DriftConfig
 from triton_guard.guard.state_dir import default_state_dir
+from triton_guard.periodic import Periodic
 
 
 def is_probe(request) -> bool:

@@ -29,7 +29,6 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.drift_tap import DriftTap
 from triton_guard.backends.metrics import MetricsPublisher
-from triton_guard.backends.periodic import Periodic
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardSettings
 from triton_guard.guard.core import Guard
@@ -41,6 +40,7 @@ from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock, ProbeSamp
 from triton_guard.guard.shared_state import SharedFileStore
 from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.guard.store import breaker_settings
+from triton_guard.periodic import Periodic
 
 METRICS_PUBLISH_S = 1.0  # how often buffered guard metrics reach /metrics
 _INSTANCE_SUFFIX = re.compile(r"_\d+(?:_\d+)?$")  # <model>_<group>_<index>

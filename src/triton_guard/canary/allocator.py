@@ -29,13 +29,13 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 from triton_guard import defaults
 from triton_guard.guard.state_dir import read_json_state, write_json_state
+from triton_guard.periodic import Periodic
 
 STATE_PREFIX = "allocator-"
 STATE_SUFFIX = ".json"
@@ -110,9 +110,9 @@ class AllocatorReporter:
         self.interval_s = interval_s
         self.clock = clock
         self.log = log
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last_error: str | None = None
+        # A failure is logged once (until it changes), never raised: a full tmpfs, a CUDA error.
+        self._rounds = Periodic(f"allocator reporter '{instance}'", interval_s, self.report_once, report=log,
+                                repeat_reports=False)
 
     def report_once(self) -> AllocatorReading | None:
         values = read_allocator(self.memory_stats(self.device_index))
@@ -123,29 +123,15 @@ class AllocatorReporter:
         return reading
 
     def start(self) -> "AllocatorReporter":
-        self._thread = threading.Thread(target=self._loop, name=f"allocator-{self.instance}", daemon=True)
-        self._thread.start()
+        self._rounds.start()
         return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.step()
 
     def step(self) -> None:
         """One report, as the thread makes it: a failure is logged once (until it changes), never raised."""
-        try:
-            self.report_once()
-            self._last_error = None
-        except Exception as exc:  # a full tmpfs, a CUDA error: say it once, keep trying
-            message = f"allocator reporter '{self.instance}': {type(exc).__name__}: {exc}"
-            if message != self._last_error:
-                self.log(message)
-                self._last_error = message
+        self._rounds.round()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5 * self.interval_s + 1)
+        self._rounds.stop(join_s=5 * self.interval_s + 1)
         try:
             os.unlink(os.path.join(self.state_dir, state_filename(self.instance)))
         except OSError:

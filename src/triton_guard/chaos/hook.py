@@ -16,7 +16,6 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from triton_guard import defaults
 from triton_guard.chaos.protocol import ChaosControl, Fault, FaultKind
+from triton_guard.periodic import Periodic
 from triton_guard.server.processes import instance_index, parse_stub_argv
 
 MB = 1 << 20
@@ -100,9 +100,7 @@ class ChaosHook:
     watch_s: float = defaults.CHAOS_WATCH_S
 
     _leak: Leak | None = field(default=None, init=False)
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _watcher: threading.Thread | None = field(default=None, init=False)
-    _last_watch_error: str | None = field(default=None, init=False)
+    _watcher: Periodic | None = field(default=None, init=False)
 
     @property
     def error_message(self) -> str:
@@ -147,25 +145,16 @@ class ChaosHook:
             self.release()
 
     def start(self) -> "ChaosHook":
-        self._watcher = threading.Thread(target=self._watch, name=f"chaos-{self.model_name}", daemon=True)
+        # A failed step (e.g. out of memory) keeps what is held and tries again next step; said once per failure.
+        self._watcher = Periodic(f"chaos: model '{self.model_name}'", self.watch_s, self.sync,
+                                 report=lambda message: print(message, file=sys.stderr, flush=True),
+                                 repeat_reports=False)
         self._watcher.start()
         return self
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.watch_s):
-            try:
-                self.sync()
-                self._last_watch_error = None
-            except Exception as exc:  # e.g. out of memory: keep what is held, retry next step
-                message = f"chaos: model '{self.model_name}': {type(exc).__name__}: {exc}"
-                if message != self._last_watch_error:  # once per distinct failure, not every step
-                    print(message, file=sys.stderr, flush=True)
-                    self._last_watch_error = message
-
     def close(self) -> None:
-        self._stop.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=5 * self.watch_s + 1)
+            self._watcher.stop(join_s=5 * self.watch_s + 1)
         self._drop_leak()
 
 
