@@ -102,8 +102,8 @@ class CircuitBreaker:
         self._store = store
         self._clock = clock
         # Seconds, precomputed: the request path runs for every batch.
-        self._recovery_s = config.recovery_ms / 1000.0
-        self._slow_s = config.slow_call_ms / 1000.0
+        self._recovery_s = config.recovery_s
+        self._slow_s = config.slow_call_s
         self._window_size = config.window_size
         self.trial_lease_s = (config.timeout_ms + config.recovery_ms) / 1000.0
 

@@ -31,6 +31,11 @@ def _reject(name: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
 
 
+def _in_seconds(ms_field: str) -> property:
+    """A read-only property: the setting `ms_field` (milliseconds, the parameters' unit) in seconds."""
+    return property(lambda self: getattr(self, ms_field) / 1000.0, doc=f"{ms_field} in seconds")
+
+
 @dataclasses.dataclass(frozen=True)
 class GuardConfig:
     timeout_ms: int = defaults.TIMEOUT_MS
@@ -68,21 +73,10 @@ class GuardConfig:
             )
 
     # Seconds: the unit of every clock and deadline inside the guard.
-    @property
-    def timeout_s(self) -> float:
-        return self.timeout_ms / 1000.0
-
-    @property
-    def recovery_s(self) -> float:
-        return self.recovery_ms / 1000.0
-
-    @property
-    def slow_call_s(self) -> float:
-        return self.slow_call_ms / 1000.0
-
-    @property
-    def probe_interval_s(self) -> float:
-        return self.probe_interval_ms / 1000.0
+    timeout_s = _in_seconds("timeout_ms")
+    recovery_s = _in_seconds("recovery_ms")
+    slow_call_s = _in_seconds("slow_call_ms")
+    probe_interval_s = _in_seconds("probe_interval_ms")
 
     @classmethod
     def parameter_names(cls) -> frozenset[str]:
