@@ -37,7 +37,6 @@ import os
 import sys
 import threading
 import time
-from types import TracebackType
 from typing import Callable, Mapping
 
 from triton_guard import defaults
@@ -46,7 +45,7 @@ from triton_guard.guard import state_file as layout
 from triton_guard.guard.record import BreakerRecord
 from triton_guard.guard.state_dir import FILE_SUFFIX, breaker_filename
 from triton_guard.errors import SettingsConflict
-from triton_guard.guard.store import conflict, merged_claim
+from triton_guard.guard.store import Transaction, conflict, merged_claim
 
 DAMAGE_RETRY_S = 1.0  # an unusable breaker file is tried again this often
 
@@ -147,7 +146,7 @@ def _open_breaker_file(path: str, name: str, store: SharedFileStore) -> _Breaker
         return breaker_file
 
 
-class _BreakerFile:
+class _BreakerFile(Transaction):
     """This process's handle on one breaker file; also the context manager of its transactions.
 
     The threading.Lock is held from __enter__ to __exit__, so the current
@@ -197,18 +196,9 @@ class _BreakerFile:
             raise
         return self._rec
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc_type is None:
-                layout.pack_record(self._image, self._rec)
-                self._write(self._image)
-        finally:
-            self._end()
+    def _commit(self) -> None:
+        layout.pack_record(self._image, self._rec)
+        self._write(self._image)
 
     def claim(self, model: str, settings: Mapping[str, object]) -> None:
         with self._thread_lock:

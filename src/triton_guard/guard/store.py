@@ -5,7 +5,7 @@ process). Its records are copy-on-write: a transaction changes a copy and
 publishes it at the end, so `peek` hands out the published record itself,
 without a lock. SharedFileStore (shared_state.py) keeps them in a file every
 guard process of a server shares; both answer the same BreakerStore protocol
-(triton_guard.guard.breaker).
+(triton_guard.guard.breaker), and their transactions end alike (`Transaction`).
 
 Claims. The guard models of one upstream share its breaker, so they must
 share its settings: `claim()` stamps the breaker with the guard's model name
@@ -64,7 +64,35 @@ class MemoryStore:
             self._claims[name] = merged_claim(self._claims.get(name), model, settings)
 
 
-class _MemoryTransaction:
+class Transaction:
+    """The end of `with store.transaction(name) as rec:`, for every store.
+
+    The change is kept (`_commit`) only when the block raised nothing; the
+    locks are released (`_end`) either way.
+    """
+
+    __slots__ = ()
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self._commit()
+        finally:
+            self._end()
+
+
+class _MemoryTransaction(Transaction):
     __slots__ = ("_store", "_name", "_rec")
 
     def __init__(self, store: MemoryStore, name: str) -> None:
@@ -78,18 +106,12 @@ class _MemoryTransaction:
         self._rec = current.copy() if current is not None else BreakerRecord()
         return self._rec
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc_type is None:
-                self._store._records[self._name] = self._rec
-                self._store._numbers[self._name] = self._rec.numbers()
-        finally:
-            self._store._lock.release()
+    def _commit(self) -> None:
+        self._store._records[self._name] = self._rec
+        self._store._numbers[self._name] = self._rec.numbers()
+
+    def _end(self) -> None:
+        self._store._lock.release()
 
 
 # --- settings claims ---------------------------------------------------------------------
