@@ -24,6 +24,7 @@ figures are only as quiet as the machine.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -76,10 +77,7 @@ def _measure(order: list[str], calls: int, requests: int) -> dict[str, tuple[flo
     results = {}
     with tempfile.TemporaryDirectory(prefix="triton-guard-bench-", dir=base) as state_dir:
         stores = {"memory": MemoryStore(), "shared": SharedFileStore(state_dir)}
-        guards = {
-            kind: Guard("bench", config, CircuitBreaker("bench", config, store), None)
-            for kind, store in stores.items()
-        }
+        guards = {kind: _guard(Guard, config, CircuitBreaker("bench", config, store)) for kind, store in stores.items()}
         breaker = CircuitBreaker("bench-breaker", config, stores["shared"])
 
         def breaker_pair():
@@ -98,6 +96,15 @@ def _measure(order: list[str], calls: int, requests: int) -> dict[str, tuple[flo
         for guard in guards.values():
             guard.close()
     return results
+
+
+def _guard(guard_class, config, breaker):
+    """A Guard of the revision measured: it takes a GuardPolicy, or (before) the policy's arguments."""
+    if "policy" in inspect.signature(guard_class).parameters:
+        from triton_guard.guard.policy import GuardPolicy
+
+        return guard_class(GuardPolicy("bench", config, breaker))
+    return guard_class("bench", config, breaker, None)
 
 
 def _hand_off(guard, upstream, everything):

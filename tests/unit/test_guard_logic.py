@@ -18,7 +18,7 @@ from tests.conftest import wait_until
 
 from triton_guard.guard.breaker import CircuitBreaker, Permit, State, Transition
 from triton_guard.guard.failures import Failure, FailureClassifier
-from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, ExecuteQueue, Guard, GuardEvents
+from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, ExecuteQueue, Guard, GuardEvents, GuardPolicy
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.store import MemoryStore
 
@@ -118,7 +118,7 @@ def make_guard(clock, store, events):
         config = GuardConfig(**{"timeout_ms": TIMEOUT_MS, "recovery_ms": 30_000, **overrides})
         breaker = CircuitBreaker(UPSTREAM, config, store, clock=clock)
         # The same fake clock for call durations: every call takes 0 s, never "slow".
-        guard = Guard(UPSTREAM, config, breaker, classifier, events=events, clock=clock)
+        guard = Guard(GuardPolicy(UPSTREAM, config, breaker, classifier, events=events, clock=clock))
         guards.append(guard)
         return guard
 
@@ -138,7 +138,7 @@ def wait_until_workers_idle(guard: Guard) -> None:
 
 
 def open_breaker(guard: Guard, upstream: Upstream) -> None:
-    for _ in range(guard.config.failure_threshold):
+    for _ in range(guard.policy.config.failure_threshold):
         guard.call(upstream.answer("upstream exploded"), error_answer)
     assert guard.breaker.snapshot().state is State.OPEN
 
@@ -414,7 +414,7 @@ def test_expired_trial_lease_is_reported_then_rejected(make_guard, upstream, clo
     open_breaker(guard, upstream)
     clock.advance(1.0)
     # Another guard process on the same breaker took the trial and died with it.
-    other = CircuitBreaker(UPSTREAM, guard.config, store, clock=clock)
+    other = CircuitBreaker(UPSTREAM, guard.policy.config, store, clock=clock)
     assert isinstance(other.acquire(), Permit)
     clock.advance(other.trial_lease_s + 0.001)
     events.take()

@@ -35,7 +35,7 @@ from triton_guard.guard.core import Guard
 from triton_guard.guard.failures import is_stub_dead
 from triton_guard.guard.healer import SideHealer
 from triton_guard.guard.metrics import MetricsBuffer
-from triton_guard.guard.policy import Code, GuardResult
+from triton_guard.guard.policy import Code, GuardPolicy, GuardResult
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock, ProbeSample
 from triton_guard.guard.shared_state import SharedFileStore
 from triton_guard.guard.state_dir import default_state_dir
@@ -104,7 +104,7 @@ class GuardRuntime:
         self.store.claim(name, self.model_name, breaker_settings(self.config))
         self.breaker = CircuitBreaker(name, self.config, self.store)
         self.events = MetricsBuffer()
-        self.guard = Guard(name, self.config, self.breaker, settings.classifier, events=self.events)
+        self.guard = Guard(GuardPolicy(name, self.config, self.breaker, settings.classifier, events=self.events))
         self.healer: SideHealer | None = None
         if settings.heal_dead_upstream:
             # Through Triton's repository API, from a thread of its own: no stub's request path waits.

@@ -32,13 +32,10 @@ before: a slow but healthy upstream never shortens the next caller's budget.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, NamedTuple, Sequence, TypeVar
 
 from triton_guard import defaults
-from triton_guard.guard.breaker import CircuitBreaker
-from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.failures import Failure, FailureClassifier
+from triton_guard.guard.failures import Failure
 from triton_guard.guard.policy import UNAVAILABLE_PREFIX, Code, GuardEvents, GuardPolicy, GuardResult  # noqa: F401
 from triton_guard.guard.record import Permit, Rejection, State
 from triton_guard.guard.workers import CallTimedOut, DeadlineWorkers
@@ -82,25 +79,15 @@ class ExecuteQueue:
 
 
 class Guard:
-    def __init__(
-        self,
-        upstream: str,
-        config: GuardConfig,
-        breaker: CircuitBreaker,
-        classifier: FailureClassifier | None = None,
-        events: GuardEvents | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.upstream = upstream
-        self.config = config
-        self.breaker = breaker
-        self.policy = GuardPolicy(upstream, config, breaker, classifier, events, clock)
-        self.classifier = self.policy.classifier
-        self.events = self.policy.events
-        self._clock = clock
-        self._timeout_s = config.timeout_s
+    """`policy` driven by bulkhead workers that enforce the deadline (see the module docstring)."""
+
+    def __init__(self, policy: GuardPolicy) -> None:
+        self.policy = policy
+        self.breaker = policy.breaker
+        self._clock = policy.clock
+        self._timeout_s = policy.timeout_s
         self._queue = ExecuteQueue()
-        self.workers = DeadlineWorkers(config.max_inflight, name=f"guard-{upstream}")
+        self.workers = DeadlineWorkers(policy.config.max_inflight, name=f"guard-{policy.upstream}")
 
     @property
     def inflight(self) -> int:
@@ -218,10 +205,10 @@ class Guard:
         snapshot = self.breaker.snapshot()  # one read, only on this rare path
         if snapshot.state is State.OPEN:
             # The breaker already fails everything fast: say so, as to every other caller.
-            recovery_s = self.config.recovery_s
+            recovery_s = policy.config.recovery_s
             retry_after = recovery_s if now < snapshot.opened_at else max(recovery_s - (now - snapshot.opened_at), 0.0)
             reason = "forced_open" if snapshot.override else "open"
-            self.events.rejected(reason, len(expired))
+            policy.events.rejected(reason, len(expired))
             rejection = Rejection(reason, retry_after, State.OPEN)
             result = GuardResult(Code.UNAVAILABLE, message=policy.rejection_message(rejection), rejected=reason)
             return [Part((i,), result) for i in expired]
@@ -235,7 +222,7 @@ class Guard:
             waited = f"{(now - arrival) * 1000:.0f} ms of waiting before the guard"
         return GuardResult(
             Code.UNAVAILABLE,
-            message=f"model '{self.upstream}': deadline timeout_ms={self.config.timeout_ms} passed after {waited}",
+            message=f"{self.policy.label}: deadline timeout_ms={self.policy.config.timeout_ms} passed after {waited}",
             failure=Failure.TIMEOUT,
             rejected="deadline",
         )
