@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from triton_guard import defaults
+from triton_guard.cli.arguments import add_url
 from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 PROG = "triton-guard breaker"
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> None:
         choices=("open", "close", "auto"),
         help="open: refuse every call; close: admit every call, count nothing; auto: the breaker decides again",
     )
-    breaker.add_argument("--url", default=defaults.DEFAULT_URL, help="gRPC HOST:PORT (default: %(default)s)")
+    add_url(breaker)
     breaker.add_argument(
         "--timeout", type=float, default=defaults.BREAKER_COMMAND_TIMEOUT_S,
         help="seconds for the call (default: %(default)s)",

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from triton_guard import defaults
+from triton_guard.cli.arguments import add_url
 from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, refused
 
 
@@ -42,11 +42,8 @@ def add_parser(subparsers) -> None:
     guard.add_argument(
         "--ensemble", metavar="NAME", help="also reroute the steps of ensemble NAME that call MODEL through MODEL_guard"
     )
-    guard.add_argument(
-        "--url", default=defaults.DEFAULT_URL,
-        help="gRPC HOST:PORT of the server that runs the models, asked for a config the repository does not "
-        "declare (Triton completes it at load) (default: %(default)s)",
-    )
+    add_url(guard, "gRPC HOST:PORT of the server that runs the models, asked for a config the repository does not "
+            "declare (Triton completes it at load)")
     guard.set_defaults(func=run)
 
 

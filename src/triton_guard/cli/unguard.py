@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from triton_guard import defaults
+from triton_guard.cli.arguments import add_url
 from triton_guard.cli.exit_codes import EXIT_OK, refused
 
 
@@ -20,10 +20,7 @@ def add_parser(subparsers) -> None:
     )
     unguard.add_argument("model", metavar="MODEL", help="the model whose guard to remove")
     unguard.add_argument("--model-repository", required=True, metavar="DIR", help="the repository MODEL is in")
-    unguard.add_argument(
-        "--url", default=defaults.DEFAULT_URL,
-        help="gRPC HOST:PORT of the server, for the load commands printed (default: %(default)s)",
-    )
+    add_url(unguard, "gRPC HOST:PORT of the server, for the load commands printed")
     unguard.set_defaults(func=run)
 
 
