@@ -17,21 +17,7 @@ byte for byte (undo.py). A model's config comes from its config.pbtxt, or
 from the running server when the file does not declare it (common.py).
 """
 
-from triton_guard.guard_writer.common import (
-    GUARD_MODEL,
-    GUARD_SUFFIX,
-    IN_PROCESS,
-    NO_SERVER,
-    RENAMED,
-    UNGUARDED_SUFFIX,
-    GuardRefused,
-    Server,
-    Written,
-    dynamic_batching_settings,
-    example_request,
-    guard_config,
-    parse_params,
-)
+from triton_guard.guard_writer.common import RENAMED, GuardRefused, Server, example_request, parse_params
 from triton_guard.guard_writer.guard_model import plan_guard_model, write_guard
 from triton_guard.guard_writer.in_process import plan_in_process, write_in_process
 from triton_guard.guard_writer.renamed import plan_renamed, write_renamed
@@ -39,19 +25,11 @@ from triton_guard.guard_writer.undo import unguard
 from triton_guard.guard_writer.whole import apply_all, plan_all, server_steps, summary, table
 
 __all__ = [
-    "GUARD_MODEL",
-    "GUARD_SUFFIX",
-    "IN_PROCESS",
-    "NO_SERVER",
     "RENAMED",
-    "UNGUARDED_SUFFIX",
     "GuardRefused",
     "Server",
-    "Written",
     "apply_all",
-    "dynamic_batching_settings",
     "example_request",
-    "guard_config",
     "parse_params",
     "plan_all",
     "plan_guard_model",

@@ -62,6 +62,14 @@ class Written:
     # ("load" | "unload", model name), in the order a running server must do them.
     server_steps: list[tuple[str, str]] = field(default_factory=list)
 
+    @classmethod
+    def starting(cls, model: str, placement: str, source: model_source.ModelSource) -> "Written":
+        """Nothing written yet; a config from the running server says so first."""
+        written = cls(model, placement)
+        if source.from_server:
+            written.wrote.append(source_line(source))
+        return written
+
     def lines(self) -> list[str]:
         return [*self.wrote, *self.call]
 
@@ -125,6 +133,13 @@ def guarded_by(repository: Path, model: str) -> str | None:
             if config.parameters[UPSTREAM_PARAMETER].string_value == model:
                 return f"already guarded by '{other.name}'"
     return None
+
+
+def refuse_if_guarded(repository: Path, model: str) -> None:
+    """GuardRefused when MODEL already has a guard: one guard per model, `unguard` first."""
+    already = guarded_by(repository, model)
+    if already:
+        raise GuardRefused(f"model '{model}' is {already}: `triton-guard unguard {model}` first")
 
 
 def model_config(repository: Path, model: str, server: Server) -> model_source.ModelSource:

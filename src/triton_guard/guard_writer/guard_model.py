@@ -26,10 +26,9 @@ from triton_guard.guard_writer.common import (
     Written,
     curl_infer,
     guard_config,
-    guarded_by,
     prepared,
+    refuse_if_guarded,
     settings_text,
-    source_line,
     tensors_text,
 )
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, config_text, read_config
@@ -39,6 +38,21 @@ def guard_header(model: str, command: str, repository: Path) -> str:
     return (
         f"# Written by `{command}`: a circuit breaker in front of '{model}'.\n"
         f"# Undo: triton-guard unguard {model} --model-repository {repository}\n"
+    )
+
+
+def add_guard_folder(
+    changes: Changes, written: Written, folder: str, config: model_config_pb2.ModelConfig, params: Mapping[str, str],
+    command: str, what: str,
+) -> None:
+    """Plan the guard's own folder (its config, headed by how to undo it, and an empty version folder); say so."""
+    repository, model = changes.repository, changes.model
+    changes.mkdir(folder)
+    changes.mkdir(f"{folder}/{GUARD_VERSION}")
+    changes.write(f"{folder}/{CONFIG_FILE}", guard_header(model, command, repository) + config_text(config))
+    written.wrote.append(
+        f"wrote {repository / folder / CONFIG_FILE}: {what} "
+        f"(max_batch_size {config.max_batch_size}; {tensors_text(config)}; {settings_text(params)})"
     )
 
 
@@ -74,24 +88,14 @@ def plan_guard_model(
     guard_dir = repository / guard_name
     if guard_dir.exists():
         raise GuardRefused(f"{guard_dir} already exists: remove it to write the guard again")
-    already = guarded_by(repository, model)
-    if already:
-        raise GuardRefused(f"model '{model}' is {already}: `triton-guard unguard {model}` first")
+    refuse_if_guarded(repository, model)
     rerouted = _ensemble_reroute(repository, ensemble, model) if ensemble else None
 
     config = guard_config(guard_name, model, source.config, params, GUARD_MODEL)
     command = command or f"triton-guard guard {model}"
     changes = Changes(repository, model, GUARD_MODEL, record_dir=f"{guard_name}/{RECORD_DIR}")
-    changes.mkdir(guard_name)
-    changes.mkdir(f"{guard_name}/{GUARD_VERSION}")
-    changes.write(f"{guard_name}/{CONFIG_FILE}", guard_header(model, command, repository) + config_text(config))
-    written = Written(model, GUARD_MODEL)
-    if source.from_server:
-        written.wrote.append(source_line(source))
-    written.wrote.append(
-        f"wrote {guard_dir / CONFIG_FILE}: backend \"guard\" in front of '{model}' "
-        f"(max_batch_size {config.max_batch_size}; {tensors_text(config)}; {settings_text(params)})"
-    )
+    written = Written.starting(model, GUARD_MODEL, source)
+    add_guard_folder(changes, written, guard_name, config, params, command, f"backend \"guard\" in front of '{model}'")
     written.wrote.append(f"wrote {guard_dir / GUARD_VERSION}/ (empty: the guard's code is the backend's)")
     plan = Plan(changes, written)
     if rerouted:

@@ -27,10 +27,9 @@ from triton_guard.guard_writer.common import (
     Server,
     Written,
     dynamic_batching_settings,
-    guarded_by,
     prepared,
+    refuse_if_guarded,
     settings_text,
-    source_line,
 )
 from triton_guard.model_config import CONFIG_FILE
 from triton_guard.queue_policy import stall_risks
@@ -96,9 +95,7 @@ def plan_in_process(
         )
     if UPSTREAM_PARAMETER in config.parameters:
         raise GuardRefused(f"model '{model}' already has a parameter '{UPSTREAM_PARAMETER}'")
-    already = guarded_by(repository, model)
-    if already:
-        raise GuardRefused(f"model '{model}' is {already}: `triton-guard unguard {model}` first")
+    refuse_if_guarded(repository, model)
     command = command or f"triton-guard guard {model} --in-process"
     path = repository / model / CONFIG_FILE
     original = path.read_text() if path.is_file() else ""
@@ -111,9 +108,7 @@ def plan_in_process(
     text, kept = config_edit.edited_text(original, wanted, _edit(source, wanted, params), header)
     changes = Changes(repository, model, IN_PROCESS, record_dir=f"{model}/{RECORD_DIR}")
     changes.write(f"{model}/{CONFIG_FILE}", text)
-    written = Written(model, IN_PROCESS)
-    if source.from_server:
-        written.wrote.append(source_line(source))
+    written = Written.starting(model, IN_PROCESS, source)
     if source.on_disk is None:
         written.wrote.append(
             f"wrote {path}: backend \"{GUARD_BACKEND}\" with the tensors and batching the server completed "

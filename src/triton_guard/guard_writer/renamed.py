@@ -26,7 +26,6 @@ from tritonclient.grpc import model_config_pb2
 from triton_guard import config_edit, defaults
 from triton_guard.guard_writer.changes import RECORD_DIR, Changes, Plan
 from triton_guard.guard_writer.common import (
-    GUARD_VERSION,
     NO_SERVER,
     RENAMED,
     UNGUARDED_SUFFIX,
@@ -34,14 +33,11 @@ from triton_guard.guard_writer.common import (
     Server,
     Written,
     guard_config,
-    guarded_by,
     prepared,
-    settings_text,
-    source_line,
-    tensors_text,
+    refuse_if_guarded,
 )
-from triton_guard.guard_writer.guard_model import guard_header
-from triton_guard.model_config import CONFIG_FILE, config_text
+from triton_guard.guard_writer.guard_model import add_guard_folder
+from triton_guard.model_config import CONFIG_FILE
 
 
 def plan_renamed(
@@ -51,9 +47,7 @@ def plan_renamed(
     moved = model + UNGUARDED_SUFFIX
     if (repository / moved).exists():
         raise GuardRefused(f"{repository / moved} already exists: the renaming placement moves '{model}' there")
-    already = guarded_by(repository, model)
-    if already:
-        raise GuardRefused(f"model '{model}' is {already}: `triton-guard unguard {model}` first")
+    refuse_if_guarded(repository, model)
     if "drift_output" in params and "drift_reference" not in params:
         # drift/ moves with the name; the guard's default would look beside the upstream.
         params = {**params, "drift_reference": f"{model}/{defaults.DRIFT_REFERENCE_DIR}/{params['drift_output']}.json"}
@@ -63,9 +57,7 @@ def plan_renamed(
     guard = guard_config(model, moved, source.config, params, RENAMED)
 
     changes = Changes(repository, model, RENAMED, record_dir=f"{model}/{RECORD_DIR}")
-    written = Written(model, RENAMED)
-    if source.from_server:
-        written.wrote.append(source_line(source))
+    written = Written.starting(model, RENAMED, source)
     changes.rename(model, moved)
     written.wrote.append(f"renamed {repository / model}/ to {repository / moved}/ (version folders and files as they were)")
     config_path = repository / model / CONFIG_FILE
@@ -80,13 +72,7 @@ def plan_renamed(
             f"rewrote {repository / moved / CONFIG_FILE}: name \"{moved}\""
             + ("" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)")
         )
-    changes.mkdir(model)
-    changes.mkdir(f"{model}/{GUARD_VERSION}")
-    changes.write(f"{model}/{CONFIG_FILE}", guard_header(model, command, repository) + config_text(guard))
-    written.wrote.append(
-        f"wrote {repository / model / CONFIG_FILE}: the guard, named '{model}', in front of '{moved}' "
-        f"(max_batch_size {guard.max_batch_size}; {tensors_text(guard)}; {settings_text(params)})"
-    )
+    add_guard_folder(changes, written, model, guard, params, command, f"the guard, named '{model}', in front of '{moved}'")
     changes.carry(moved, model)
     carried = [name for name in ("goldens", "drift") if (repository / model / name).is_dir()]
     if carried:
@@ -100,7 +86,5 @@ def write_renamed(
     repository: Path, model: str, params: Mapping[str, str], server: Server = NO_SERVER, command: str = ""
 ) -> Written:
     """Put a guard under MODEL's name and move MODEL to MODEL_unguarded. GuardRefused: nothing written."""
-    # The breaker, its metrics and messages keep the name clients call, as the dashboards do.
-    params = {"breaker_name": model, **params}
     command = command or f"triton-guard guard {model} --rename"
     return plan_renamed(repository, model, params, server, command).apply(command)
