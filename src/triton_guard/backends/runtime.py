@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import triton_python_backend_utils as pb_utils
 
@@ -51,6 +51,11 @@ Probe = Callable[[float], object]  # probe(timeout_s) -> an answer; a str answer
 def answer_error(answer: object) -> str | None:
     """A str answer is the upstream's error message (BLS reports errors inside the response)."""
     return answer if isinstance(answer, str) else None
+
+
+def parameters_of(model_config: Mapping) -> dict[str, str]:
+    """A model config's `parameters` (from initialize's args["model_config"], JSON) as plain strings."""
+    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
 
 
 def model_of_instance(instance_name: str) -> str:

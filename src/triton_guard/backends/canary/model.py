@@ -24,6 +24,7 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.metrics import MetricsPublisher
 from triton_guard.backends.guard.in_process import heal_dead_stub
+from triton_guard.backends.runtime import parameters_of
 from triton_guard.canary import memory
 from triton_guard.canary.checks import metric_labels
 from triton_guard.canary.config import CanaryConfig, CanaryConfigError
@@ -44,9 +45,8 @@ from triton_guard.pins import observe_runtime
 class TritonPythonModel:
     def initialize(self, args):
         model_config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         try:
-            config = CanaryConfig.from_parameters(params)
+            config = CanaryConfig.from_parameters(parameters_of(model_config))
         except CanaryConfigError as exc:
             raise pb_utils.TritonModelException(f"canary model '{model_config['name']}': {exc}") from None
         repositories = repositories_from_environment(os.environ, Path(args["model_repository"]))

@@ -41,7 +41,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.backends.runtime import GuardRuntime, Probe, arrival_s, model_of_instance
+from triton_guard.backends.runtime import GuardRuntime, Probe, arrival_s, model_of_instance, parameters_of
 from triton_guard.canary.allocator import start_reporter
 from triton_guard.guard.config import ConfigError, GuardSettings
 from triton_guard.guard.failures import Failure
@@ -87,9 +87,8 @@ class InProcessGuard:
             raise pb_utils.TritonModelException(
                 f"guard model '{self.name}': a decoupled model cannot be guarded in-process (it answers "
                 "outside execute, past any deadline); guard it as a step of its own")
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         # The config's other parameters are the model's own: passed to it untouched.
-        guard_params = {k: v for k, v in params.items() if k in GuardSettings.parameter_names()}
+        guard_params = {k: v for k, v in parameters_of(config).items() if k in GuardSettings.parameter_names()}
         try:
             # The breaker is shared per server and named after this model; the runtime has no BLS upstream.
             self.runtime = GuardRuntime(

@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  (after the path fi
 
 from triton_guard import defaults
 from triton_guard.backends.bls import GuardedUpstream
-from triton_guard.backends.runtime import stamp_s
+from triton_guard.backends.runtime import parameters_of, stamp_s
 from triton_guard.guard.config import ConfigError
 from triton_guard.model_config import ModelConfigError, check_guard_interface
 from triton_guard.backends.guard import control, in_process
@@ -35,7 +35,8 @@ from triton_guard.backends.guard import control, in_process
 class TritonPythonModel:
     def initialize(self, args):
         model_config = json.loads(args["model_config"])
-        if model_config.get("parameters", {}).get("role", {}).get("string_value") == "control":
+        params = parameters_of(model_config)
+        if params.get("role") == "control":
             # The operator's override of the breakers (`triton-guard breaker`): backends/guard/control.py.
             self.execute, self.finalize = control.ControlModel(args).execute, lambda: None
             return
@@ -45,7 +46,6 @@ class TritonPythonModel:
             self.execute, self.finalize = guarded.execute, guarded.finalize
             return
         name = model_config["name"]
-        params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         upstream = params.pop("upstream_model", "").strip()
         if not upstream:
             raise pb_utils.TritonModelException(
