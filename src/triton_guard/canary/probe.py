@@ -80,20 +80,14 @@ def _from_error(exc, url: str, timeout_s: float, latency_s: float) -> HealthResu
     return HealthResult(Health.NOT_READY, [f"canary: {message}"], latency_s=latency_s)
 
 
+@dataclass(eq=False)
 class ModelHealthValidator:
     """Asks the server's `canary` model whether it is ready, within `timeout_s`."""
 
-    def __init__(
-        self,
-        url: str = defaults.DEFAULT_URL,
-        timeout_s: float = defaults.PROBE_TIMEOUT_S,
-        canary_model: str = defaults.CANARY_MODEL,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self.canary_model = canary_model
-        self.options = options
+    url: str = defaults.DEFAULT_URL
+    timeout_s: float = defaults.PROBE_TIMEOUT_S
+    canary_model: str = defaults.CANARY_MODEL
+    options: Mapping[str, Any] | None = None  # the canary's OPTIONS for this check (CanaryConfig.with_call_options)
 
     def check(self) -> HealthResult:
         import tritonclient.grpc as grpcclient
