@@ -174,6 +174,7 @@ def test_guard_settings_hold_every_parsed_part():
         ({"drift_window": "50"}, "drift_window is given without drift_output"),
         ({"breaker_name": "a/b"}, "breaker_name='a/b' is invalid"),
         ({"breaker_name": " "}, "breaker_name"),
+        ({"breaker_name": ".."}, "breaker_name"),
     ],
 )
 def test_guard_settings_name_the_bad_parameter(params, named):
@@ -189,6 +190,7 @@ def test_breaker_name_names_the_breaker_and_the_drift_files_but_the_upstream_sta
     renamed = GuardSettings.from_parameters("clf_unguarded", {"breaker_name": " clf ", "drift_output": "PROBS"})
     assert renamed.name_for("clf_unguarded") == "clf"
     assert renamed.drift.reference == "clf/drift/PROBS.json"  # beside the name clients call
+    assert GuardSettings.from_parameters("x", {"breaker_name": "_my.model-2"}).breaker_name == "_my.model-2"
     plain = GuardSettings.from_parameters("clf", {})
     assert plain.breaker_name is None and plain.name_for("clf") == "clf"
 

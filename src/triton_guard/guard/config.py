@@ -148,8 +148,9 @@ def _parse(name: str, raw: Any, kind: type, what: str) -> Any:
 
 # Guard parameters beyond GuardConfig's thresholds (GuardSettings' other fields).
 EXTRA_PARAMETERS = frozenset({"client_error_pattern", "heal_dead_upstream", "check_finite", "breaker_name"})
-# A breaker name travels in file names, metric labels and messages: a model name's characters only.
-_BREAKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# A breaker name travels in a file name, metric labels and messages: any model folder's name will do
+# (as an upstream's name does), nothing that could leave the state directory.
+_BREAKER_NAME = re.compile(r"(?!\.\.?$)[^/\s\x00]{1,255}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +199,7 @@ class GuardSettings:
         if breaker_name is not None:
             breaker_name = str(breaker_name).strip()
             if not _BREAKER_NAME.fullmatch(breaker_name):
-                raise _reject("breaker_name", breaker_name, "a model name (letters, digits, '_', '.', '-')")
+                raise _reject("breaker_name", breaker_name, "a model's name (no '/', no white space, not '.' or '..')")
         return cls(
             config=GuardConfig.from_parameters(params),
             classifier=classifier,
