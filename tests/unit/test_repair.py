@@ -84,3 +84,29 @@ def test_a_rebuilt_image_carries_this_processes_claim():
     claim = layout.encode_claim({"models": ["g"], "settings": {"timeout_ms": 5}})
     verdict = repair.checked_image(NAME, b"", good=image(State.OPEN, 1), claim=claim, moved=True, returning=False, now=1.0)
     assert layout.decode_claim(verdict.image) == {"models": ["g"], "settings": {"timeout_ms": 5}}
+
+
+def read(found, good=None):
+    return repair.record_as_read(NAME, found, good, now=7.0)
+
+
+def test_a_reader_takes_a_damaged_file_as_its_next_call_will_repair_it_never_closed():
+    open_ = image(State.OPEN, 1)
+    assert State(read(open_).state) is State.OPEN  # valid: as it is
+    ring_damaged = bytearray(open_)
+    ring_damaged[layout.RING_OFFSET + 100] ^= 0xFF  # the cold block fails its CRC, the numbers are intact
+    assert State(read(bytes(ring_damaged)).state) is State.OPEN
+    numbers_damaged = bytearray(image(State.CLOSED))
+    numbers_damaged[layout.NUMBERS_OFFSET] ^= 0xFF
+    assert State(read(bytes(numbers_damaged)).state) is State.HALF_OPEN  # nothing known: not CLOSED
+    assert State(read(open_[:500], good=open_).state) is State.OPEN  # truncated: this reader's copy
+    assert State(read(b"", good=image(State.CLOSED, 2)).state) is State.HALF_OPEN  # gone after it was seen
+    # Each agrees with what a guard's next transaction writes.
+    for found, good in ((bytes(ring_damaged), None), (bytes(numbers_damaged), None), (open_[:500], open_)):
+        assert read(found, good).state == layout.record_of(check(found, good=good).image).state
+
+
+def test_a_reader_sees_no_breaker_where_there_is_none_yet():
+    assert read(None) is None and read(b"") is None
+    other_version = layout.MAGIC + (layout.LAYOUT_VERSION - 1).to_bytes(2, "little") + b"\x00" * 90
+    assert read(other_version) is None

@@ -83,6 +83,29 @@ def checked_image(
     return Verdict(image, damage, outcome)
 
 
+def record_as_read(name: str, found: bytes | None, good: bytes | None, now: float) -> BreakerRecord | None:
+    """What a reader (a snapshot, `status`, the canary) takes breaker `name`'s file to hold, writing nothing.
+
+    The rules of `checked_image`, read-only, so a reader never sees CLOSED where
+    the next guard call will not: a valid file as it is; intact numbers (hot
+    CRC) with damage elsewhere, their state; anything else damaged (truncated,
+    corrupt, gone after this process saw it) this process's last good copy,
+    never CLOSED. `found` None: no file. None: no breaker (yet).
+    """
+    found = b"" if found is None else found
+    prefix = layout.header_prefix(name)
+    if layout.is_valid(found, prefix):
+        return layout.record_of(found)
+    if damage_kind(found, moved=False, seen_before=good is not None, prefix=prefix) is None:
+        return None  # no breaker yet, or a new one (another layout version): CLOSED, unused
+    numbers = layout.hot_numbers(found, prefix) if len(found) == layout.FILE_SIZE else None
+    if numbers is not None:
+        rec = BreakerRecord.of(numbers, bytes(layout.RING_CAPACITY))
+        rec.reset_window(rec.window_size)
+        return rec
+    return layout.record_of(rebuilt_image(name, good, bytes(layout.CLAIM_SIZE), now))
+
+
 def damage_kind(found: bytes, *, moved: bool, seen_before: bool, prefix: bytes) -> str | None:
     """What happened to an invalid file; None: a new breaker, not damage."""
     if not found:

@@ -109,8 +109,7 @@ class SharedFileStore:
                 # Held across the one-off read: closing its descriptor drops
                 # this process's locks on the file, so no handle for the same
                 # file may be created (and locked) meanwhile.
-                image = _read_once_image(path)
-                return layout.record_of(image) if image is not None and layout.is_valid(image) else None
+                return repair.record_as_read(name, _read_once_image(path), None, self._clock())
         return breaker_file.read()
 
     def list_breakers(self) -> list[str]:
@@ -220,11 +219,8 @@ class _BreakerFile(Transaction):
 
     def read(self) -> BreakerRecord | None:
         with self._thread_lock:
-            image = _read_once_image(self.path)
-            if image is not None and layout.is_valid(image, self._prefix):
-                return layout.record_of(image)
-            # Damaged or unusable: what this process last knew (it repairs on its next call).
-            return layout.record_of(self._good) if self._good is not None else None
+            # Damaged: what its next call will repair it to (repair.record_as_read), never CLOSED.
+            return repair.record_as_read(self.name, _read_once_image(self.path), self._good, self._store._clock())
 
     # --- the file ----------------------------------------------------------------
 
@@ -351,20 +347,19 @@ class _BreakerFile(Transaction):
 
 
 def _read_once_image(path: str) -> bytes | None:
+    """The file's bytes (one more than an image: a file that grew shows it), or None when it cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        if os.fstat(fd).st_size != layout.FILE_SIZE:
-            return None
         fcntl.lockf(fd, fcntl.LOCK_SH)  # a consistent image, not a half-written one
         try:
-            return os.pread(fd, layout.FILE_SIZE, 0)
+            return os.pread(fd, layout.FILE_SIZE + 1, 0)
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN)
     except OSError:
-        return None
+        return b""  # there, but unreadable: damage to a reader that knew it, nothing to one that did not
     finally:
         os.close(fd)
 
