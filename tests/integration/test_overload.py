@@ -103,15 +103,20 @@ def test_under_256_clients_goldens_are_shed_as_load_and_every_probe_stays_ready(
     assert "(OVERLOADED)" in status.stdout.splitlines()[0], status.stdout
 
 
-def test_a_hang_under_the_same_load_is_not_ready_at_once_and_the_breaker_opens(server, digits):
+def test_a_hang_under_the_same_load_is_not_ready_within_a_probe_period_and_the_breaker_opens(server, digits):
     load = _load(server, digits, seconds=6.0)
     chaos(server, "hang")
     hung_at = time.monotonic()
     try:
-        result = ModelHealthValidator(server.grpc_url, timeout_s=PROBE_TIMEOUT_S).check()
+        # A probe right after the hang may still join a canary run that began before it (and was
+        # answered): the verdict must change within one probe period, not necessarily at once.
+        validator = ModelHealthValidator(server.grpc_url, timeout_s=PROBE_TIMEOUT_S)
+        result = validator.check()
+        while result.health.value == "ready" and time.monotonic() - hung_at < PROBE_PERIOD_S:
+            result = validator.check()
         answered_at = time.monotonic()
         assert result.health.value == "not_ready", result.reasons
-        assert answered_at - hung_at < PROBE_PERIOD_S + 0.5  # the first probe after the hang already says so
+        assert answered_at - hung_at < PROBE_PERIOD_S + 1.0, answered_at - hung_at
         golden = _check(result, "golden:pipeline")
         assert not golden["ok"] and not golden["reason"].startswith("overloaded"), golden
         wait_until(lambda: breaker_state(server, "classifier") is State.OPEN, TIMEOUT_S + 5, "the breaker OPEN")
