@@ -74,8 +74,8 @@ HEAL_HTTP_TIMEOUT_S = 60.0  # one reload request; a model load can take this lon
 GUARD_INTERFACE_WAIT_S = 120.0
 GUARD_INTERFACE_POLL_S = 0.5
 GUARD_INTERFACE_HTTP_TIMEOUT_S = 2.0  # one config request from the guard's stub
-# The guard's hand-off to its bulkhead worker pins caller and worker to one CPU for the two
-# wakes (cheaper on virtual machines: guard/workers.py); this variable set to "0" turns it off.
+# Set to "1", the guard's hand-off to its bulkhead worker pins caller and worker to one CPU for
+# the two wakes (a cheaper no-op trip on an idle VM; no gain measured serving: guard/workers.py).
 HANDOFF_PINNING_ENV = "TRITON_GUARD_HANDOFF_PINNING"
 # Non-finite values (NaN, inf) in an upstream's floating-point outputs fail the call.
 CHECK_FINITE = True

@@ -17,6 +17,16 @@ def workers():
     pool.close()
 
 
+@pytest.fixture
+def pinned_workers(monkeypatch):
+    from triton_guard import defaults
+
+    monkeypatch.setenv(defaults.HANDOFF_PINNING_ENV, "1")
+    pool = DeadlineWorkers(2, name="pinned")
+    yield pool
+    pool.close()
+
+
 def test_a_call_returns_its_value_or_raises_its_exception_on_the_callers_thread(workers):
     assert workers.run(workers.take(), lambda: threading.current_thread().name, 5.0).startswith("test-")
     with pytest.raises(KeyError, match="missing"):
@@ -62,8 +72,10 @@ def test_threads_are_started_lazily_and_never_more_than_the_size():
     assert pool.take() is None  # closed: no new worker
 
 
-def test_the_call_runs_with_the_workers_own_cpu_mask_and_the_caller_gets_its_mask_back(workers):
+def test_the_call_runs_with_the_workers_own_cpu_mask_and_the_caller_gets_its_mask_back(pinned_workers):
     import os
+
+    workers = pinned_workers
 
     mask = os.sched_getaffinity(0)
     seen = workers.run(workers.take(), lambda: os.sched_getaffinity(0), 5.0)
@@ -71,8 +83,10 @@ def test_the_call_runs_with_the_workers_own_cpu_mask_and_the_caller_gets_its_mas
     assert os.sched_getaffinity(0) == mask
 
 
-def test_a_cpu_set_that_refuses_the_restore_never_fails_the_call_and_stops_the_pinning(workers, monkeypatch):
+def test_a_cpu_set_that_refuses_the_restore_never_fails_the_call_and_stops_the_pinning(pinned_workers, monkeypatch):
     import os
+
+    workers = pinned_workers
 
     mask, real, calls = os.sched_getaffinity(0), os.sched_setaffinity, []
 
@@ -94,10 +108,10 @@ def test_a_cpu_set_that_refuses_the_restore_never_fails_the_call_and_stops_the_p
         real(0, mask)
 
 
-def test_the_pinning_can_be_turned_off_by_its_variable(monkeypatch):
+def test_the_pinning_is_off_unless_its_variable_says_1(monkeypatch):
     from triton_guard import defaults
 
-    monkeypatch.setenv(defaults.HANDOFF_PINNING_ENV, "0")
+    monkeypatch.delenv(defaults.HANDOFF_PINNING_ENV, raising=False)
     pool = DeadlineWorkers(1, name="off")
     try:
         assert pool._pin is False

@@ -6,7 +6,7 @@ Import this only inside a Triton Python model (it needs the stub's
 * the `guard` backend (triton_guard/backends/guard/model.py), a step of its own;
 * a library call from a user's own Python model, which saves a hop::
 
-      from triton_guard.backends.bls import GuardedUpstream
+      from triton_guard import GuardedUpstream
 
       class TritonPythonModel:
           def initialize(self, args):
