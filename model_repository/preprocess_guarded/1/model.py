@@ -7,7 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_guard.guard.batching import split_like
-from triton_guard.backends.bls import GuardedUpstream
+from triton_guard import GuardedUpstream
 from triton_guard_demo.digits import normalize
 
 
