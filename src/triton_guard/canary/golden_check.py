@@ -28,7 +28,6 @@ from triton_guard.canary.goldens import (
 from triton_guard.canary.report import CheckResult
 
 
-
 @dataclass(frozen=True)
 class OutputComparison:
     name: str
@@ -113,7 +112,6 @@ def compare_case(case: GoldenCase, device_class: str, answer: Mapping[str, np.nd
     return CaseComparison(case.name, bit_exact, outputs)
 
 
-
 GOLDEN = "golden"  # a golden check is named golden:<model>
 NO_GOLDENS_NOTE = (
     "no golden inference configured: no model has goldens "
@@ -123,12 +121,6 @@ NO_GOLDENS_NOTE = (
 
 def golden_check_name(model: str) -> str:
     return f"{GOLDEN}:{model}"
-
-
-def metric_labels(check_name: str) -> dict[str, str]:
-    """triton_guard_canary_check_ok's labels: golden:add_sub -> check golden, model add_sub; else no model."""
-    check, _, model = check_name.partition(":")
-    return {"check": check, "model": model}
 
 
 def check_golden(model: str, comparisons: list[CaseComparison] | None, error: str | None = None) -> CheckResult:
@@ -152,4 +144,3 @@ def check_golden(model: str, comparisons: list[CaseComparison] | None, error: st
 def check_no_goldens() -> CheckResult:
     """No model has goldens: nothing to compare, and the report says so."""
     return CheckResult(GOLDEN, True, None, None, NO_GOLDENS_NOTE)
-
