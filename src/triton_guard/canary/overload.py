@@ -223,7 +223,7 @@ class OverloadJudge:
         shed, self._shed_since = self._shed_since, {}
         crowded = self.crowded(capacity)
         busy_goldens = [v for v in verdicts if v.overloaded]
-        parts = [f"golden:{v.model} {v.reason}" for v in busy_goldens]
+        parts = [f"{golden_check_name(v.model)} {v.reason}" for v in busy_goldens]
         parts += [f"'{m}' held {c['inside']:.0f} requests at once over {c['window_s']:.0f} s, more than one round of "
                   f"its instances takes ({c['capacity']})" for m, c in sorted(crowded.items())]
         parts += [f"the guard of '{m}' refused {n:.0f} requests for load" for m, n in sorted(shed.items())]
@@ -259,7 +259,6 @@ class CapacityCache:
             if capacity is not None:
                 found[model] = capacity
         return found
-
 
     def _capacity(self, config: Mapping) -> int:
         steps = [s["model_name"] for s in (config.get("ensemble_scheduling") or {}).get("step") or []]
