@@ -247,10 +247,19 @@ from triton_guard.canary.record import RecordUsage, _as_declared, record  # noqa
 
 
 def test_an_npz_of_float64_for_an_fp32_input_is_sent_as_fp32_but_nothing_is_cast_across_kinds():
-    assert _as_declared("X", np.array([0.1, 0.2]), "FP32").dtype == np.float32
-    assert _as_declared("N", np.array([1, 2]), "INT32").dtype == np.int32
-    assert _as_declared("X", np.array([1.5]), "INT32").dtype == np.float64  # Triton says what is wrong
-    assert _as_declared("T", np.array([b"a"], object), "BYTES").dtype == object
+    assert _as_declared(np.array([0.1, 0.2]), "FP32").dtype == np.float32
+    assert _as_declared(np.array([1, 2]), "INT32").dtype == np.int32
+    assert _as_declared(np.array([1.5]), "INT32").dtype == np.float64  # Triton says what is wrong
+    assert _as_declared(np.array([b"a"], object), "BYTES").dtype == object
+
+
+def test_a_big_endian_npz_input_is_sent_in_native_byte_order():
+    # tritonclient's set_data_from_numpy refuses a big-endian array (np.save keeps the byte order it was given).
+    sent = _as_declared(np.array([1.5, -2.0], dtype=">f4"), "FP32")
+    assert sent.dtype == np.float32 and sent.dtype.isnative
+    assert sent.tolist() == [1.5, -2.0]
+    kept = _as_declared(np.array([1.5], dtype=">f8"), "INT32")  # float to int: not cast, only reordered
+    assert kept.dtype == np.float64 and kept.dtype.isnative and kept.tolist() == [1.5]
 
 
 def test_a_bad_case_name_or_inputs_file_is_a_usage_error_before_any_server_is_asked(tmp_path):

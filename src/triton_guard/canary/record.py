@@ -27,7 +27,6 @@ from triton_guard.canary import memory
 from triton_guard.canary.goldens import (
     GoldenCase,
     GoldenError,
-    canonical,
     datatype_of,
     record_case_file,
 )
@@ -94,16 +93,18 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _as_declared(name: str, array: np.ndarray, declared: str | None) -> np.ndarray:
-    """An .npz of float64 for an FP32 input is a common slip: cast within the same kind."""
+def _as_declared(array: np.ndarray, declared: str) -> np.ndarray:
+    """The input as the request carries it: numbers in native byte order (an .npz may hold big-endian ones,
+    which tritonclient refuses), cast to the declared type within the same kind (an .npz of float64 for an
+    FP32 input is a common slip); BYTES come from load_inputs as objects of bytes already."""
     from tritonclient.utils import triton_to_np_dtype
 
-    if declared is None or declared == "BYTES" or datatype_of(array) in ("BYTES", declared):
+    if array.dtype.kind not in "biuf":
         return array
-    target = triton_to_np_dtype(declared)
+    target = None if declared == "BYTES" else triton_to_np_dtype(declared)
     if target is not None and np.can_cast(array.dtype, target, "same_kind"):
-        return array.astype(target)
-    return array
+        return array.astype(target, copy=False)
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
 def _infer(client, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str], timeout_s: float):
@@ -191,7 +192,7 @@ def record(
             if unknown:
                 raise RecordRefused(
                     f"{inputs_file}: model '{model}' has no input {', '.join(unknown)} (its inputs: {', '.join(declared)})")
-            inputs = {n: canonical(_as_declared(n, a, declared.get(n))) for n, a in inputs.items()}
+            inputs = {n: _as_declared(a, declared[n]) for n, a in inputs.items()}
             try:
                 first = _infer(client, model, inputs, outputs, timeout_s)
                 second = _infer(client, model, inputs, outputs, timeout_s)
