@@ -180,7 +180,6 @@ class GuardRuntime:
         m.set(catalogue.BREAKER_STATE, int(snapshot.state))
         m.set(catalogue.BREAKER_OVERRIDE, int(snapshot.override))
         m.set(catalogue.INFLIGHT_CALLS, self.guard.inflight, instance=self.instance_name)
-        m.publish_watched()
 
     def _probe_transition(self, transition) -> None:
         self.events.transitioned(transition)
