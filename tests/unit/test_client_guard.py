@@ -18,7 +18,7 @@ from triton_guard.client import ClientGuardError, GuardedClient, status_code
 from triton_guard.client.guard import HTTP_STATUS, default_channel_args
 from triton_guard.guard.breaker import State
 from triton_guard.guard.config import GuardConfig
-from triton_guard.guard.core import UNAVAILABLE_PREFIX, GuardEvents
+from triton_guard.guard.policy import UNAVAILABLE_PREFIX, GuardEvents
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.store import MemoryStore
 

@@ -18,7 +18,8 @@ from tests.conftest import wait_until
 
 from triton_guard.guard.breaker import CircuitBreaker, Permit, State, Transition
 from triton_guard.guard.failures import Failure, FailureClassifier
-from triton_guard.guard.core import UNAVAILABLE_PREFIX, Code, ExecuteQueue, Guard, GuardEvents, GuardPolicy
+from triton_guard.guard.core import ExecuteQueue, Guard
+from triton_guard.guard.policy import UNAVAILABLE_PREFIX, Code, GuardEvents, GuardPolicy
 from triton_guard.guard.config import GuardConfig
 from triton_guard.guard.store import MemoryStore
 

@@ -212,9 +212,11 @@ def test_invalid_arg_answers_are_not_the_models_failure(pb):
     ],
 )  # fmt: skip
 def test_the_model_of_a_dead_stub_is_reloaded(pb, monkeypatch, message, expected):
+    from triton_guard.guard.healer import SideHealer
+
     in_process = pb.in_process
     requested = []
-    monkeypatch.setattr(in_process.SideHealer, "request", lambda self: requested.append(self.upstream))
+    monkeypatch.setattr(SideHealer, "request", lambda self: requested.append(self.upstream))
     monkeypatch.setattr(in_process, "_HEALERS", {})
     assert in_process.heal_dead_stub(message, 10.0) == expected
     assert requested == ([expected] if expected else [])

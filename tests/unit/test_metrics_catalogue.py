@@ -210,29 +210,6 @@ def test_the_one_publisher_makes_families_from_the_catalogue(pb_utils):
         publisher.increment(catalogue.REJECTIONS, 1, reason="sideways")
 
 
-def test_a_watched_gauge_is_one_line_and_read_on_every_publish(pb_utils):
-    from triton_guard.backends.metrics import MetricsPublisher
-
-    publisher = MetricsPublisher(model="classifier")
-    readings = iter([5.0, RuntimeError("not now"), 7.0])
-
-    def read():
-        value = next(readings)
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-    publisher.watch(catalogue.BREAKER_STATE, read)
-    values = []
-    for _ in range(3):
-        publisher.publish_watched()
-        (family,) = [f for f in _Family.created if f.name == catalogue.BREAKER_STATE.name]
-        values.append(family.metrics[0].value)
-    assert values == [5.0, 5.0, 7.0]  # a failed read leaves the last value
-    with pytest.raises(ValueError, match="only gauges"):
-        publisher.watch(catalogue.REJECTIONS, read)
-
-
 def test_the_drift_tap_publishes_what_the_catalogue_declares(pb_utils, tmp_path, monkeypatch):
     from triton_guard.backends import drift_tap
     from triton_guard.guard.config import DriftConfig

@@ -10,18 +10,12 @@ Every update is a round trip from the stub to the server, so publishers
 update from a thread beside the request path, in batches: a histogram is
 written as its three counter series (`add_observations`), never one call per
 observation.
-
-Gauges that are read rather than pushed are `watch`ed: one line per family,
-read on every `publish_watched` (the guard's publisher thread calls it once
-a second). For example, a model's own allocator in the in-process guard:
-
-    runtime.metrics.watch(catalogue.SOME_GAUGE, lambda: torch.cuda.memory_allocated(device), device="0")
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import triton_python_backend_utils as pb_utils
 
@@ -36,7 +30,6 @@ class MetricsPublisher:
         self.labels = labels
         self._families: dict[str, object] = {}  # series name -> pb_utils.MetricFamily (kept alive)
         self._series: dict[tuple, object] = {}  # (series name, labels) -> pb_utils.Metric
-        self._watched: list[tuple[Metric, Callable[[], float], dict[str, str]]] = []
         self._lock = threading.Lock()
 
     # --- pushing ------------------------------------------------------------------
@@ -58,23 +51,6 @@ class MetricsPublisher:
                 self._metric(metric, metric.name + "_bucket", {**labels, "le": le}).increment(float(count))
         self._metric(metric, metric.name + "_sum", labels).increment(float(sum(values)))
         self._metric(metric, metric.name + "_count", labels).increment(float(len(values)))
-
-    # --- reading --------------------------------------------------------------------
-
-    def watch(self, metric: Metric, read: Callable[[], float], **labels: str) -> None:
-        """Publish gauge `metric` as `read()` on every publish_watched (a failing read skips that round)."""
-        if metric.kind is not Kind.GAUGE:
-            raise ValueError(f"{metric.name} is a {metric.kind.value}: only gauges are read")
-        metric.check_labels({**self.labels, **labels})
-        self._watched.append((metric, read, labels))
-
-    def publish_watched(self) -> None:
-        for metric, read, labels in self._watched:
-            try:
-                value = read()
-            except Exception:  # noqa: BLE001 (a gauge that cannot be read now is simply not updated)
-                continue
-            self.set(metric, value, **labels)
 
     # --- series ---------------------------------------------------------------------
 

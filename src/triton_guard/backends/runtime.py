@@ -53,6 +53,23 @@ def answer_error(answer: object) -> str | None:
     return answer if isinstance(answer, str) else None
 
 
+def server_http_url() -> str:
+    """This server's HTTP endpoint, as `triton-guard serve` tells its stubs (defaults.HTTP_URL_ENV)."""
+    return os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}")
+
+
+def side_healer(model: str, min_interval_s: float) -> SideHealer:
+    """The healer of `model`: reloads through this server's repository API, with its key, beside the caller."""
+    return SideHealer(
+        model,
+        http_url=server_http_url(),
+        api_key=os.environ.get(defaults.API_KEY_ENV),
+        min_interval_s=min_interval_s,
+        state_dir=default_state_dir(),
+        log=pb_utils.Logger.log_warn,
+    )
+
+
 def parameters_of(model_config: Mapping) -> dict[str, str]:
     """A model config's `parameters` (from initialize's args["model_config"], JSON) as plain strings."""
     return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
@@ -113,14 +130,7 @@ class GuardRuntime:
         self.healer: SideHealer | None = None
         if settings.heal_dead_upstream:
             # Through Triton's repository API, from a thread of its own: no stub's request path waits.
-            self.healer = SideHealer(
-                upstream,
-                http_url=os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}"),
-                api_key=os.environ.get(defaults.API_KEY_ENV),
-                min_interval_s=self.config.recovery_s,
-                state_dir=default_state_dir(),
-                log=pb_utils.Logger.log_warn,
-            )
+            self.healer = side_healer(upstream, self.config.recovery_s)
         self.probe_sample: ProbeSample = ProbeSample(enabled=self.config.probe_interval_ms > 0)
         self.recovery = ActiveRecovery(
             self.breaker,
@@ -180,7 +190,6 @@ class GuardRuntime:
         m.set(catalogue.BREAKER_STATE, int(snapshot.state))
         m.set(catalogue.BREAKER_OVERRIDE, int(snapshot.override))
         m.set(catalogue.INFLIGHT_CALLS, self.guard.inflight, instance=self.instance_name)
-        m.publish_watched()
 
     def _probe_transition(self, transition) -> None:
         self.events.transitioned(transition)

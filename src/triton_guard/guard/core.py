@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence, TypeVar
 
 from triton_guard import defaults
 from triton_guard.guard.failures import Failure
-from triton_guard.guard.policy import UNAVAILABLE_PREFIX, Code, GuardEvents, GuardPolicy, GuardResult  # noqa: F401
+from triton_guard.guard.policy import Code, GuardPolicy, GuardResult
 from triton_guard.guard.record import Permit, Rejection, State
 from triton_guard.guard.workers import CallTimedOut, DeadlineWorkers
 

@@ -1,9 +1,9 @@
 """What an upstream error means, read from its message.
 
 In Triton 24.10 every error coming back from a BLS call has code INTERNAL;
-only the message survives (triton-2.51-facts.md section 2). So the guard
-classifies by message: a client's mistake must never count against the
-upstream, and a dead stub, a full queue or an expired queue deadline must.
+only the message survives. So the guard classifies by message: a client's
+mistake must never count against the upstream, and a dead stub, a full
+queue or an expired queue deadline must.
 """
 
 from __future__ import annotations

@@ -12,22 +12,21 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from triton_guard import metrics as catalogue
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.policy import GuardEvents
 from triton_guard.guard.record import Transition
 
-# Names, help, labels and buckets: triton_guard.metrics (the catalogue).
-# The latency histogram is written as its three counter series (_bucket{le},
-# _sum, _count): pb_utils' own HISTOGRAM takes one stub-to-server round trip
-# per observation, and replaying hundreds a second from the publisher thread
-# stalled the guard's requests by up to 500 ms.
-CALL_SECONDS_BUCKETS = catalogue.UPSTREAM_CALL_SECONDS.buckets
 
+def cumulative_bucket_counts(seconds: list[float], buckets: Sequence[float]) -> list[int]:
+    """Observations <= each bucket's upper bound, then the +Inf bucket (all of them).
 
-def cumulative_bucket_counts(seconds: list[float], buckets=CALL_SECONDS_BUCKETS) -> list[int]:
-    """Observations <= each bucket's upper bound, then the +Inf bucket (all of them)."""
+    A histogram is published as its three counter series (_bucket{le}, _sum,
+    _count: backends/metrics.py): pb_utils' own HISTOGRAM takes one
+    stub-to-server round trip per observation, and replaying hundreds a
+    second from the publisher thread stalled the guard's requests by up to 500 ms.
+    """
     counts = [0] * (len(buckets) + 1)
     for value in seconds:
         for i, bound in enumerate(buckets):

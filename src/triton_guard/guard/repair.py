@@ -56,15 +56,8 @@ def checked_image(
     else:
         damage = damage_kind(found, moved=moved, seen_before=good is not None, prefix=prefix)
         if damage is None:  # a new breaker, not damage
-            image = layout.initial_image(name)
-            image[layout.CLAIM_OFFSET :] = claim
-            layout.seal(image)
-            return Verdict(image, None, "a new breaker")
-        found_rec = None
-        numbers = layout.hot_numbers(found, prefix) if len(found) == layout.FILE_SIZE else None
-        if numbers is not None:  # the state is intact: keep it, with a fresh window
-            found_rec = BreakerRecord.of(numbers, bytes(layout.RING_CAPACITY))
-            found_rec.reset_window(found_rec.window_size)
+            return Verdict(_image(name, BreakerRecord(), claim), None, "a new breaker")
+        found_rec = intact_state(found, prefix)
     if found_rec is None:
         return Verdict(image := rebuilt_image(name, good, claim, now), damage, f"rebuilt as {layout.state_name(image)}")
     rec, outcome = found_rec, f"rebuilt as {State(found_rec.state).name}"
@@ -77,10 +70,7 @@ def checked_image(
                 damage = "replaced"
     if damage is None and rec is found_rec:
         return Verdict(bytearray(found), None, "kept")
-    image = layout.initial_image(name)
-    image[layout.CLAIM_OFFSET :] = claim
-    layout.pack_record(image, rec)
-    return Verdict(image, damage, outcome)
+    return Verdict(_image(name, rec, claim), damage, outcome)
 
 
 def record_as_read(name: str, found: bytes | None, good: bytes | None, now: float) -> BreakerRecord | None:
@@ -98,12 +88,20 @@ def record_as_read(name: str, found: bytes | None, good: bytes | None, now: floa
         return layout.record_of(found)
     if damage_kind(found, moved=False, seen_before=good is not None, prefix=prefix) is None:
         return None  # no breaker yet, or a new one (another layout version): CLOSED, unused
-    numbers = layout.hot_numbers(found, prefix) if len(found) == layout.FILE_SIZE else None
-    if numbers is not None:
-        rec = BreakerRecord.of(numbers, bytes(layout.RING_CAPACITY))
-        rec.reset_window(rec.window_size)
+    rec = intact_state(found, prefix)
+    if rec is not None:
         return rec
     return layout.record_of(rebuilt_image(name, good, bytes(layout.CLAIM_SIZE), now))
+
+
+def intact_state(found: bytes, prefix: bytes) -> BreakerRecord | None:
+    """An invalid image whose numbers are intact (hot CRC): its state, with a fresh window; else None."""
+    numbers = layout.hot_numbers(found, prefix) if len(found) == layout.FILE_SIZE else None
+    if numbers is None:
+        return None
+    rec = BreakerRecord.of(numbers, bytes(layout.RING_CAPACITY))
+    rec.reset_window(rec.window_size)
+    return rec
 
 
 def damage_kind(found: bytes, *, moved: bool, seen_before: bool, prefix: bytes) -> str | None:
@@ -129,6 +127,11 @@ def rebuilt_image(name: str, good: bytes | None, claim: bytes, now: float) -> by
         rec.transitions += 1
         rec.trials_issued = rec.trials_succeeded = 0
         rec.last_trial_at = 0.0
+    return _image(name, rec, claim)
+
+
+def _image(name: str, rec: BreakerRecord, claim: bytes) -> bytearray:
+    """A sealed image of breaker `name` holding `rec` and the claim region `claim`."""
     image = layout.initial_image(name)
     image[layout.CLAIM_OFFSET :] = claim
     layout.pack_record(image, rec)

@@ -14,7 +14,7 @@ import re
 import tempfile
 
 from triton_guard import defaults
-from triton_guard.guard.state_file import NAME_MAX
+from triton_guard.guard.state_file import name_bytes
 
 FILE_SUFFIX = ".breaker"
 
@@ -38,14 +38,12 @@ def default_state_dir(server_pid: int | None = None) -> str:
 
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_STEM_MAX = 100  # keeps <stem>-<hash>.breaker well under NAME_MAX of filesystems
+_STEM_MAX = 100  # keeps <stem>-<hash>.breaker well under the NAME_MAX of filesystems
 
 
 def breaker_filename(name: str) -> str:
     """A filename for a breaker name; altered names get a hash so they stay unique."""
-    encoded = name.encode("utf-8")
-    if not encoded or len(encoded) > NAME_MAX:
-        raise ValueError(f"breaker name {name!r}: expected 1 to {NAME_MAX} bytes of UTF-8")
+    encoded = name_bytes(name)
     stem = _UNSAFE_CHARS.sub("_", name)[:_STEM_MAX]
     if stem != name:
         stem += "-" + hashlib.sha256(encoded).hexdigest()[:12]

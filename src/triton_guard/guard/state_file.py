@@ -59,6 +59,14 @@ _unpack_crc = _CRC.unpack_from
 _unpack_numbers = _NUMBERS.unpack_from
 
 
+def name_bytes(name: str) -> bytes:
+    """A breaker's name as the file holds it (UTF-8); ValueError when the name field cannot hold it."""
+    encoded = name.encode("utf-8")
+    if not encoded or len(encoded) > NAME_MAX:
+        raise ValueError(f"breaker name {name!r}: expected 1 to {NAME_MAX} bytes of UTF-8")
+    return encoded
+
+
 def header_prefix(name: str) -> bytes:
     """Bytes 0..12 of every valid image of breaker `name`."""
     encoded = name.encode("utf-8")
@@ -116,9 +124,7 @@ def seal(image: bytearray) -> None:
 
 def initial_image(name: str) -> bytearray:
     """A new breaker's image: CLOSED, never used, unclaimed."""
-    encoded = name.encode("utf-8")
-    if not encoded or len(encoded) > NAME_MAX:
-        raise ValueError(f"breaker name {name!r}: expected 1 to {NAME_MAX} bytes of UTF-8")
+    encoded = name_bytes(name)
     image = bytearray(FILE_SIZE)
     image[:HOT_CRC_OFFSET] = header_prefix(name)
     image[NAME_OFFSET : NAME_OFFSET + len(encoded)] = encoded

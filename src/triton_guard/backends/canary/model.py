@@ -24,7 +24,7 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.metrics import MetricsPublisher
 from triton_guard.backends.guard.in_process import heal_dead_stub
-from triton_guard.backends.runtime import parameters_of
+from triton_guard.backends.runtime import parameters_of, server_http_url
 from triton_guard.canary import memory
 from triton_guard.canary.checks import metric_labels
 from triton_guard.canary.config import CanaryConfig, CanaryConfigError
@@ -98,7 +98,7 @@ class _TritonFacts(HttpServer):
     """triton_guard.canary.runner.ServerFacts inside a Triton Python stub."""
 
     def __init__(self, heal_interval_s):
-        super().__init__(os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}"),
+        super().__init__(server_http_url(),
                          os.environ.get(defaults.METRICS_URL_ENV))
         self.heal_interval_s = heal_interval_s
         self.store = SharedFileStore(default_state_dir())

@@ -41,12 +41,11 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from triton_guard import defaults
-from triton_guard.backends.runtime import GuardRuntime, Probe, arrival_s, model_of_instance, parameters_of
+from triton_guard.backends.runtime import GuardRuntime, Probe, arrival_s, model_of_instance, parameters_of, side_healer
 from triton_guard.canary.allocator import start_reporter
 from triton_guard.guard.config import ConfigError, GuardSettings
 from triton_guard.guard.failures import Failure
 from triton_guard.guard.finite import non_finite_in_batch
-from triton_guard.guard.healer import SideHealer
 from triton_guard.guard.state_dir import default_state_dir
 
 MODEL_FILE = "model.py"
@@ -255,14 +254,7 @@ def heal_dead_stub(message: str, min_interval_s: float) -> str | None:
     healer = _HEALERS.get(model)
     if healer is None:
         # Through the repository API from a thread of its own (the same healer as the guard step's).
-        healer = _HEALERS[model] = SideHealer(
-            model,
-            http_url=os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}"),
-            api_key=os.environ.get(defaults.API_KEY_ENV),
-            min_interval_s=min_interval_s,
-            state_dir=default_state_dir(),
-            log=lambda line: pb_utils.Logger.log_warn(line),
-        )
+        healer = _HEALERS[model] = side_healer(model, min_interval_s)
     healer.request()
     return model
 
