@@ -120,11 +120,6 @@ def tensor_text(tensor) -> str:
     return f"{type_name(tensor.data_type)} [{', '.join(str(d) for d in tensor.dims)}]"
 
 
-def declares_interface(config: model_config_pb2.ModelConfig) -> bool:
-    """Whether the config names its tensors (a backend may auto-complete them at load instead)."""
-    return bool(config.input) or bool(config.output)
-
-
 def _dims_compatible(a, b) -> bool:
     # -1 is a variable dimension: it accepts whatever the other side declares.
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
