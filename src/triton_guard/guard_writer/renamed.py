@@ -24,7 +24,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import config_edit, defaults
-from triton_guard.guard_writer.changes import RECORD_DIR, Changes, Plan
+from triton_guard.guard_writer.changes import CARRIED, RECORD_DIR, Changes, Plan
 from triton_guard.guard_writer.common import (
     NO_SERVER,
     RENAMED,
@@ -74,7 +74,7 @@ def plan_renamed(
         )
     add_guard_folder(changes, written, model, guard, params, command, f"the guard, named '{model}', in front of '{moved}'")
     changes.carry(moved, model)
-    carried = [name for name in ("goldens", "drift") if (repository / model / name).is_dir()]
+    carried = [name for name in CARRIED if (repository / model / name).is_dir()]
     if carried:
         written.wrote.append(f"kept {', '.join(n + '/' for n in carried)} with the name '{model}' (in the guard's folder)")
     written.call.append(f"clients keep calling '{model}' (now the guard); only the guard calls '{moved}'")
