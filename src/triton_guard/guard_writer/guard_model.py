@@ -24,6 +24,7 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
+    comments_note,
     curl_infer,
     guard_config,
     prepared,
@@ -108,7 +109,7 @@ def plan_guard_model(
         written.wrote.append(
             f"rewrote {path}: step{'s' if len(steps) > 1 else ''} {', '.join(str(i + 1) for i in steps)} "
             f"now call{'' if len(steps) > 1 else 's'} '{guard_name}' instead of '{model}'"
-            + ("" if kept or not config_edit.has_comments(text) else " (its comments are not kept; unguard restores them)")
+            + comments_note(text, kept)
         )
         written.call.append(f"clients keep calling '{ensemble}'; its calls to '{model}' now go through the guard")
         written.server_steps = [("load", guard_name), ("load", ensemble)]

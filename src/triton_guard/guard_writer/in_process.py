@@ -26,6 +26,7 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
+    comments_note,
     dynamic_batching_settings,
     prepared,
     refuse_if_guarded,
@@ -115,9 +116,9 @@ def plan_in_process(
             f"({settings_text(params)})"
         )
     else:
-        comments = "" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)"
         written.wrote.append(
-            f"rewrote {path}: backend \"{GUARD_BACKEND}\" (was \"{PYTHON_BACKEND}\"; {settings_text(params)})" + comments
+            f"rewrote {path}: backend \"{GUARD_BACKEND}\" (was \"{PYTHON_BACKEND}\"; {settings_text(params)})"
+            + comments_note(original, kept)
         )
     written.wrote.extend(f"dropped from its dynamic_batching: {risk}" for risk in stall_risks(config))
     written.call.append(f"its model.py runs behind the guard in the same process; clients keep calling '{model}'")

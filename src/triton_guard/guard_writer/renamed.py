@@ -32,6 +32,7 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
+    comments_note,
     guard_config,
     prepared,
     refuse_if_guarded,
@@ -70,7 +71,7 @@ def plan_renamed(
         changes.write(f"{moved}/{CONFIG_FILE}", text)
         written.wrote.append(
             f"rewrote {repository / moved / CONFIG_FILE}: name \"{moved}\""
-            + ("" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)")
+            + comments_note(original, kept)
         )
     add_guard_folder(changes, written, model, guard, params, command, f"the guard, named '{model}', in front of '{moved}'")
     changes.carry(moved, model)
