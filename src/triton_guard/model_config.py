@@ -215,14 +215,14 @@ def check_guard_interface(
         _raise_on_mismatch(guard, model_source.completed(on_disk, served), upstream, served_by)
 
     try:
-        compare(fetch(upstream))
-        return None
+        served = fetch(upstream)
     except model_source.NotServed:
-        pass
+        served = None
     except ModelConfigError as exc:
-        if str(exc).startswith("does not match"):
-            raise
         return f"inputs and outputs not checked against upstream '{upstream}': {exc}"
+    if served is not None:
+        compare(served)  # a mismatch fails this load
+        return None
 
     def later(served) -> None:
         try:
