@@ -186,6 +186,13 @@ def source_line(source: model_source.ModelSource) -> str:
     return f"read '{source.name}' from {source.source}"
 
 
+def config_header(command: str, what: str, model: str, repository: Path, *notes: str) -> str:
+    """The comment lines on top of a config `guard` writes whole: the command and what it did, notes, how to undo it."""
+    lines = [f"# Written by `{command}`: {what}.", *(f"# {note}" for note in notes)]
+    lines.append(f"# Undo: triton-guard unguard {model} --model-repository {repository}")
+    return "\n".join(lines) + "\n"
+
+
 def comments_note(original: str, kept: bool) -> str:
     """What the line about a rewritten config adds when the rewrite lost `original`'s comments (else "")."""
     return "" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)"

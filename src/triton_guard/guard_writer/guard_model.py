@@ -25,6 +25,7 @@ from triton_guard.guard_writer.common import (
     Server,
     Written,
     comments_note,
+    config_header,
     curl_infer,
     guard_config,
     prepared,
@@ -35,13 +36,6 @@ from triton_guard.guard_writer.common import (
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, config_text, read_config
 
 
-def guard_header(model: str, command: str, repository: Path) -> str:
-    return (
-        f"# Written by `{command}`: a circuit breaker in front of '{model}'.\n"
-        f"# Undo: triton-guard unguard {model} --model-repository {repository}\n"
-    )
-
-
 def add_guard_folder(
     changes: Changes, written: Written, folder: str, config: model_config_pb2.ModelConfig, params: Mapping[str, str],
     command: str, what: str,
@@ -50,7 +44,8 @@ def add_guard_folder(
     repository, model = changes.repository, changes.model
     changes.mkdir(folder)
     changes.mkdir(f"{folder}/{GUARD_VERSION}")
-    changes.write(f"{folder}/{CONFIG_FILE}", guard_header(model, command, repository) + config_text(config))
+    header = config_header(command, f"a circuit breaker in front of '{model}'", model, repository)
+    changes.write(f"{folder}/{CONFIG_FILE}", header + config_text(config))
     written.wrote.append(
         f"wrote {repository / folder / CONFIG_FILE}: {what} "
         f"(max_batch_size {config.max_batch_size}; {tensors_text(config)}; {settings_text(params)})"

@@ -27,6 +27,7 @@ from triton_guard.guard_writer.common import (
     Server,
     Written,
     comments_note,
+    config_header,
     dynamic_batching_settings,
     prepared,
     refuse_if_guarded,
@@ -101,10 +102,9 @@ def plan_in_process(
     path = repository / model / CONFIG_FILE
     original = path.read_text() if path.is_file() else ""
     wanted = _wanted(source, params)
-    header = (
-        f"# Written by `{command}`: '{model}' runs behind the guard in its own process.\n"
-        + (f"# Tensors and batching as {source.source}.\n" if source.from_server else "")
-        + f"# Undo: triton-guard unguard {model} --model-repository {repository}\n"
+    header = config_header(
+        command, f"'{model}' runs behind the guard in its own process", model, repository,
+        *([f"Tensors and batching as {source.source}."] if source.from_server else []),
     )
     text, kept = config_edit.edited_text(original, wanted, _edit(source, wanted, params), header)
     changes = Changes(repository, model, IN_PROCESS, record_dir=f"{model}/{RECORD_DIR}")
