@@ -8,7 +8,6 @@ named arrays.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -120,11 +120,6 @@ def tensor_text(tensor) -> str:
     return f"{type_name(tensor.data_type)} [{', '.join(str(d) for d in tensor.dims)}]"
 
 
-def declares_interface(config: model_config_pb2.ModelConfig) -> bool:
-    """Whether the config names its tensors (a backend may auto-complete them at load instead)."""
-    return bool(config.input) or bool(config.output)
-
-
 def _dims_compatible(a, b) -> bool:
     # -1 is a variable dimension: it accepts whatever the other side declares.
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
@@ -220,14 +215,14 @@ def check_guard_interface(
         _raise_on_mismatch(guard, model_source.completed(on_disk, served), upstream, served_by)
 
     try:
-        compare(fetch(upstream))
-        return None
+        served = fetch(upstream)
     except model_source.NotServed:
-        pass
+        served = None
     except ModelConfigError as exc:
-        if str(exc).startswith("does not match"):
-            raise
         return f"inputs and outputs not checked against upstream '{upstream}': {exc}"
+    if served is not None:
+        compare(served)  # a mismatch fails this load
+        return None
 
     def later(served) -> None:
         try:

@@ -101,5 +101,7 @@ def test_without_a_local_serve_the_command_says_what_to_set(no_key):
     assert expression == "$TRITON_GUARD_API_KEY" and defaults.API_KEY_ENV in note
     assert key_expression(None, {defaults.API_KEY_ENV: "k" * 20}) == ("$TRITON_GUARD_API_KEY", "")
     assert key_expression(None, {defaults.API_KEY_FILE_ENV: "/s/key"}) == ('$(cat "$TRITON_GUARD_API_KEY_FILE")', "")
-    lines = server_lines([("load", "m")], "localhost:8001", environ={})
+    # The process environment as no_key left it: no key, and a run dir of this test's own (a real serve on
+    # localhost:8001 on this host, whose record lives in the default run dir, must not be found).
+    lines = server_lines([("load", "m")], "localhost:8001")
     assert "set TRITON_GUARD_API_KEY" in lines[1] and '"triton-guard-key: $TRITON_GUARD_API_KEY"' in lines[2]

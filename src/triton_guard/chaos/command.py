@@ -17,6 +17,14 @@ from triton_guard.chaos.protocol import FAULT_NAMES, PARAMS_BY_KIND, Fault, Faul
 CLEAR = "clear"  # the command that removes a model's fault (not a fault itself)
 
 
+def _fault_kind(name: Any) -> FaultKind:
+    """The fault a command names; FaultError naming the choices (CLEAR included) when it names none."""
+    try:
+        return FaultKind(name)
+    except ValueError:
+        raise FaultError(f"unknown fault {name!r}: expected one of {', '.join(FAULT_NAMES)} or {CLEAR}") from None
+
+
 @dataclass(frozen=True)
 class ChaosCommand:
     """Set `fault` on `model`; `fault=None` clears it."""
@@ -32,12 +40,7 @@ class ChaosCommand:
         """From the CLI's words: `fault` is a fault name or 'clear'; unused params are dropped."""
         if fault == CLEAR:
             return cls(model, None)
-        try:
-            kind = FaultKind(fault)
-        except ValueError:
-            raise FaultError(
-                f"unknown fault {fault!r}: expected one of {', '.join(FAULT_NAMES)} or {CLEAR}"
-            ) from None
+        kind = _fault_kind(fault)
         return cls(model, Fault(kind, **{k: v for k, v in params.items() if k in PARAMS_BY_KIND[kind]}))
 
     def to_json(self) -> str:
@@ -59,10 +62,7 @@ class ChaosCommand:
             if data:
                 raise FaultError(f"clear takes no parameters, got {', '.join(sorted(data))}")
             return cls(model, None)
-        try:
-            kind = FaultKind(name)
-        except ValueError:
-            raise FaultError(f"unknown fault {name!r}: expected one of {', '.join(FAULT_NAMES)} or {CLEAR}") from None
+        kind = _fault_kind(name)
         unused = sorted(set(data) - set(PARAMS_BY_KIND[kind]))
         if unused:
             allowed = ", ".join(PARAMS_BY_KIND[kind]) or "none"

@@ -14,7 +14,7 @@ import sys
 
 from triton_guard import defaults
 from triton_guard.cli.arguments import add_url
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, refused, usage_error
 
 PROG = "triton-guard breaker"
 # gRPC status of a failed call -> what the operator is told, and the exit status.
@@ -61,13 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
     key, _ = api_key_for(args.url)  # a local serve's own key by its port, else $TRITON_GUARD_API_KEY(_FILE)
     if not key:
-        print(f"{PROG}: refused: {restricted_hint(args.url)}", file=sys.stderr)
-        return EXIT_FAILED
+        return refused(PROG, restricted_hint(args.url))
     try:
         command = OverrideCommand(args.model, args.mode, key)
     except OverrideError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, exc)
     try:
         client = grpcclient.InferenceServerClient(args.url)
         text = grpcclient.InferInput("COMMAND", [1], "BYTES")

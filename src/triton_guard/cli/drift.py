@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from triton_guard import defaults
 from triton_guard.cli.arguments import add_record_command
 from triton_guard.cli.exit_codes import EXIT_OK, refused
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from triton_guard import defaults
-from triton_guard.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
+from triton_guard.cli.exit_codes import EXIT_FAILED, usage_error
 
 # `serve` with no --model-repository serves ./model_repository (the checkout's demo) when there is one.
 DEFAULT_MODEL_REPOSITORY = Path("model_repository")
@@ -65,16 +65,15 @@ def run(args: argparse.Namespace) -> int:
 
     prog = "triton-guard serve"
     if args.chaos and not is_loopback(args.host) and not args.allow_remote_chaos:
-        print(
-            f"{prog}: error: --chaos lets any client break models: it binds loopback only; "
+        return usage_error(
+            prog,
+            f"--chaos lets any client break models: it binds loopback only; "
             f"--host {args.host} needs --allow-remote-chaos as well",
-            file=sys.stderr,
         )
-        return EXIT_USAGE
     repository = Path(args.model_repository) if args.model_repository else DEFAULT_MODEL_REPOSITORY
     if args.model_repository is None and not repository.is_dir():
         print(
-            f"triton-guard serve: error: no model repository: pass --model-repository DIR "
+            f"{prog}: error: no model repository: pass --model-repository DIR "
             f"(there is no ./{DEFAULT_MODEL_REPOSITORY} in {Path.cwd()})",
             file=sys.stderr,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
-from triton_guard import defaults, model_source
+from triton_guard import config_edit, defaults, model_source
 from triton_guard.errors import GuardRefused
 from triton_guard.guard.config import ConfigError, validate_parameters
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, read_config, tensor_text, type_name
@@ -184,6 +184,18 @@ def unguardable(config: model_config_pb2.ModelConfig) -> str | None:
 
 def source_line(source: model_source.ModelSource) -> str:
     return f"read '{source.name}' from {source.source}"
+
+
+def config_header(command: str, what: str, model: str, repository: Path, *notes: str) -> str:
+    """The comment lines on top of a config `guard` writes whole: the command and what it did, notes, how to undo it."""
+    lines = [f"# Written by `{command}`: {what}.", *(f"# {note}" for note in notes)]
+    lines.append(f"# Undo: triton-guard unguard {model} --model-repository {repository}")
+    return "\n".join(lines) + "\n"
+
+
+def comments_note(original: str, kept: bool) -> str:
+    """What the line about a rewritten config adds when the rewrite lost `original`'s comments (else "")."""
+    return "" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)"
 
 
 def dynamic_batching_settings(

@@ -24,6 +24,8 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
+    comments_note,
+    config_header,
     curl_infer,
     guard_config,
     prepared,
@@ -34,13 +36,6 @@ from triton_guard.guard_writer.common import (
 from triton_guard.model_config import CONFIG_FILE, ModelConfigError, config_text, read_config
 
 
-def guard_header(model: str, command: str, repository: Path) -> str:
-    return (
-        f"# Written by `{command}`: a circuit breaker in front of '{model}'.\n"
-        f"# Undo: triton-guard unguard {model} --model-repository {repository}\n"
-    )
-
-
 def add_guard_folder(
     changes: Changes, written: Written, folder: str, config: model_config_pb2.ModelConfig, params: Mapping[str, str],
     command: str, what: str,
@@ -49,7 +44,8 @@ def add_guard_folder(
     repository, model = changes.repository, changes.model
     changes.mkdir(folder)
     changes.mkdir(f"{folder}/{GUARD_VERSION}")
-    changes.write(f"{folder}/{CONFIG_FILE}", guard_header(model, command, repository) + config_text(config))
+    header = config_header(command, f"a circuit breaker in front of '{model}'", model, repository)
+    changes.write(f"{folder}/{CONFIG_FILE}", header + config_text(config))
     written.wrote.append(
         f"wrote {repository / folder / CONFIG_FILE}: {what} "
         f"(max_batch_size {config.max_batch_size}; {tensors_text(config)}; {settings_text(params)})"
@@ -108,7 +104,7 @@ def plan_guard_model(
         written.wrote.append(
             f"rewrote {path}: step{'s' if len(steps) > 1 else ''} {', '.join(str(i + 1) for i in steps)} "
             f"now call{'' if len(steps) > 1 else 's'} '{guard_name}' instead of '{model}'"
-            + ("" if kept or not config_edit.has_comments(text) else " (its comments are not kept; unguard restores them)")
+            + comments_note(text, kept)
         )
         written.call.append(f"clients keep calling '{ensemble}'; its calls to '{model}' now go through the guard")
         written.server_steps = [("load", guard_name), ("load", ensemble)]

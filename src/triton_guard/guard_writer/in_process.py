@@ -26,6 +26,8 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
+    comments_note,
+    config_header,
     dynamic_batching_settings,
     prepared,
     refuse_if_guarded,
@@ -100,10 +102,9 @@ def plan_in_process(
     path = repository / model / CONFIG_FILE
     original = path.read_text() if path.is_file() else ""
     wanted = _wanted(source, params)
-    header = (
-        f"# Written by `{command}`: '{model}' runs behind the guard in its own process.\n"
-        + (f"# Tensors and batching as {source.source}.\n" if source.from_server else "")
-        + f"# Undo: triton-guard unguard {model} --model-repository {repository}\n"
+    header = config_header(
+        command, f"'{model}' runs behind the guard in its own process", model, repository,
+        *([f"Tensors and batching as {source.source}."] if source.from_server else []),
     )
     text, kept = config_edit.edited_text(original, wanted, _edit(source, wanted, params), header)
     changes = Changes(repository, model, IN_PROCESS, record_dir=f"{model}/{RECORD_DIR}")
@@ -115,9 +116,9 @@ def plan_in_process(
             f"({settings_text(params)})"
         )
     else:
-        comments = "" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)"
         written.wrote.append(
-            f"rewrote {path}: backend \"{GUARD_BACKEND}\" (was \"{PYTHON_BACKEND}\"; {settings_text(params)})" + comments
+            f"rewrote {path}: backend \"{GUARD_BACKEND}\" (was \"{PYTHON_BACKEND}\"; {settings_text(params)})"
+            + comments_note(original, kept)
         )
     written.wrote.extend(f"dropped from its dynamic_batching: {risk}" for risk in stall_risks(config))
     written.call.append(f"its model.py runs behind the guard in the same process; clients keep calling '{model}'")

@@ -24,7 +24,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from triton_guard import config_edit, defaults
-from triton_guard.guard_writer.changes import RECORD_DIR, Changes, Plan
+from triton_guard.guard_writer.changes import CARRIED, RECORD_DIR, Changes, Plan
 from triton_guard.guard_writer.common import (
     NO_SERVER,
     RENAMED,
@@ -32,6 +32,7 @@ from triton_guard.guard_writer.common import (
     GuardRefused,
     Server,
     Written,
+    comments_note,
     guard_config,
     prepared,
     refuse_if_guarded,
@@ -70,11 +71,11 @@ def plan_renamed(
         changes.write(f"{moved}/{CONFIG_FILE}", text)
         written.wrote.append(
             f"rewrote {repository / moved / CONFIG_FILE}: name \"{moved}\""
-            + ("" if kept or not config_edit.has_comments(original) else " (its comments are not kept; unguard restores them)")
+            + comments_note(original, kept)
         )
     add_guard_folder(changes, written, model, guard, params, command, f"the guard, named '{model}', in front of '{moved}'")
     changes.carry(moved, model)
-    carried = [name for name in ("goldens", "drift") if (repository / model / name).is_dir()]
+    carried = [name for name in CARRIED if (repository / model / name).is_dir()]
     if carried:
         written.wrote.append(f"kept {', '.join(n + '/' for n in carried)} with the name '{model}' (in the guard's folder)")
     written.call.append(f"clients keep calling '{model}' (now the guard); only the guard calls '{moved}'")

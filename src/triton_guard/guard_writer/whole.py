@@ -27,7 +27,6 @@ from triton_guard.guard_writer.common import (
     UPSTREAM_PARAMETER,
     GuardRefused,
     Server,
-    Written,
     check_repository,
     checked_params,
     guarded_by,
@@ -156,7 +155,3 @@ def server_steps(rows: list[Row]) -> list[tuple[str, str]]:
     steps = [step for r in rows if r.guarded for step in r.plan.written.server_steps]
     moved = [s for s in steps if s[1].endswith(UNGUARDED_SUFFIX)]
     return moved + [s for s in steps if s not in moved]
-
-
-def written_of(rows: list[Row]) -> list[Written]:
-    return [r.plan.written for r in rows if r.guarded]

@@ -1,10 +1,13 @@
 """The API key that guards Triton's restricted APIs (model control, shared memory, ...).
 
-Where the key comes from (resolve_api_key), what a valid one looks like
-(check_api_key), the Triton flags that require it (restricted_api_args), the
-header the project's tools send (admin_headers_from_environment), the check a
-model makes itself when a command carries the key (api_key_matches: the
-breaker override), and is_loopback, which tells an address only this host can reach.
+Where the key comes from (resolve_api_key; api_key_for, for a tool calling a
+given server), what a valid one looks like (check_api_key), the Triton flags
+that require it (restricted_api_args), the header that carries it
+(key_header, admin_headers_for, admin_headers_from_environment), what to say
+when a server refuses for want of it (is_restricted_refusal,
+restricted_hint), the check a model makes itself when a command carries the
+key (api_key_matches: the breaker override), and is_loopback, which tells an
+address only this host can reach.
 """
 
 from __future__ import annotations
@@ -51,16 +54,31 @@ def resolve_api_key(environ: dict[str, str] | None = None) -> tuple[str, str]:
     return secrets.token_urlsafe(32), "generated"
 
 
+def _key_configured(env: dict[str, str]) -> bool:
+    """$TRITON_GUARD_API_KEY or $TRITON_GUARD_API_KEY_FILE is set (else there is no key to resolve)."""
+    return bool(env.get(defaults.API_KEY_ENV) or env.get(defaults.API_KEY_FILE_ENV))
+
+
+def _header_name(grpc: bool) -> str:
+    # Triton 2.51 reads the key from gRPC metadata under a prefixed name.
+    return defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER
+
+
+def key_header(key: str | None, grpc: bool) -> dict[str, str]:
+    """The header that carries `key` to a restricted API over gRPC or HTTP (tritonclient's `headers=`); {} without a key."""
+    return {_header_name(grpc): key} if key else {}
+
+
 def admin_headers_from_environment(grpc: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The key header for a restricted API, from $TRITON_GUARD_API_KEY or its file; {} when neither is set.
 
     For the project's tools (goldens record, tests) that call a restricted API of a running server.
     """
     env = os.environ if environ is None else environ
-    if not env.get(defaults.API_KEY_ENV) and not env.get(defaults.API_KEY_FILE_ENV):
+    if not _key_configured(env):
         return {}
     key, _ = resolve_api_key(env)
-    return {defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER: key}
+    return {_header_name(grpc): key}
 
 
 def api_key_matches(given: str, environ: dict[str, str] | None = None) -> bool:
@@ -69,7 +87,7 @@ def api_key_matches(given: str, environ: dict[str, str] | None = None) -> bool:
     False when the server has no key: then nothing is allowed.
     """
     env = os.environ if environ is None else environ
-    if not env.get(defaults.API_KEY_ENV) and not env.get(defaults.API_KEY_FILE_ENV):
+    if not _key_configured(env):
         return False
     try:
         key, _ = resolve_api_key(env)
@@ -92,7 +110,6 @@ def restricted_api_args(key: str) -> list[str]:
     return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
 
-
 def api_key_for(url: str, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
     """(key, where it came from) for a tool calling a restricted API of the server at `url`; (None, "") if none is known.
 
@@ -107,7 +124,7 @@ def api_key_for(url: str, environ: dict[str, str] | None = None) -> tuple[str | 
     key = record.key() if record is not None else None
     if key:
         return key, f"the key file {record.key_file} of the local server on port {local_record.split_url(url)[1]}"
-    if env.get(defaults.API_KEY_ENV) or env.get(defaults.API_KEY_FILE_ENV):
+    if _key_configured(env):
         try:
             return resolve_api_key(env)
         except ServerError:
@@ -118,9 +135,7 @@ def api_key_for(url: str, environ: dict[str, str] | None = None) -> tuple[str | 
 def admin_headers_for(url: str, grpc: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The key header for a restricted API of the server at `url` (api_key_for); {} when no key is known."""
     key, _ = api_key_for(url, environ)
-    if not key:
-        return {}
-    return {defaults.GRPC_API_KEY_HEADER if grpc else defaults.API_KEY_HEADER: key}
+    return key_header(key, grpc)
 
 
 def is_restricted_refusal(message: str) -> bool:

@@ -33,7 +33,7 @@ from typing import IO
 from triton_guard import defaults
 from triton_guard.errors import ServerError
 from triton_guard.server import local_record, watchdog
-from triton_guard.server.auth import check_api_key, is_loopback, resolve_api_key, restricted_api_args
+from triton_guard.server.auth import check_api_key, is_loopback, key_header, resolve_api_key, restricted_api_args
 from triton_guard.server.locate import (
     BACKENDS_DIR,
     CANARY_REPOSITORY,
@@ -158,12 +158,12 @@ class LocalServer:
     @property
     def admin_headers(self) -> dict[str, str]:
         """The header the restricted HTTP APIs need (tritonclient.http's `headers=`)."""
-        return {defaults.API_KEY_HEADER: self.api_key} if self.api_key else {}
+        return key_header(self.api_key, grpc=False)
 
     @property
     def grpc_admin_headers(self) -> dict[str, str]:
         """The same for gRPC (tritonclient.grpc's `headers=`): Triton prefixes the key there."""
-        return {defaults.GRPC_API_KEY_HEADER: self.api_key} if self.api_key else {}
+        return key_header(self.api_key, grpc=True)
 
     def command(self, backend_dir: Path) -> list[str]:
         cmd = [
