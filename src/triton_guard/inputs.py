@@ -33,8 +33,18 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputsError(f"{path}: not a readable .npz of named arrays: {exc}") from None
     if not arrays:
         raise InputsError(f"{path}: the .npz holds no array")
-    # numpy saves text as fixed-width unicode/bytes; Triton's BYTES wants objects of bytes.
-    return {name: _as_bytes_objects(a) if a.dtype.kind in "US" else a for name, a in arrays.items()}
+    return {name: _as_request_array(path, name, a) for name, a in arrays.items()}
+
+
+def _as_request_array(path: Path, name: str, array: np.ndarray) -> np.ndarray:
+    """An .npz array as a request carries it, or InputsError when Triton has no datatype for it."""
+    if array.dtype.kind in "US":  # numpy saves text as fixed-width unicode/bytes; BYTES wants objects of bytes
+        return _as_bytes_objects(array)
+    native = array.astype(array.dtype.newbyteorder("="), copy=False)  # tritonclient refuses big-endian arrays
+    if np_to_triton_dtype(native.dtype) is None:
+        raise InputsError(f"{path}: array '{name}' is {array.dtype}, which no Triton datatype carries "
+                          "(BOOL, INT8-64, UINT8-64, FP16/32/64, or text for BYTES)")
+    return native
 
 
 def _as_bytes_objects(array: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Named tensors from KServe v2 JSON bodies and .npz files."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -32,6 +33,22 @@ def test_npz_text_becomes_bytes_objects(tmp_path):
     arrays = load_inputs(path)
     assert arrays["X"].dtype == np.float16 and arrays["X"].shape == (2, 3)
     assert arrays["TEXT"].dtype == np.object_ and arrays["TEXT"].tolist() == [[b"a"], [b"bc"]]
+
+
+def test_npz_numbers_come_in_native_byte_order_with_their_values(tmp_path):
+    path = tmp_path / "in.npz"
+    np.savez(path, X=np.array([1.5, -2.0], dtype=">f4"), N=np.array([3, 70000], dtype=">i4"))
+    arrays = load_inputs(path)
+    assert arrays["X"].dtype == np.dtype("=f4") and arrays["X"].tolist() == [1.5, -2.0]
+    assert arrays["N"].dtype == np.dtype("=i4") and arrays["N"].tolist() == [3, 70000]
+
+
+@pytest.mark.parametrize("array", [np.zeros(2, np.complex64), np.array(["2026-12-05"], dtype="datetime64[D]")])
+def test_an_npz_array_triton_cannot_carry_is_refused_naming_it(tmp_path, array):
+    path = tmp_path / "in.npz"
+    np.savez(path, OK=np.zeros(2, np.float32), ODD=array)
+    with pytest.raises(InputsError, match=re.escape(f"array 'ODD' is {array.dtype}, which no Triton datatype carries")):
+        load_inputs(path)
 
 
 @pytest.mark.parametrize("body, words", [
