@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from triton_guard import defaults
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,18 @@ def parse(text: str) -> list[Sample]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     ]
+
+
+def metrics_url_for(grpc_url: str, reported: str | None = None) -> str:
+    """Triton's metrics endpoint on the gRPC URL's host: the port the canary reported, else the default."""
+    host = grpc_url.rsplit(":", 1)[0] if ":" in grpc_url else grpc_url
+    port = defaults.METRICS_PORT
+    if reported:
+        try:
+            port = urllib.parse.urlsplit(reported).port or port
+        except ValueError:
+            pass
+    return f"http://{host}:{port}/metrics"
 
 
 def fetch(url: str, timeout_s: float) -> list[Sample]:

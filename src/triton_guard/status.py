@@ -13,10 +13,9 @@ canary reports the server uses, else --metrics-url, else the default.
 from __future__ import annotations
 
 import time
-import urllib.parse
 from typing import Any
 
-from triton_guard import defaults, promtext
+from triton_guard import promtext
 from triton_guard import metrics as catalogue
 from triton_guard.guard.breaker import State
 from triton_guard.guard.record import Override
@@ -29,18 +28,6 @@ MIB = 1024 * 1024
 
 BREAKER_STATES = {s.value: s.name for s in State}  # triton_guard_breaker_state's values
 OVERRIDES = {o.value: o.name for o in Override}  # triton_guard_breaker_override's values
-
-
-def metrics_url_for(grpc_url: str, reported: str | None = None) -> str:
-    """Triton's metrics endpoint on the gRPC URL's host: the port the canary reported, else the default."""
-    host = grpc_url.rsplit(":", 1)[0] if ":" in grpc_url else grpc_url
-    port = defaults.METRICS_PORT
-    if reported:
-        try:
-            port = urllib.parse.urlsplit(reported).port or port
-        except ValueError:
-            pass
-    return f"http://{host}:{port}/metrics"
 
 
 def guard_counters(samples: list[promtext.Sample]) -> dict[str, dict[str, Any]]:
@@ -84,7 +71,7 @@ def gather(url: str, metrics_url: str | None, timeout_s: float) -> dict[str, Any
     }
     if health.health is Health.UNREACHABLE:
         return status
-    metrics_url = metrics_url or metrics_url_for(url, health.report.metrics_url if health.report else None)
+    metrics_url = metrics_url or promtext.metrics_url_for(url, health.report.metrics_url if health.report else None)
     status["metrics_url"] = metrics_url
     try:
         status["guards"] = guard_counters(promtext.fetch(metrics_url, timeout_s))

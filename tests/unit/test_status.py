@@ -18,12 +18,12 @@ GAUGES = f"""\
 
 
 def test_metrics_url_takes_the_port_the_canary_reports_on_the_urls_host():
-    assert status.metrics_url_for("db-host:8001", "http://localhost:9102/metrics") == "http://db-host:9102/metrics"
+    assert promtext.metrics_url_for("db-host:8001", "http://localhost:9102/metrics") == "http://db-host:9102/metrics"
 
 
 def test_metrics_url_without_a_report_is_the_default_port():
-    assert status.metrics_url_for("db-host:8001") == "http://db-host:8002/metrics"
-    assert status.metrics_url_for("db-host:8001", "not a url:x") == "http://db-host:8002/metrics"
+    assert promtext.metrics_url_for("db-host:8001") == "http://db-host:8002/metrics"
+    assert promtext.metrics_url_for("db-host:8001", "not a url:x") == "http://db-host:8002/metrics"
 
 
 def test_breaker_state_comes_from_the_gauge_too():

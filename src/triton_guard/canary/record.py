@@ -61,11 +61,6 @@ class Recorded:
         ]
 
 
-def metrics_url_for(grpc_url: str, port: int = defaults.METRICS_PORT) -> str:
-    host = grpc_url.rsplit(":", 1)[0] if ":" in grpc_url else grpc_url
-    return f"http://{host}:{port}/metrics"
-
-
 def server_device_class(url: str, metrics_url: str | None, timeout_s: float) -> str:
     if metrics_url is None:
         from triton_guard.canary.probe import ModelHealthValidator
@@ -73,7 +68,7 @@ def server_device_class(url: str, metrics_url: str | None, timeout_s: float) -> 
         report = ModelHealthValidator(url, timeout_s).check().report
         if report is not None and report.device_class in ("cpu", "gpu"):
             return report.device_class
-        metrics_url = metrics_url_for(url)
+        metrics_url = promtext.metrics_url_for(url, report.metrics_url if report is not None else None)
     try:
         samples = promtext.fetch(metrics_url, timeout_s)
     except Exception as exc:
