@@ -119,8 +119,12 @@ def test_goldens_of_an_auto_completed_model_with_no_key_set(server, repo, tmp_pa
     run = cli("goldens", "record", "--url", server.grpc_url, "--model", "batch_auto", "--inputs", str(inputs))
     assert run.returncode == 0, run.stderr
     assert f"{repo / 'batch_auto'} has no config.pbtxt" in run.stdout
-    golden = json.loads((repo / "batch_auto" / "goldens" / "pair.golden.json").read_text())
+    golden_file = repo / "batch_auto" / "goldens" / "pair.golden.json"
+    golden = json.loads(golden_file.read_text())
     assert golden["model"] == "batch_auto"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert golden_file.stat().st_mode & 0o777 == 0o666 & ~umask  # a server running as another user can read it
     probe = cli("probe", "--url", server.grpc_url, "--json", "--timeout", "10")
     assert probe.returncode == 0, probe.stdout + probe.stderr
     checks = {c["name"]: c for c in json.loads(probe.stdout)["report"]["checks"]}

@@ -11,10 +11,8 @@ gpu when Triton reports GPU memory on /metrics, else cpu.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from triton_guard.canary.goldens import (
     record_case_file,
 )
 from triton_guard.errors import RecordRefused, RecordUsage
+from triton_guard.files import write_bytes
 from triton_guard.inputs import InputsError, load_inputs
 from triton_guard.model_source import served_tensors_source
 
@@ -219,18 +218,6 @@ def record(
                                       tolerances or {}, default_tolerance, environment)
     except GoldenError as exc:
         raise RecordRefused(str(exc)) from None
-    _write_atomically(path, case.to_json() + "\n")
-    return Recorded(path, case, device_class, source)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """The canary may read the folder at any moment: it sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_bytes(path, (case.to_json() + "\n").encode("utf-8"))  # the canary may read the folder at any moment
+    return Recorded(path, case, device_class, source)

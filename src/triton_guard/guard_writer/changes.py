@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triton_guard.files import write_bytes
 from triton_guard.guard_writer.common import GuardRefused, Written
 
 RECORD_DIR = "triton-guard"
@@ -51,25 +50,6 @@ def record_of(model_dir: Path) -> dict | None:
     except (OSError, ValueError) as exc:
         raise GuardRefused(f"{path}: unreadable ({exc})") from None
     return record
-
-
-def write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace `path` at once (a loading server reads the old file or the new one, never half)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode if mode is not None else _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _new_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 @dataclass

@@ -15,7 +15,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from triton_guard.guard_writer.changes import RECORD_DIR, RECORD_FILE, record_of, sha256, write_bytes
+from triton_guard.files import write_bytes
+from triton_guard.guard_writer.changes import RECORD_DIR, RECORD_FILE, record_of, sha256
 from triton_guard.guard_writer.common import GUARD_SUFFIX, GuardRefused, Written, check_repository
 
 
