@@ -34,7 +34,6 @@ checkout's stand-in), alternating round by round.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -46,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_guard_path import measure_rounds  # noqa: E402  (this directory: rounds over this checkout and another revision)
+from bench_guard_path import bench_arguments, load_line, measure_rounds  # noqa: E402  (this directory: the rounds harness)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = REPO_ROOT / "src" / "triton_guard" / "backends" / "stand_in.py"
@@ -189,20 +188,12 @@ def _per_call(fn, calls: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=3000, help="executes per row per round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=8, help="requests per execute")
-    parser.add_argument("--against", metavar="REV", help="also measure this git revision's whole executes")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = bench_arguments(__doc__, 3000, "executes per row per round", "also measure this git revision's whole executes")
     if args.child:
         spec = json.loads(args.child)
         with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
             print(json.dumps(_measure(spec["order"], spec["calls"], spec["requests"], tmp)))
         return 0
-    if min(args.calls, args.rounds, args.requests) <= 0:
-        parser.error("--calls, --rounds and --requests must be positive")
 
     rows = WHOLE + PIECES
     load_start = os.getloadavg()
@@ -211,8 +202,7 @@ def main() -> int:
 
     print(f"The adapters' share of an execute of {args.requests} requests (stand-in pb_utils); CPU us per execute, "
           f"median (min-max) of {args.rounds} rounds of {args.calls}, rotated.")  # fmt: skip
-    print(f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at start, "
-          f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at end; {os.cpu_count()} CPUs\n")
+    print(load_line(load_start, load_end))
     print(f"{'':16s}" + "".join(f"{label:>28s}" for label in labels))
     medians = {}
     for row in rows:

@@ -121,7 +121,7 @@ def _hand_off(guard, upstream, everything):
     return lambda: pool.submit(upstream, everything, 10.0).result(timeout=10.0)
 
 
-# --- the parent: rounds, rotation, the table ----------------------------------------------------------
+# --- the parent: options, rounds, rotation, the table ----------------------------------------------------------
 
 
 def measure_rounds(script: str, rows, against: str | None, rounds: int, spec: dict) -> tuple[list[str], dict]:
@@ -162,20 +162,32 @@ def _revision(rev: str = "HEAD") -> str:
     return out.stdout.strip() + ("+changes" if rev == "HEAD" and dirty.stdout.strip() else "")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=5000, help="calls per row per round")
+def bench_arguments(doc: str, calls: int, calls_help: str, against_help: str) -> argparse.Namespace:
+    """The options of a script measured by measure_rounds: --calls, --rounds, --requests, --against, and its --child."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=calls, help=calls_help)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=8, help="requests per execute")
-    parser.add_argument("--against", metavar="REV", help="also measure this git revision's src/, alternating")
+    parser.add_argument("--against", metavar="REV", help=against_help)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.child and min(args.calls, args.rounds, args.requests) <= 0:
+        parser.error("--calls, --rounds and --requests must be positive")
+    return args
+
+
+def load_line(start: tuple[float, float, float], end: tuple[float, float, float]) -> str:
+    """The load average at the start and the end of a run, and the CPUs: how quiet the figures are."""
+    return (f"load average {start[0]:.2f} {start[1]:.2f} {start[2]:.2f} at start, "
+            f"{end[0]:.2f} {end[1]:.2f} {end[2]:.2f} at end; {os.cpu_count()} CPUs\n")
+
+
+def main() -> int:
+    args = bench_arguments(__doc__, 5000, "calls per row per round", "also measure this git revision's src/, alternating")
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(_measure(spec["order"], spec["calls"], spec["requests"])))
         return 0
-    if min(args.calls, args.rounds, args.requests) <= 0:
-        parser.error("--calls, --rounds and --requests must be positive")
 
     load_start = os.getloadavg()
     spec = {"calls": args.calls, "requests": args.requests}
@@ -184,8 +196,7 @@ def main() -> int:
 
     print(f"Guard work per execute of {args.requests} requests, breaker CLOSED; {args.calls} calls x "
           f"{args.rounds} rounds, rotated; median (min-max) per call.")
-    print(f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at start, "
-          f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at end; {os.cpu_count()} CPUs\n")
+    print(load_line(load_start, load_end))
     header = f"{'':18s}" + "".join(f"{label + ' CPU us':>26s}{'wall us':>10s}" for label in labels)
     print(header)
     medians = {}

@@ -141,14 +141,14 @@ def test_leak_grows_the_stub_at_the_rate_up_to_the_cap_and_clear_frees_it(chaoti
     baseline = _rss_mb(pid)
     done = chaos(chaotic.grpc_url, "leak", "--leak-mb-per-s", str(rate_mb_s), "--leak-cap-mb", str(cap_mb))
     assert done.returncode == 0 and "+40 MB/s held, up to 160 MB" in done.stdout, done
-    time.sleep(0.3)
+    wait_until(lambda: _rss_mb(pid) - baseline > 4, 5, "the leak growing")
     first, first_at = _rss_mb(pid), time.monotonic()
-    time.sleep(1.5)
+    time.sleep(1.5)  # the window the rate is measured over (not a wait for a state)
     second, second_at = _rss_mb(pid), time.monotonic()
     measured = (second - first) / (second_at - first_at)
     assert 0.6 * rate_mb_s < measured < 1.4 * rate_mb_s, (first, second, measured)
     wait_until(lambda: _rss_mb(pid) - baseline > 0.9 * cap_mb, cap_mb / rate_mb_s + 3, "leak reaches its cap")
-    time.sleep(0.5)
+    time.sleep(0.5)  # a window in which it must not grow past the cap (not a wait for a state)
     assert _rss_mb(pid) - baseline < cap_mb + 20  # held at the cap
     assert chaos(chaotic.grpc_url, "clear").returncode == 0
     wait_until(lambda: _rss_mb(pid) - baseline < 20, 3, "leaked memory released after clear")
@@ -187,13 +187,6 @@ def test_chaos_model_refuses_a_malformed_command(chaotic):
         client.infer(defaults.CHAOS_MODEL, [command])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "slow_ms must be > 0" in info.value.message()
-
-
-def test_a_server_without_chaos_refuses_with_exit_1(pipeline_server):
-    refused = chaos(pipeline_server.grpc_url, "hang")
-    assert refused.returncode == 1
-    assert f"refused: the server at {pipeline_server.grpc_url} was not started with --chaos" in refused.stderr
-    assert refused.stdout == ""
 
 
 def test_a_closed_port_is_unreachable_with_exit_2():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from triton_guard.server import admin_headers_from_environment
+from tests.conftest import wait_until
 from tests.integration.conftest import FOREIGN, infer, running_server
 from triton_guard.model_config import CONFIG_FILE, read_config, write_config
 
@@ -148,13 +148,12 @@ def test_after_the_hang_the_guard_recovers(client, fault, repo):
     (repo / "add_sub" / "FAULT").unlink(missing_ok=True)
     rng = np.random.default_rng(3)
     a, b, inputs = add_sub_inputs(rng)
-    deadline = time.monotonic() + 30
-    while True:  # the breaker may be OPEN for recovery_ms after the hang's failures
+
+    def answer():  # the breaker may be OPEN for recovery_ms after the hang's failures
         result, _ = infer(client, "add_sub_guard", inputs)
-        if not isinstance(result, InferenceServerException) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert not isinstance(result, InferenceServerException), result
+        return None if isinstance(result, InferenceServerException) else result
+
+    result = wait_until(answer, 30, "add_sub_guard answering after the hang")
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
 
 

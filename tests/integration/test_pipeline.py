@@ -1,4 +1,4 @@
-"""`pipeline` through a real tritonserver: right answers, clear 400s for bad input."""
+"""`pipeline` through a real tritonserver: right answers, clear 400s for bad input; `chaos` refused there."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import MODEL_REPOSITORY
+from tests.integration.conftest import MODEL_REPOSITORY, run_cli
 from triton_guard_demo.digits import heldout_split, load_digits_uint8
 
 pytestmark = pytest.mark.integration
@@ -165,3 +165,10 @@ def _assert_good_request_works(pipeline_server, heldout):
     assert status == 200, payload
     outputs = {o["name"]: o["data"] for o in payload["outputs"]}
     assert outputs["LABEL"] == [int(test_y[0])]
+
+
+def test_a_server_without_chaos_refuses_chaos_with_exit_1(pipeline_server):
+    refused = run_cli("chaos", "hang", "--url", pipeline_server.grpc_url, "--timeout", "10")
+    assert refused.returncode == 1
+    assert f"refused: the server at {pipeline_server.grpc_url} was not started with --chaos" in refused.stderr
+    assert refused.stdout == ""

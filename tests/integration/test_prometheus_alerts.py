@@ -8,8 +8,9 @@ shortens every `for:` to 1 s (expressions, labels and annotations are the
 shipped ones). A hung classifier (`triton-guard chaos hang`) must make
 TritonGuardBreakerOpen and TritonGuardCanaryFailing fire, read through
 Prometheus' HTTP API, and clearing the fault must resolve both; a memory leak
-(`triton-guard chaos leak`) the same for TritonGuardMemoryHeadroomTrend. How long each
-took is printed as one JSON line (`pytest -s`).
+(`triton-guard chaos leak`) the same for TritonGuardMemoryHeadroomTrend, and a
+leak in one instance for TritonGuardInstanceMemoryLeak. How long each took is
+printed as one JSON line (`pytest -s`).
 """
 
 from __future__ import annotations
@@ -224,31 +225,36 @@ def test_a_hung_model_fires_breaker_open_and_canary_failing_then_both_resolve(pr
     print("\nprometheus-alerts timings " + json.dumps(timings))
 
 
-def test_a_leak_fires_the_headroom_trend_alert_then_it_resolves(prometheus, triton):
-    """100 MB/s against ~20 GB free: the floor projected within minutes, far inside the rule's 900 s."""
+def leak_fires_then_resolves(prometheus, triton, alert: str, leak: tuple[str, ...], check_firing, quiet_why: str = "") -> None:
+    """`alert` quiet, then `chaos leak LEAK` until it fires (its firing alerts to `check_firing`), then clear until it resolves."""
     timings: dict[str, float] = {}
-    # Host memory is what the canary reads on this box: it must be quiet first
-    # (other processes allocating ~25 MB/s would already look like a leak).
     quiet_from = time.monotonic()
-    wait_until(
-        lambda: LEAK_ALERT not in prometheus.alert_states(),
-        QUIET_WITHIN_S,
-        f"{LEAK_ALERT} inactive before the leak (is something else on the machine eating memory?)",
-    )
+    wait_until(lambda: alert not in prometheus.alert_states(), QUIET_WITHIN_S, f"{alert} inactive before the leak{quiet_why}")
     timings["quiet_before_the_leak_after_s"] = round(time.monotonic() - quiet_from, 2)
-    chaos(triton, "leak", "--leak-mb-per-s", "100", "--leak-cap-mb", "1500")
+    chaos(triton, "leak", *leak)
     started = time.monotonic()
     try:
-        wait_until(lambda: prometheus.alert_states().get(LEAK_ALERT) == "firing", FIRE_WITHIN_S, f"{LEAK_ALERT} firing")
-        timings[f"{LEAK_ALERT}_fired_after_s"] = round(time.monotonic() - started, 2)
-        alert = next(a for a in prometheus.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == LEAK_ALERT)
-        assert float(alert["value"]) < 900
+        wait_until(lambda: prometheus.alert_states().get(alert) == "firing", FIRE_WITHIN_S, f"{alert} firing")
+        timings[f"{alert}_fired_after_s"] = round(time.monotonic() - started, 2)
+        check_firing([a for a in prometheus.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == alert])
     finally:
         chaos(triton, "clear")
     cleared = time.monotonic()
-    wait_until(lambda: LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{LEAK_ALERT} resolved")
-    timings[f"{LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
+    wait_until(lambda: alert not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{alert} resolved")
+    timings[f"{alert}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
     print("\nprometheus-alerts timings " + json.dumps(timings))
+
+
+def test_a_leak_fires_the_headroom_trend_alert_then_it_resolves(prometheus, triton):
+    """100 MB/s against ~20 GB free: the floor projected within minutes, far inside the rule's 900 s."""
+
+    def check(firing):
+        assert float(firing[0]["value"]) < 900
+
+    # Host memory is what the canary reads on this box: it must be quiet first
+    # (other processes allocating ~25 MB/s would already look like a leak).
+    leak_fires_then_resolves(prometheus, triton, LEAK_ALERT, ("--leak-mb-per-s", "100", "--leak-cap-mb", "1500"), check,
+                             " (is something else on the machine eating memory?)")
 
 
 INSTANCE_LEAK_ALERT = "TritonGuardInstanceMemoryLeak"
@@ -256,21 +262,10 @@ INSTANCE_LEAK_ALERT = "TritonGuardInstanceMemoryLeak"
 
 def test_a_leak_in_one_instance_fires_the_instance_alert_naming_it_then_it_resolves(prometheus, triton):
     """`chaos leak --instance 0`: the per-instance alert names the model and its instance (exported_instance)."""
-    timings: dict[str, float] = {}
-    wait_until(lambda: INSTANCE_LEAK_ALERT not in prometheus.alert_states(), QUIET_WITHIN_S,
-               f"{INSTANCE_LEAK_ALERT} inactive before the leak")
-    chaos(triton, "leak", "--instance", "0", "--leak-mb-per-s", "100", "--leak-cap-mb", "1500")
-    started = time.monotonic()
-    try:
-        wait_until(lambda: prometheus.alert_states().get(INSTANCE_LEAK_ALERT) == "firing", FIRE_WITHIN_S,
-                   f"{INSTANCE_LEAK_ALERT} firing")
-        timings[f"{INSTANCE_LEAK_ALERT}_fired_after_s"] = round(time.monotonic() - started, 2)
-        firing = [a for a in prometheus.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == INSTANCE_LEAK_ALERT]
+
+    def check(firing):
         assert [(a["labels"]["model"], a["labels"]["exported_instance"]) for a in firing] == [("classifier", "classifier_0_0")]
         assert "classifier_0_0" in firing[0]["annotations"]["summary"] and float(firing[0]["value"]) < 900
-    finally:
-        chaos(triton, "clear")
-    cleared = time.monotonic()
-    wait_until(lambda: INSTANCE_LEAK_ALERT not in prometheus.alert_states(), RESOLVE_WITHIN_S, f"{INSTANCE_LEAK_ALERT} resolved")
-    timings[f"{INSTANCE_LEAK_ALERT}_resolved_after_clear_s"] = round(time.monotonic() - cleared, 2)
-    print("\nprometheus-alerts timings " + json.dumps(timings))
+
+    leak_fires_then_resolves(prometheus, triton, INSTANCE_LEAK_ALERT,
+                             ("--instance", "0", "--leak-mb-per-s", "100", "--leak-cap-mb", "1500"), check)
