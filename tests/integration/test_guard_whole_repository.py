@@ -244,3 +244,30 @@ def test_unguard_restores_the_repository_byte_for_byte(server, repo, client, bef
     assert not client.is_model_ready("nobatch_auto_unguarded")
     a = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(add_sub(client, "nobatch_auto", a, a)[0], 2 * a)
+
+
+def load_commands(stdout: str) -> str:
+    """Only the repository-API lines a command printed (not its example inference)."""
+    return "\n".join(line for line in stdout.splitlines() if "/v2/repository/models/" in line)
+
+
+def test_a_claim_left_by_a_guard_the_server_no_longer_runs_does_not_block_a_new_guard(server, repo, client):
+    """Re-guarding with other settings on a running server: the renamed guard of nobatch_auto (breaker
+    'nobatch_auto', timeout_ms 800) was unguarded above, so its claim is stale (the name now runs the
+    Python model); then a guard step is unloaded and a renamed guard takes its place."""
+    a = np.arange(4, dtype=np.float32)
+    step = cli("guard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url,
+               "--param", "timeout_ms=1500", "--param", "failure_threshold=4")
+    assert step.returncode == 0, step.stderr
+    assert run_printed_commands(load_commands(step.stdout)) == [""]  # loaded: nothing printed
+    np.testing.assert_array_equal(add_sub(client, "nobatch_auto_guard", a, a)[0], 2 * a)
+    undone = cli("unguard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url)
+    assert undone.returncode == 0, undone.stderr
+    assert run_printed_commands(load_commands(undone.stdout)) == [""]  # nobatch_auto_guard unloaded
+    assert not client.is_model_ready("nobatch_auto_guard")
+    renamed = cli("guard", "nobatch_auto", "--rename", "--model-repository", str(repo), "--url", server.grpc_url,
+                  "--param", "timeout_ms=2500")
+    assert renamed.returncode == 0, renamed.stderr
+    assert all(said.strip() == "" for said in run_printed_commands(load_commands(renamed.stdout)))
+    assert client.get_model_config("nobatch_auto").config.backend == "guard"
+    np.testing.assert_array_equal(add_sub(client, "nobatch_auto", a, a)[0], 2 * a)

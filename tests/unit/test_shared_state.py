@@ -451,6 +451,17 @@ def test_the_only_claimer_may_change_its_settings(tmp_path):
         store.claim(NAME, "guard_b", breaker_settings(GuardConfig()))
 
 
+
+def test_claimers_known_to_be_gone_are_dropped_before_the_check(tmp_path):
+    for store in (SharedFileStore(tmp_path), MemoryStore()):
+        store.claim(NAME, "guard_a", breaker_settings(GuardConfig()))
+        store.claim(NAME, "guard_b", breaker_settings(GuardConfig()))
+        other = breaker_settings(GuardConfig(failure_threshold=2))
+        with pytest.raises(SettingsConflict, match="'guard_c' and guard model\\(s\\) 'guard_b'"):
+            store.claim(NAME, "guard_c", other, gone={"guard_a"})  # guard_b still runs: refused
+        store.claim(NAME, "guard_c", other, gone={"guard_a", "guard_b"})
+    assert read_claim(tmp_path, NAME) == {"models": ["guard_c"], "settings": other}
+
 def test_claim_survives_a_rebuilt_file_and_other_processes_see_it(tmp_path):
     store, _ = _store(tmp_path)
     store.claim(NAME, "guard_a", breaker_settings(GuardConfig()))

@@ -3,7 +3,8 @@
 Import only inside a Triton Python model. `GuardRuntime` puts together, once
 per model instance: the guard's settings (parsed once: GuardSettings), the
 server's shared breaker (claimed with those settings: a guard of another
-model with other settings fails its load here), the guard itself
+model with other settings fails its load here, unless the server no longer
+runs that model as a guard), the guard itself
 (triton_guard.guard.core.Guard: the policy, bulkhead workers, deadlines),
 active recovery (a prober thread and the `ProbeSample` it probes with), the
 healer of a dead upstream stub, the drift tap, and the metrics publisher
@@ -18,8 +19,12 @@ Everything a placement uses here is public.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -37,7 +42,8 @@ from triton_guard.guard.healer import SideHealer
 from triton_guard.guard.metrics import MetricsBuffer
 from triton_guard.guard.policy import Code, GuardPolicy, GuardResult
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock, ProbeSample
-from triton_guard.guard.shared_state import SharedFileStore
+from triton_guard.errors import SettingsConflict
+from triton_guard.guard.shared_state import SharedFileStore, read_claim
 from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.guard.store import breaker_settings
 from triton_guard.periodic import Periodic
@@ -56,6 +62,21 @@ def answer_error(answer: object) -> str | None:
 def server_http_url() -> str:
     """This server's HTTP endpoint, as `triton-guard serve` tells its stubs (defaults.HTTP_URL_ENV)."""
     return os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}")
+
+
+def still_a_guard(model: str, timeout_s: float = 2.0) -> bool | None:
+    """Whether this server runs `model` as a guard now (its config's backend), False when it is not loaded,
+    None when the server does not say (no answer at all, as while it starts)."""
+    url = f"{server_http_url()}/v2/models/{urllib.parse.quote(model, safe='')}/config"
+    key = os.environ.get(defaults.API_KEY_ENV)  # in case the deployment restricts model-config too
+    request = urllib.request.Request(url, headers={defaults.API_KEY_HEADER: key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read()).get("backend") == "guard"
+    except urllib.error.HTTPError as exc:
+        return False if exc.code in (400, 404) else None
+    except (OSError, ValueError):
+        return None
 
 
 def side_healer(model: str, min_interval_s: float) -> SideHealer:
@@ -123,7 +144,7 @@ class GuardRuntime:
         self.model_name = model_of_instance(instance_name) or f"guard of {upstream}"
         self.served = False  # set by the first execute: the threads talk to the server from then on
         self.store = SharedFileStore(default_state_dir(), report=pb_utils.Logger.log_warn)
-        self.store.claim(name, self.model_name, breaker_settings(self.config))
+        self._claim(name, breaker_settings(self.config))
         self.breaker = CircuitBreaker(name, self.config, self.store)
         self.events = MetricsBuffer()
         self.guard = Guard(GuardPolicy(name, self.config, self.breaker, settings.classifier, events=self.events))
@@ -190,6 +211,26 @@ class GuardRuntime:
         m.set(catalogue.BREAKER_STATE, int(snapshot.state))
         m.set(catalogue.BREAKER_OVERRIDE, int(snapshot.override))
         m.set(catalogue.INFLIGHT_CALLS, self.guard.inflight, instance=self.instance_name)
+
+    def _claim(self, name: str, settings: Mapping[str, object]) -> None:
+        """Claim the breaker; a claim left by a guard model the server no longer runs as a guard does not block.
+
+        Claims outlive models (a guard unguarded or replaced on a running
+        server, one whose load failed): on a conflict, ask the server which
+        claimants are still guards, drop the others and claim again. A
+        claimant the server cannot tell about (no answer) still counts.
+        """
+        try:
+            self.store.claim(name, self.model_name, settings)
+        except SettingsConflict:
+            claim = read_claim(default_state_dir(), name) or {}
+            gone = [m for m in claim.get("models", []) if m != self.model_name and still_a_guard(m) is False]
+            if not gone:
+                raise
+            pb_utils.Logger.log_warn(
+                f"guard model '{self.model_name}': breaker '{name}' was claimed with other settings by "
+                f"{', '.join(repr(m) for m in gone)}, which the server no longer runs as a guard: claim dropped")
+            self.store.claim(name, self.model_name, settings, gone=gone)
 
     def _probe_transition(self, transition) -> None:
         self.events.transitioned(transition)

@@ -37,7 +37,7 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 from triton_guard import defaults
 from triton_guard.guard import repair
@@ -45,7 +45,7 @@ from triton_guard.guard import state_file as layout
 from triton_guard.guard.record import BreakerRecord
 from triton_guard.guard.state_dir import FILE_SUFFIX, breaker_filename
 from triton_guard.errors import SettingsConflict
-from triton_guard.guard.store import Transaction, conflict, merged_claim
+from triton_guard.guard.store import Transaction, conflict, merged_claim, without
 
 DAMAGE_RETRY_S = 1.0  # an unusable breaker file is tried again this often
 
@@ -92,13 +92,14 @@ class SharedFileStore:
         breaker_file = self._files.get(name)
         return None if breaker_file is None else breaker_file.peek(now)
 
-    def claim(self, name: str, model: str, settings: Mapping[str, object]) -> None:
+    def claim(self, name: str, model: str, settings: Mapping[str, object], gone: Collection[str] = ()) -> None:
         """Stamp breaker `name` as run by guard `model` with `settings` (store.breaker_settings()).
 
         Raises SettingsConflict when a guard of another model claimed it
-        with other settings.
+        with other settings; the models in `gone` (known to be unloaded, or
+        no longer guards) are dropped from the claim first.
         """
-        self.transaction(name).claim(model, settings)
+        self.transaction(name).claim(model, settings, gone)
 
     def read(self, name: str) -> BreakerRecord | None:
         """The record as last written; None if absent or unreadable. Never creates or repairs."""
@@ -199,11 +200,11 @@ class _BreakerFile(Transaction):
         layout.pack_record(self._image, self._rec)
         self._write(self._image)
 
-    def claim(self, model: str, settings: Mapping[str, object]) -> None:
+    def claim(self, model: str, settings: Mapping[str, object], gone: Collection[str] = ()) -> None:
         with self._thread_lock:
             try:
                 image = self._begin()
-                current = layout.decode_claim(image)
+                current = without(layout.decode_claim(image), gone)
                 problem = conflict(self.name, model, settings, current)
                 if problem:
                     raise SettingsConflict(problem)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 from types import TracebackType
-from typing import Mapping
+from typing import Collection, Mapping
 
 from triton_guard.errors import SettingsConflict
 from triton_guard.guard.config import GuardConfig
@@ -55,13 +55,14 @@ class MemoryStore:
         with self._lock:
             return sorted(self._records)
 
-    def claim(self, name: str, model: str, settings: Mapping[str, object]) -> None:
+    def claim(self, name: str, model: str, settings: Mapping[str, object], gone: Collection[str] = ()) -> None:
         """See SharedFileStore.claim."""
         with self._lock:
-            problem = conflict(name, model, settings, self._claims.get(name))
+            current = without(self._claims.get(name), gone)
+            problem = conflict(name, model, settings, current)
             if problem:
                 raise SettingsConflict(problem)
-            self._claims[name] = merged_claim(self._claims.get(name), model, settings)
+            self._claims[name] = merged_claim(current, model, settings)
 
 
 class Transaction:
@@ -125,6 +126,14 @@ def breaker_settings(config: GuardConfig) -> dict[str, int | float]:
 def settings_fingerprint(settings: Mapping[str, object]) -> int:
     digest = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).digest()
     return int.from_bytes(digest[:8], "little") or 1  # 0 means "not claimed"
+
+
+def without(claim: dict | None, gone: Collection[str]) -> dict | None:
+    """The claim less the guard models known to be gone (unloaded, or no longer guards): None if none is left."""
+    if claim is None or not gone:
+        return claim
+    models = [m for m in claim.get("models", []) if m not in gone]
+    return {**claim, "models": models} if models else None
 
 
 def merged_claim(claim: dict | None, model: str, settings: Mapping[str, object]) -> dict:
