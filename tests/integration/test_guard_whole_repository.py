@@ -251,23 +251,43 @@ def load_commands(stdout: str) -> str:
     return "\n".join(line for line in stdout.splitlines() if "/v2/repository/models/" in line)
 
 
-def test_a_claim_left_by_a_guard_the_server_no_longer_runs_does_not_block_a_new_guard(server, repo, client):
-    """Re-guarding with other settings on a running server: the renamed guard of nobatch_auto (breaker
-    'nobatch_auto', timeout_ms 800) was unguarded above, so its claim is stale (the name now runs the
-    Python model); then a guard step is unloaded and a renamed guard takes its place."""
+def probe_breakers(server) -> tuple[bool, str]:
+    run = cli("probe", "--url", server.grpc_url, "--json", "--timeout", "10")
+    report = json.loads(run.stdout)["report"]
+    return run.returncode == 0, {c["name"]: c for c in report["checks"]}["breakers"]["reason"]
+
+
+def test_a_guard_gone_leaves_neither_a_claim_that_blocks_nor_an_open_breaker_that_fails_the_probe(server, repo, client):
+    """On a running server: the renamed guard of nobatch_auto (breaker 'nobatch_auto', timeout_ms 800)
+    was unguarded above, so its claim is stale; a guard step with other settings loads, trips OPEN on a
+    hang and is unloaded while OPEN; then a renamed guard with still other settings takes its place."""
     a = np.arange(4, dtype=np.float32)
     step = cli("guard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url,
-               "--param", "timeout_ms=1500", "--param", "failure_threshold=4")
+               "--param", "timeout_ms=500", "--param", "failure_threshold=1")
     assert step.returncode == 0, step.stderr
     assert run_printed_commands(load_commands(step.stdout)) == [""]  # loaded: nothing printed
     np.testing.assert_array_equal(add_sub(client, "nobatch_auto_guard", a, a)[0], 2 * a)
-    undone = cli("unguard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url)
-    assert undone.returncode == 0, undone.stderr
-    assert run_printed_commands(load_commands(undone.stdout)) == [""]  # nobatch_auto_guard unloaded
-    assert not client.is_model_ready("nobatch_auto_guard")
+    fault = repo / "nobatch_auto" / "FAULT"
+    fault.write_text("hang")
+    try:
+        error, _ = infer(client, "nobatch_auto_guard", [fp32("INPUT0", a), fp32("INPUT1", a)])
+        assert "did not answer within timeout_ms=500" in error.message(), error
+        ready, why = probe_breakers(server)
+        assert not ready and why == "breaker 'nobatch_auto' OPEN"  # a loaded guard's OPEN breaker fails the probe
+        undone = cli("unguard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url)
+        assert undone.returncode == 0, undone.stderr
+        assert run_printed_commands(load_commands(undone.stdout)) == [""]  # nobatch_auto_guard unloaded
+        assert not client.is_model_ready("nobatch_auto_guard")
+        ready, why = probe_breakers(server)  # nothing will call or probe that breaker again
+        assert ready and why.endswith("'nobatch_auto' OPEN left by a guard no longer loaded: ignored"), why
+    finally:
+        fault.unlink(missing_ok=True)
     renamed = cli("guard", "nobatch_auto", "--rename", "--model-repository", str(repo), "--url", server.grpc_url,
                   "--param", "timeout_ms=2500")
     assert renamed.returncode == 0, renamed.stderr
     assert all(said.strip() == "" for said in run_printed_commands(load_commands(renamed.stdout)))
     assert client.get_model_config("nobatch_auto").config.backend == "guard"
+    # The breaker is the upstream's: the new guard takes it OPEN and its recovery probe closes it.
+    wait_until(lambda: not isinstance(infer(client, "nobatch_auto", [fp32("INPUT0", a), fp32("INPUT1", a)])[0],
+                                      InferenceServerException), 20, "nobatch_auto answers through its new guard")
     np.testing.assert_array_equal(add_sub(client, "nobatch_auto", a, a)[0], 2 * a)

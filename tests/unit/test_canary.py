@@ -108,6 +108,25 @@ class FakeFacts:
         self.published.append(report)
 
 
+
+class FactsWithBreakers(FakeFacts):
+    """Breakers in the state directory, claimed by guard models the server may or may not still run."""
+
+    def __init__(self, breakers, claimants, runs_as_guard):
+        super().__init__()
+        self._breakers, self._claimants, self._runs_as_guard = breakers, claimants, runs_as_guard
+        self.guard_asked = []
+
+    def breakers(self):
+        return self._breakers
+
+    def breaker_claimants(self, name):
+        return self._claimants.get(name, [])
+
+    def runs_as_guard(self, model, timeout_s):
+        self.guard_asked.append(model)
+        return self._runs_as_guard[model]
+
 def _record(repository: Path, model: str, answer_of=None, case: str = "basic", device: str = "cpu") -> Path:
     inputs = GOLDEN_INPUTS[model]
     answer = (answer_of or MODELS[model])(inputs)
@@ -367,3 +386,31 @@ def test_the_default_canary_is_package_data():
     for path in CANARY_REPOSITORY.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
             assert path.relative_to(PACKAGE_DIR) in shipped, path
+
+
+def _breaker(name, state):
+    from triton_guard.guard.breaker import BreakerSnapshot, State
+
+    return BreakerSnapshot(name=name, state=State[state], since=0.0, opened_at=0.0, consecutive_failures=5,
+                           calls_in_window=5, failure_rate=1.0, slow_call_rate=0.0, trials_in_flight=0,
+                           generation=1, transitions=1)
+
+
+def test_an_open_breaker_whose_guards_the_server_no_longer_runs_does_not_fail_readiness(tmp_path):
+    """Unguarded while OPEN: nothing will call or probe that breaker again; it must not hold the pod out."""
+    breakers = [_breaker("left", "OPEN"), _breaker("fine", "CLOSED")]
+    claimants = {"left": ["left_guard", "left_inline"], "fine": ["fine_guard"]}
+    facts = FactsWithBreakers(breakers, claimants, {"left_guard": False, "left_inline": False})
+    report = _canary(tmp_path, facts).run(CanaryConfig())
+    assert report.ready, report.failed
+    check = {c.name: c for c in report.checks}["breakers"]
+    assert "'left' OPEN left by a guard no longer loaded: ignored" in check.reason
+    assert facts.guard_asked == ["left_guard", "left_inline"]  # a CLOSED breaker costs no question
+
+
+def test_an_open_breaker_with_one_guard_still_running_or_unknown_fails_readiness(tmp_path):
+    for answer in (True, None):  # runs as a guard; the server does not say
+        facts = FactsWithBreakers([_breaker("left", "OPEN")], {"left": ["left_guard", "left_inline"]},
+                                  {"left_guard": False, "left_inline": answer})
+        report = _canary(tmp_path, facts).run(CanaryConfig())
+        assert not report.ready and {c.name: c for c in report.checks}["breakers"].reason == "breaker 'left' OPEN"

@@ -147,6 +147,16 @@ def test_half_open_is_ready_unless_configured_otherwise():
     assert strict.limit == "none OPEN or HALF_OPEN"
 
 
+
+def test_a_breaker_left_by_a_guard_no_longer_loaded_is_shown_but_never_fails():
+    snaps = [snapshot("gone", State.OPEN), snapshot("classifier", State.OPEN)]
+    both = check_breakers(snaps, half_open_not_ready=False, now=1.0, orphaned=frozenset({"gone"}))
+    assert not both.ok and both.reason.startswith("breaker 'classifier' OPEN;")  # a live guard's still fails
+    alone = check_breakers(snaps[:1], half_open_not_ready=False, now=1.0, orphaned=frozenset({"gone"}))
+    assert alone.ok
+    assert alone.reason == "no breaker in use yet; 'gone' OPEN left by a guard no longer loaded: ignored"
+    assert alone.value["gone"]["state"] == "OPEN" and alone.value["gone"]["guard_loaded"] is False
+
 def test_no_breakers_is_ready():
     result = check_breakers([], half_open_not_ready=True, now=0.0)
     assert result.ok and result.reason == "no breaker in use yet" and result.value == {}

@@ -19,12 +19,8 @@ Everything a placement uses here is public.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -34,6 +30,7 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.drift_tap import DriftTap
 from triton_guard.backends.metrics import MetricsPublisher
+from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardSettings
 from triton_guard.guard.core import Guard
@@ -65,19 +62,8 @@ def server_http_url() -> str:
 
 
 def still_a_guard(model: str, timeout_s: float = 2.0) -> bool | None:
-    """Whether this server runs `model` as a guard now (its config's backend), False when it is not loaded,
-    None when the server does not say (no answer at all, as while it starts)."""
-    url = f"{server_http_url()}/v2/models/{urllib.parse.quote(model, safe='')}/config"
-    key = os.environ.get(defaults.API_KEY_ENV)  # in case the deployment restricts model-config too
-    request = urllib.request.Request(url, headers={defaults.API_KEY_HEADER: key} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read()).get("backend") == "guard"
-    except urllib.error.HTTPError as exc:
-        return False if exc.code in (400, 404) else None
-    except (OSError, ValueError):
-        return None
-
+    """Whether this server runs `model` as a guard now; False: not loaded, or no guard; None: it does not say."""
+    return HttpServer(server_http_url(), None).runs_as_guard(model, timeout_s)
 
 def side_healer(model: str, min_interval_s: float) -> SideHealer:
     """The healer of `model`: reloads through this server's repository API, with its key, beside the caller."""

@@ -47,6 +47,7 @@ class RunFacts:
     runtime: dict[str, str | None]  # observed runtime versions
     drift: Mapping[str, Mapping[str, Any]] | None
     drift_at: float  # time.monotonic when the drift states were read
+    orphaned_breakers: frozenset[str] = frozenset()  # left by guards the server no longer runs (runner._orphaned)
 
 
 def judge(config: CanaryConfig, facts: RunFacts) -> list[CheckResult]:
@@ -72,7 +73,7 @@ def judge(config: CanaryConfig, facts: RunFacts) -> list[CheckResult]:
         checks.append(check_stall(None, config.stall_s, facts.metrics_error))
     else:
         checks.append(check_stall(over_stall(facts.waiting, config.stall_s), config.stall_s))
-    checks.append(check_breakers(facts.breakers, config.half_open_not_ready, facts.breakers_at))
+    checks.append(check_breakers(facts.breakers, config.half_open_not_ready, facts.breakers_at, facts.orphaned_breakers))
     expected = expected_runtime(load_pins(), facts.device_class)
     observed = {k: facts.runtime.get(k) for k in expected}
     checks.append(check_pins(expected, observed, config.strict_pins))
@@ -158,10 +159,12 @@ def check_stall(stalled: Mapping[str, float] | None, stall_s: float, error: str 
     return CheckResult("stall", True, {}, {"stall_s": stall_s}, "no model stalled")
 
 
-def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, now: float) -> CheckResult:
-    """`now` is the breakers' clock (monotonic, one per host) for the time in each state."""
+def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, now: float,
+                   orphaned: frozenset[str] = frozenset()) -> CheckResult:
+    """`now` is the breakers' clock (monotonic, one per host) for the time in each state; `orphaned` breakers
+    (their guards no longer run) are shown but never fail readiness."""
     bad_states = {State.OPEN} | ({State.HALF_OPEN} if half_open_not_ready else set())
-    bad = sorted(s.name for s in snapshots if s.state in bad_states)
+    bad = sorted(s.name for s in snapshots if s.state in bad_states and s.name not in orphaned)
     states = {
         s.name: {
             "state": s.state.name,
@@ -171,6 +174,7 @@ def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, 
             "slow_call_rate": s.slow_call_rate,
             "calls_in_window": s.calls_in_window,
             "override": s.override.name,  # AUTO, or an operator's FORCED_OPEN / FORCED_CLOSED
+            **({"guard_loaded": False} if s.name in orphaned else {}),
         }
         for s in snapshots
     }
@@ -179,8 +183,12 @@ def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, 
         reason = "breaker " + ", ".join(
             f"'{n}' {states[n]['state']}" + (" (opened by an operator)" if n in forced else "") for n in bad
         )
-    else:
-        reason = f"{len(states)} breaker(s) closed or probing" if states else "no breaker in use yet"
+    left = sorted(n for n in orphaned if n in states)
+    if not bad:
+        in_use = len(states) - len(left)
+        reason = f"{in_use} breaker(s) closed or probing" if in_use else "no breaker in use yet"
+    if left:
+        reason += "; " + ", ".join(f"'{n}' {states[n]['state']}" for n in left) + " left by a guard no longer loaded: ignored"
     return CheckResult("breakers", not bad, states, "none OPEN" + (" or HALF_OPEN" if half_open_not_ready else ""), reason)
 
 

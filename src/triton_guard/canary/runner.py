@@ -44,7 +44,7 @@ from triton_guard.canary.instances import InstanceSampler
 from triton_guard.canary.leak_reload import Reload
 from triton_guard.canary.memory_watch import MemoryWatch
 from triton_guard.canary.report import CanaryReport, CheckResult
-from triton_guard.guard.breaker import BreakerSnapshot
+from triton_guard.guard.breaker import BreakerSnapshot, State
 
 READY_STATE = "READY"
 
@@ -60,6 +60,8 @@ class ServerFacts(Protocol):
     def is_model_ready(self, model: str) -> bool: ...
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]: ...
     def breakers(self) -> list[BreakerSnapshot]: ...
+    def breaker_claimants(self, name: str) -> list[str]: ...  # the guard models that claimed breaker `name`
+    def runs_as_guard(self, model: str, timeout_s: float) -> bool | None: ...  # None: the server does not say
     def drift_state(self) -> dict[str, dict]: ...  # {monitored model: its state} (triton_guard.drift.state)
     def system_memory(self) -> memory.MemoryReading: ...
     def server_version(self) -> str | None: ...
@@ -163,14 +165,23 @@ class Canary:
             with self._facts_lock:
                 waiting = self.stall.waiting(self.clock(), pending)
         breakers, breakers_at = self.facts.breakers(), time.monotonic()
+        orphaned = self._orphaned(breakers, deadline)
         if self.runtime.get("tritonserver") is None:  # HTTP is not up while models load
             self.runtime["tritonserver"] = self.facts.server_version()
         runtime = dict(self.runtime)
         drift, drift_at = self.facts.drift_state(), time.monotonic()
         facts = verdicts.RunFacts(
             device_class, goldens, ready_by_model, not_ready_why, liveness_error, reading, memory_error,
-            floor, leak, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at)
+            floor, leak, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at, orphaned)
         return facts, trend_snapshot, misses, before
+
+    def _orphaned(self, breakers: list[BreakerSnapshot], deadline: float) -> frozenset[str]:
+        """The breakers, not CLOSED, whose every claimant the server no longer runs as a guard (unguarded, or
+        unloaded): nothing will ever call or probe them again, so they must not hold the pod out of service."""
+        return frozenset(
+            b.name for b in breakers
+            if b.state is not State.CLOSED and (claimants := self.facts.breaker_claimants(b.name))
+            and all(self.facts.runs_as_guard(m, max(deadline - self.clock(), 0.05)) is False for m in claimants))
 
     def _overload_check(self, checks, goldens, misses, before, deadline) -> CheckResult:
         """Golden misses that are load become overloaded, not failed (rewritten in `checks`); the overload check."""
