@@ -263,7 +263,7 @@ def test_a_guard_gone_leaves_neither_a_claim_that_blocks_nor_an_open_breaker_tha
     hang and is unloaded while OPEN; then a renamed guard with still other settings takes its place."""
     a = np.arange(4, dtype=np.float32)
     step = cli("guard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url,
-               "--param", "timeout_ms=500", "--param", "failure_threshold=1")
+               "--param", "timeout_ms=500", "--param", "failure_threshold=1", "--param", "probe_interval_ms=0")
     assert step.returncode == 0, step.stderr
     assert run_printed_commands(load_commands(step.stdout)) == [""]  # loaded: nothing printed
     np.testing.assert_array_equal(add_sub(client, "nobatch_auto_guard", a, a)[0], 2 * a)
@@ -272,22 +272,23 @@ def test_a_guard_gone_leaves_neither_a_claim_that_blocks_nor_an_open_breaker_tha
     try:
         error, _ = infer(client, "nobatch_auto_guard", [fp32("INPUT0", a), fp32("INPUT1", a)])
         assert "did not answer within timeout_ms=500" in error.message(), error
-        ready, why = probe_breakers(server)
-        assert not ready and why == "breaker 'nobatch_auto' OPEN"  # a loaded guard's OPEN breaker fails the probe
-        undone = cli("unguard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url)
-        assert undone.returncode == 0, undone.stderr
-        assert run_printed_commands(load_commands(undone.stdout)) == [""]  # nobatch_auto_guard unloaded
-        assert not client.is_model_ready("nobatch_auto_guard")
-        ready, why = probe_breakers(server)  # nothing will call or probe that breaker again
-        assert ready and why.endswith("'nobatch_auto' OPEN left by a guard no longer loaded: ignored"), why
     finally:
-        fault.unlink(missing_ok=True)
+        fault.unlink(missing_ok=True)  # no active recovery (probe_interval_ms=0): the breaker stays OPEN
+    ready, why = probe_breakers(server)
+    assert not ready and why == "breaker 'nobatch_auto' OPEN"  # a loaded guard's OPEN breaker fails the probe
+    undone = cli("unguard", "nobatch_auto", "--model-repository", str(repo), "--url", server.grpc_url)
+    assert undone.returncode == 0, undone.stderr
+    assert run_printed_commands(load_commands(undone.stdout)) == [""]  # nobatch_auto_guard unloaded
+    # Nothing will call or probe that breaker again once the guard's stub process has ended.
+    wait_until(lambda: probe_breakers(server)[0], 20, "the probe ignores the breaker the unloaded guard left")
+    ready, why = probe_breakers(server)
+    assert why.endswith("'nobatch_auto' OPEN left by a guard no longer loaded: ignored"), why
     renamed = cli("guard", "nobatch_auto", "--rename", "--model-repository", str(repo), "--url", server.grpc_url,
-                  "--param", "timeout_ms=2500")
+                  "--param", "timeout_ms=2500", "--param", "recovery_ms=1000")
     assert renamed.returncode == 0, renamed.stderr
     assert all(said.strip() == "" for said in run_printed_commands(load_commands(renamed.stdout)))
     assert client.get_model_config("nobatch_auto").config.backend == "guard"
-    # The breaker is the upstream's: the new guard takes it OPEN and its recovery probe closes it.
+    # The breaker is the upstream's: the new guard takes it OPEN, and its trial after recovery_ms closes it.
     wait_until(lambda: not isinstance(infer(client, "nobatch_auto", [fp32("INPUT0", a), fp32("INPUT1", a)])[0],
                                       InferenceServerException), 20, "nobatch_auto answers through its new guard")
     np.testing.assert_array_equal(add_sub(client, "nobatch_auto", a, a)[0], 2 * a)

@@ -112,9 +112,9 @@ class FakeFacts:
 class FactsWithBreakers(FakeFacts):
     """Breakers in the state directory, claimed by guard models the server may or may not still run."""
 
-    def __init__(self, breakers, claimants, runs_as_guard):
+    def __init__(self, breakers, claimants, held):
         super().__init__()
-        self._breakers, self._claimants, self._runs_as_guard = breakers, claimants, runs_as_guard
+        self._breakers, self._claimants, self._held = breakers, claimants, held
         self.guard_asked = []
 
     def breakers(self):
@@ -123,9 +123,9 @@ class FactsWithBreakers(FakeFacts):
     def breaker_claimants(self, name):
         return self._claimants.get(name, [])
 
-    def runs_as_guard(self, model, timeout_s):
+    def breaker_held(self, name, model):
         self.guard_asked.append(model)
-        return self._runs_as_guard[model]
+        return self._held[model]
 
 def _record(repository: Path, model: str, answer_of=None, case: str = "basic", device: str = "cpu") -> Path:
     inputs = GOLDEN_INPUTS[model]
@@ -408,9 +408,13 @@ def test_an_open_breaker_whose_guards_the_server_no_longer_runs_does_not_fail_re
     assert facts.guard_asked == ["left_guard", "left_inline"]  # a CLOSED breaker costs no question
 
 
-def test_an_open_breaker_with_one_guard_still_running_or_unknown_fails_readiness(tmp_path):
-    for answer in (True, None):  # runs as a guard; the server does not say
-        facts = FactsWithBreakers([_breaker("left", "OPEN")], {"left": ["left_guard", "left_inline"]},
-                                  {"left_guard": False, "left_inline": answer})
-        report = _canary(tmp_path, facts).run(CanaryConfig())
-        assert not report.ready and {c.name: c for c in report.checks}["breakers"].reason == "breaker 'left' OPEN"
+def test_an_open_breaker_with_one_guard_still_running_fails_readiness(tmp_path):
+    facts = FactsWithBreakers([_breaker("left", "OPEN")], {"left": ["left_guard", "left_inline"]},
+                              {"left_guard": False, "left_inline": True})
+    report = _canary(tmp_path, facts).run(CanaryConfig())
+    assert not report.ready and {c.name: c for c in report.checks}["breakers"].reason == "breaker 'left' OPEN"
+
+
+def test_an_open_breaker_without_a_claim_fails_readiness(tmp_path):
+    facts = FactsWithBreakers([_breaker("left", "OPEN")], {}, {})
+    assert not _canary(tmp_path, facts).run(CanaryConfig()).ready

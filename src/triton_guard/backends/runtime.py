@@ -3,8 +3,8 @@
 Import only inside a Triton Python model. `GuardRuntime` puts together, once
 per model instance: the guard's settings (parsed once: GuardSettings), the
 server's shared breaker (claimed with those settings: a guard of another
-model with other settings fails its load here, unless the server no longer
-runs that model as a guard), the guard itself
+model with other settings fails its load here, unless no live process runs
+that model as a guard any more: guard/holders.py), the guard itself
 (triton_guard.guard.core.Guard: the policy, bulkhead workers, deadlines),
 active recovery (a prober thread and the `ProbeSample` it probes with), the
 healer of a dead upstream stub, the drift tap, and the metrics publisher
@@ -30,12 +30,12 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.drift_tap import DriftTap
 from triton_guard.backends.metrics import MetricsPublisher
-from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardSettings
 from triton_guard.guard.core import Guard
 from triton_guard.guard.failures import is_stub_dead
 from triton_guard.guard.healer import SideHealer
+from triton_guard.guard.holders import Holding, is_held
 from triton_guard.guard.metrics import MetricsBuffer
 from triton_guard.guard.policy import Code, GuardPolicy, GuardResult
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock, ProbeSample
@@ -60,10 +60,6 @@ def server_http_url() -> str:
     """This server's HTTP endpoint, as `triton-guard serve` tells its stubs (defaults.HTTP_URL_ENV)."""
     return os.environ.get(defaults.HTTP_URL_ENV, f"http://localhost:{defaults.HTTP_PORT}")
 
-
-def still_a_guard(model: str, timeout_s: float = 2.0) -> bool | None:
-    """Whether this server runs `model` as a guard now; False: not loaded, or no guard; None: it does not say."""
-    return HttpServer(server_http_url(), None).runs_as_guard(model, timeout_s)
 
 def side_healer(model: str, min_interval_s: float) -> SideHealer:
     """The healer of `model`: reloads through this server's repository API, with its key, beside the caller."""
@@ -199,24 +195,25 @@ class GuardRuntime:
         m.set(catalogue.INFLIGHT_CALLS, self.guard.inflight, instance=self.instance_name)
 
     def _claim(self, name: str, settings: Mapping[str, object]) -> None:
-        """Claim the breaker; a claim left by a guard model the server no longer runs as a guard does not block.
+        """Claim the breaker and hold it (guard/holders.py); a claimant no process runs any more does not block.
 
         Claims outlive models (a guard unguarded or replaced on a running
-        server, one whose load failed): on a conflict, ask the server which
-        claimants are still guards, drop the others and claim again. A
-        claimant the server cannot tell about (no answer) still counts.
+        server, one whose load failed): on a conflict, the claimants that no
+        live process holds are dropped, logged, and the claim is made again.
         """
+        directory = default_state_dir()
         try:
             self.store.claim(name, self.model_name, settings)
         except SettingsConflict:
-            claim = read_claim(default_state_dir(), name) or {}
-            gone = [m for m in claim.get("models", []) if m != self.model_name and still_a_guard(m) is False]
+            claim = read_claim(directory, name) or {}
+            gone = [m for m in claim.get("models", []) if m != self.model_name and not is_held(directory, name, m)]
             if not gone:
                 raise
             pb_utils.Logger.log_warn(
                 f"guard model '{self.model_name}': breaker '{name}' was claimed with other settings by "
-                f"{', '.join(repr(m) for m in gone)}, which the server no longer runs as a guard: claim dropped")
+                f"{', '.join(repr(m) for m in gone)}, which no process runs as a guard any more: claim dropped")
             self.store.claim(name, self.model_name, settings, gone=gone)
+        self.holding = Holding(directory, name, self.model_name)
 
     def _probe_transition(self, transition) -> None:
         self.events.transitioned(transition)
@@ -230,3 +227,4 @@ class GuardRuntime:
         if self.drift is not None:
             self.drift.close()
         self.guard.close()
+        self.holding.release()

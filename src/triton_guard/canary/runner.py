@@ -61,7 +61,7 @@ class ServerFacts(Protocol):
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]: ...
     def breakers(self) -> list[BreakerSnapshot]: ...
     def breaker_claimants(self, name: str) -> list[str]: ...  # the guard models that claimed breaker `name`
-    def runs_as_guard(self, model: str, timeout_s: float) -> bool | None: ...  # None: the server does not say
+    def breaker_held(self, name: str, model: str) -> bool: ...  # a live process of `model` runs a guard of it
     def drift_state(self) -> dict[str, dict]: ...  # {monitored model: its state} (triton_guard.drift.state)
     def system_memory(self) -> memory.MemoryReading: ...
     def server_version(self) -> str | None: ...
@@ -165,7 +165,7 @@ class Canary:
             with self._facts_lock:
                 waiting = self.stall.waiting(self.clock(), pending)
         breakers, breakers_at = self.facts.breakers(), time.monotonic()
-        orphaned = self._orphaned(breakers, deadline)
+        orphaned = self._orphaned(breakers)
         if self.runtime.get("tritonserver") is None:  # HTTP is not up while models load
             self.runtime["tritonserver"] = self.facts.server_version()
         runtime = dict(self.runtime)
@@ -175,13 +175,13 @@ class Canary:
             floor, leak, waiting, metrics_error, breakers, breakers_at, runtime, drift, drift_at, orphaned)
         return facts, trend_snapshot, misses, before
 
-    def _orphaned(self, breakers: list[BreakerSnapshot], deadline: float) -> frozenset[str]:
-        """The breakers, not CLOSED, whose every claimant the server no longer runs as a guard (unguarded, or
+    def _orphaned(self, breakers: list[BreakerSnapshot]) -> frozenset[str]:
+        """The breakers, not CLOSED, that no live guard process holds any more (guard/holders.py: unguarded, or
         unloaded): nothing will ever call or probe them again, so they must not hold the pod out of service."""
         return frozenset(
             b.name for b in breakers
             if b.state is not State.CLOSED and (claimants := self.facts.breaker_claimants(b.name))
-            and all(self.facts.runs_as_guard(m, max(deadline - self.clock(), 0.05)) is False for m in claimants))
+            and not any(self.facts.breaker_held(b.name, m) for m in claimants))
 
     def _overload_check(self, checks, goldens, misses, before, deadline) -> CheckResult:
         """Golden misses that are load become overloaded, not failed (rewritten in `checks`); the overload check."""

@@ -1,8 +1,7 @@
 """`HttpServer`: the server facts the canary reads over Triton's own HTTP endpoints.
 
 The repository index (every model the server tried to load, with its state),
-a model's configuration (and whether it runs as a guard), the server's
-version and readiness, and its
+a model's configuration, the server's version and readiness, and its
 Prometheus /metrics, at the URLs
 the canary is given ($TRITON_GUARD_HTTP_URL, $TRITON_GUARD_METRICS_URL: see
 triton_guard/defaults.py). The canary backend (backends/canary/model.py)
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -55,16 +53,6 @@ class HttpServer:
     def model_config(self, model: str, timeout_s: float) -> dict:
         """The model's configuration as the server holds it (JSON): its batching and instances."""
         return json.loads(self._http(f"/v2/models/{urllib.parse.quote(model)}/config", timeout_s)[1])
-
-    def runs_as_guard(self, model: str, timeout_s: float) -> bool | None:
-        """Whether the server runs `model` as a guard now (its config's backend); False when it is not loaded,
-        None when the server does not say (no answer, as while it starts)."""
-        try:
-            return self.model_config(model, timeout_s).get("backend") == "guard"
-        except urllib.error.HTTPError as exc:
-            return False if exc.code in (400, 404) else None
-        except (OSError, ValueError, RuntimeError):
-            return None
 
     def server_version(self) -> str | None:
         try:

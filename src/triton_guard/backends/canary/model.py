@@ -37,6 +37,7 @@ from triton_guard.canary.runner import Canary
 from triton_guard.canary.server_http import HttpServer
 from triton_guard.guard.breaker import BreakerSnapshot
 from triton_guard.drift.state import read_states
+from triton_guard.guard.holders import is_held
 from triton_guard.guard.shared_state import SharedFileStore, read_claim
 from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.pins import observe_runtime
@@ -138,6 +139,9 @@ class _TritonFacts(HttpServer):
     def breaker_claimants(self, name):
         claim = read_claim(self.store.directory, name)
         return list(claim.get("models", [])) if claim else []
+
+    def breaker_held(self, name, model):
+        return is_held(self.store.directory, name, model)
 
     def drift_state(self):
         return read_states(self.store.directory)
