@@ -15,6 +15,7 @@ from triton_guard import metrics as catalogue
 from triton_guard.backends import stand_in
 from triton_guard.guard.config import ConfigError
 from triton_guard.guard.record import State
+from triton_guard.guard.holders import is_held
 from triton_guard.guard.shared_state import read_claim
 from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.guard.store import SettingsConflict
@@ -183,6 +184,8 @@ def test_two_guards_of_one_upstream_with_other_settings_conflict(pb, upstream):
     upstream(failure_threshold="3")  # still runs: it holds the breaker
     with pytest.raises(SettingsConflict, match="failure_threshold=4 here, 3 there"):
         pb.bls.GuardedUpstream("up", instance_name="other_guard_0_0", failure_threshold="4")
+    assert is_held(default_state_dir(), "up", "up_guard")
+    assert not is_held(default_state_dir(), "up", "other_guard")  # the refused guard let go at once
 
 
 def test_a_claim_left_by_a_guard_no_process_runs_any_more_does_not_block(pb, upstream):

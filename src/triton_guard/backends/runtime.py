@@ -30,6 +30,7 @@ from triton_guard import defaults
 from triton_guard import metrics as catalogue
 from triton_guard.backends.drift_tap import DriftTap
 from triton_guard.backends.metrics import MetricsPublisher
+from triton_guard.errors import SettingsConflict
 from triton_guard.guard.breaker import CircuitBreaker
 from triton_guard.guard.config import GuardSettings
 from triton_guard.guard.core import Guard
@@ -39,7 +40,6 @@ from triton_guard.guard.holders import Holding, is_held
 from triton_guard.guard.metrics import MetricsBuffer
 from triton_guard.guard.policy import Code, GuardPolicy, GuardResult
 from triton_guard.guard.recovery import ActiveRecovery, FileProbeLock, ProbeSample
-from triton_guard.errors import SettingsConflict
 from triton_guard.guard.shared_state import SharedFileStore, read_claim
 from triton_guard.guard.state_dir import default_state_dir
 from triton_guard.guard.store import breaker_settings
@@ -195,25 +195,31 @@ class GuardRuntime:
         m.set(catalogue.INFLIGHT_CALLS, self.guard.inflight, instance=self.instance_name)
 
     def _claim(self, name: str, settings: Mapping[str, object]) -> None:
-        """Claim the breaker and hold it (guard/holders.py); a claimant no process runs any more does not block.
+        """Hold the breaker (guard/holders.py) and claim it; a claimant no live process holds does not block.
 
         Claims outlive models (a guard unguarded or replaced on a running
         server, one whose load failed): on a conflict, the claimants that no
         live process holds are dropped, logged, and the claim is made again.
+        Held before the claim, so two guards loading at once see each other.
         """
         directory = default_state_dir()
+        holding = Holding(directory, name, self.model_name)
         try:
-            self.store.claim(name, self.model_name, settings)
-        except SettingsConflict:
-            claim = read_claim(directory, name) or {}
-            gone = [m for m in claim.get("models", []) if m != self.model_name and not is_held(directory, name, m)]
-            if not gone:
-                raise
-            pb_utils.Logger.log_warn(
-                f"guard model '{self.model_name}': breaker '{name}' was claimed with other settings by "
-                f"{', '.join(repr(m) for m in gone)}, which no process runs as a guard any more: claim dropped")
-            self.store.claim(name, self.model_name, settings, gone=gone)
-        self.holding = Holding(directory, name, self.model_name)
+            try:
+                self.store.claim(name, self.model_name, settings)
+            except SettingsConflict:
+                claim = read_claim(directory, name) or {}
+                gone = [m for m in claim.get("models", []) if m != self.model_name and not is_held(directory, name, m)]
+                if not gone:
+                    raise
+                pb_utils.Logger.log_warn(
+                    f"guard model '{self.model_name}': breaker '{name}' was claimed with other settings by "
+                    f"{', '.join(repr(m) for m in gone)}, which no process runs as a guard any more: claim dropped")
+                self.store.claim(name, self.model_name, settings, gone=gone)
+        except BaseException:
+            holding.release()
+            raise
+        self.holding = holding
 
     def _probe_transition(self, transition) -> None:
         self.events.transitioned(transition)
