@@ -7,6 +7,8 @@ Through a real server: tests/integration/test_guard.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -187,6 +189,15 @@ def test_two_guards_of_one_upstream_with_other_settings_conflict(pb, upstream):
     assert is_held(default_state_dir(), "up", "up_guard")
     assert not is_held(default_state_dir(), "up", "other_guard")  # the refused guard let go at once
 
+
+
+def test_a_claimant_whose_holder_file_is_gone_still_counts(pb, upstream):
+    """The state directory removed under live guards takes their lock files with it: nothing says they left."""
+    upstream(failure_threshold="3")
+    for holder in Path(default_state_dir()).glob("holder-*.lock"):
+        holder.unlink()
+    with pytest.raises(SettingsConflict, match="failure_threshold=4 here, 3 there"):
+        pb.bls.GuardedUpstream("up", instance_name="other_guard_0_0", failure_threshold="4")
 
 def test_a_claim_left_by_a_guard_no_process_runs_any_more_does_not_block(pb, upstream):
     """Unguarded, or replaced by another placement, on a running server: its claim outlives it."""

@@ -408,11 +408,12 @@ def test_an_open_breaker_whose_guards_the_server_no_longer_runs_does_not_fail_re
     assert facts.guard_asked == ["left_guard", "left_inline"]  # a CLOSED breaker costs no question
 
 
-def test_an_open_breaker_with_one_guard_still_running_fails_readiness(tmp_path):
-    facts = FactsWithBreakers([_breaker("left", "OPEN")], {"left": ["left_guard", "left_inline"]},
-                              {"left_guard": False, "left_inline": True})
-    report = _canary(tmp_path, facts).run(CanaryConfig())
-    assert not report.ready and {c.name: c for c in report.checks}["breakers"].reason == "breaker 'left' OPEN"
+def test_an_open_breaker_with_one_guard_still_running_or_unknown_fails_readiness(tmp_path):
+    for held in (True, None):  # held; or no holder file (the state directory was rebuilt): nothing says
+        facts = FactsWithBreakers([_breaker("left", "OPEN")], {"left": ["left_guard", "left_inline"]},
+                                  {"left_guard": False, "left_inline": held})
+        report = _canary(tmp_path, facts).run(CanaryConfig())
+        assert not report.ready and {c.name: c for c in report.checks}["breakers"].reason == "breaker 'left' OPEN"
 
 
 def test_an_open_breaker_without_a_claim_fails_readiness(tmp_path):

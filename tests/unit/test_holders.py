@@ -16,20 +16,22 @@ sys.stdin.read()  # until the test closes it
 """
 
 
-def test_never_held_is_not_held(tmp_path):
-    assert not is_held(tmp_path, "classifier", "classifier_guard")
+def test_no_file_says_nothing_and_a_file_nobody_holds_is_not_held(tmp_path):
+    assert is_held(tmp_path, "classifier", "classifier_guard") is None  # e.g. the directory was rebuilt
+    Holding(tmp_path, "classifier", "classifier_guard").release()
+    assert is_held(tmp_path, "classifier", "classifier_guard") is False
 
 
 def test_held_by_every_instance_until_the_last_lets_go(tmp_path):
     first, second = Holding(tmp_path, "classifier", "classifier_guard"), Holding(tmp_path, "classifier", "classifier_guard")
     assert is_held(tmp_path, "classifier", "classifier_guard")
-    assert not is_held(tmp_path, "classifier", "preprocess_guarded")  # per model
-    assert not is_held(tmp_path, "preprocess", "classifier_guard")  # and per breaker
+    assert is_held(tmp_path, "classifier", "preprocess_guarded") is None  # per model
+    assert is_held(tmp_path, "preprocess", "classifier_guard") is None  # and per breaker
     first.release()
     assert is_held(tmp_path, "classifier", "classifier_guard")
     second.release()
     second.release()  # twice: nothing more to let go of
-    assert not is_held(tmp_path, "classifier", "classifier_guard")
+    assert is_held(tmp_path, "classifier", "classifier_guard") is False
 
 
 def test_a_process_that_ends_lets_go_however_it_ends(tmp_path):
@@ -40,6 +42,6 @@ def test_a_process_that_ends_lets_go_however_it_ends(tmp_path):
         assert is_held(tmp_path, "classifier", "classifier_guard")
         child.kill()  # no release, no finalize: the kernel lets go
         child.wait(timeout=10)
-        assert not is_held(tmp_path, "classifier", "classifier_guard")
+        assert is_held(tmp_path, "classifier", "classifier_guard") is False
     finally:
         child.kill()

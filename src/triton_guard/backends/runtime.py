@@ -209,7 +209,7 @@ class GuardRuntime:
                 self.store.claim(name, self.model_name, settings)
             except SettingsConflict:
                 claim = read_claim(directory, name) or {}
-                gone = [m for m in claim.get("models", []) if m != self.model_name and not is_held(directory, name, m)]
+                gone = [m for m in claim.get("models", []) if m != self.model_name and is_held(directory, name, m) is False]
                 if not gone:
                     raise
                 pb_utils.Logger.log_warn(

@@ -61,7 +61,7 @@ class ServerFacts(Protocol):
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]: ...
     def breakers(self) -> list[BreakerSnapshot]: ...
     def breaker_claimants(self, name: str) -> list[str]: ...  # the guard models that claimed breaker `name`
-    def breaker_held(self, name: str, model: str) -> bool: ...  # a live process of `model` runs a guard of it
+    def breaker_held(self, name: str, model: str) -> bool | None: ...  # a live process of `model` guards it (None: unknown)
     def drift_state(self) -> dict[str, dict]: ...  # {monitored model: its state} (triton_guard.drift.state)
     def system_memory(self) -> memory.MemoryReading: ...
     def server_version(self) -> str | None: ...
@@ -181,7 +181,7 @@ class Canary:
         return frozenset(
             b.name for b in breakers
             if b.state is not State.CLOSED and (claimants := self.facts.breaker_claimants(b.name))
-            and not any(self.facts.breaker_held(b.name, m) for m in claimants))
+            and all(self.facts.breaker_held(b.name, m) is False for m in claimants))
 
     def _overload_check(self, checks, goldens, misses, before, deadline) -> CheckResult:
         """Golden misses that are load become overloaded, not failed (rewritten in `checks`); the overload check."""

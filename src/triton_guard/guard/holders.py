@@ -5,10 +5,11 @@ it; a claim outlives its model (unguarded, replaced by another placement on a
 running server, a load that failed). Every guard process, whatever its
 placement, holds a shared `flock` on one file per (breaker, model) in the
 state directory from its load on; the kernel lets go of it when the process
-ends, however it ends. Nobody holding it means no process of that model runs
-a guard of that breaker any more: its claim must not block a new guard with
-other settings, and an OPEN breaker it left must not hold the pod out of
-service (nothing would ever call or probe it again).
+ends, however it ends. A file that nobody holds means no process of that
+model runs a guard of that breaker any more: its claim must not block a new
+guard with other settings, and an OPEN breaker it left must not hold the pod
+out of service (nothing would ever call or probe it again). No file says
+nothing (a state directory removed under live guards): the claim counts.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ class Holding:
             self._fd = None
 
 
-def is_held(directory: str | os.PathLike[str], breaker: str, model: str) -> bool:
-    """Whether some live process runs a guard of `breaker` as part of `model`."""
+def is_held(directory: str | os.PathLike[str], breaker: str, model: str) -> bool | None:
+    """Whether some live process runs a guard of `breaker` as part of `model`; None when nothing says (no
+    file: the state directory was removed or rebuilt since, and a live holder's lock went with its file)."""
     try:
         fd = os.open(_path(directory, breaker, model), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
