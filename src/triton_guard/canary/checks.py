@@ -178,13 +178,13 @@ def check_breakers(snapshots: list[BreakerSnapshot], half_open_not_ready: bool, 
         }
         for s in snapshots
     }
+    left = sorted(n for n in orphaned if n in states)
     if bad:
         forced = {s.name for s in snapshots if s.override is Override.FORCED_OPEN}
         reason = "breaker " + ", ".join(
             f"'{n}' {states[n]['state']}" + (" (opened by an operator)" if n in forced else "") for n in bad
         )
-    left = sorted(n for n in orphaned if n in states)
-    if not bad:
+    else:
         in_use = len(states) - len(left)
         reason = f"{in_use} breaker(s) closed or probing" if in_use else "no breaker in use yet"
     if left:
